@@ -1,0 +1,65 @@
+"""`headlab`: the command line. Each analysis command writes a result bundle to `--out`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _models(args: argparse.Namespace) -> None:
+    from .zoo import DEFAULT_MODEL, list_models
+
+    for name, description in list_models().items():
+        default = "  (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name:20s} {description}{default}")
+
+
+def _heads(args: argparse.Namespace) -> None:
+    from analyses.heads import detect_heads
+
+    from .models import load_model
+
+    model = load_model(args.model, device=args.device)
+    scores = detect_heads(model, n_sequences=args.n_sequences, span=args.span, seed=args.seed,
+                          progress=not args.quiet)
+    path = scores.save(args.out)
+    frame = scores.to_frame()
+    for kind, group in frame.groupby("kind", sort=False):
+        best = group.loc[group["score"].idxmax()]
+        print(f"{kind:16s} top head L{int(best['layer'])}H{int(best['head'])}  score {best['score']:.3f}")
+    print(f"bundle: {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="headlab", description="Mechanistic interpretability of transformer attention heads.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = commands.add_parser("models", help="list the embedded models (offline, ship with the package)")
+    p.set_defaults(run=_models)
+
+    p = commands.add_parser("heads", help="previous-token, induction and duplicate-token scores of every head")
+    p.add_argument("model", help="embedded name (see `headlab models`), local Hugging Face folder, or hub name")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="folder of result bundles (default: runs/)")
+    p.add_argument("--n-sequences", type=int, default=64, help="probe sequences (default: 64)")
+    p.add_argument("--span", type=int, default=16, help="length of the repeated random span (default: 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_heads)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, IndexError, FileNotFoundError) as err:
+        print(f"headlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
