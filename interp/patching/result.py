@@ -1,0 +1,90 @@
+"""`PatchResult`: a patching sweep's numbers with the labels to read, plot and save them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+
+@dataclass
+class PatchResult:
+    """The metric after each patch.
+
+    `values` has one axis per name in `axes` (e.g. `("layer", "pos", "head")`); with
+    `normalized`, 1 means the patch fully restores the clean behaviour (denoising) and 0 that
+    it changes nothing. `pos_labels` are the first clean prompt's tokens, for position axes.
+    """
+
+    values: torch.Tensor
+    axes: tuple[str, ...]
+    component: str
+    per_position: bool | str
+    direction: str
+    normalized: bool
+    model_name: str
+    task_name: str
+    clean_metric: float
+    corrupt_metric: float
+    pos_labels: list[str] = field(default_factory=list)
+    layers: list[int] = field(default_factory=list)
+    method: str = "exact"
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per patch: a column per axis, then `value`."""
+        index = torch.cartesian_prod(*[torch.arange(n) for n in self.values.shape]).reshape(-1, self.values.ndim)
+        frame = pd.DataFrame(index.numpy(), columns=list(self.axes))
+        frame["value"] = self.values.reshape(-1).numpy()
+        for axis in ("pos", "dest_pos", "src_pos"):
+            if axis in frame and self.pos_labels:
+                frame[axis.replace("pos", "token")] = [self.pos_labels[p] for p in frame[axis]]
+        return frame.dropna(subset=["value"]).reset_index(drop=True)
+
+    def _grid(self) -> tuple[torch.Tensor, list[str], list[str], str]:
+        """The values as a 2-D grid `[rows, cols]` with labels, for a heatmap."""
+        v, axes = self.values, self.axes
+        tok = [f"{i}:{t}" for i, t in enumerate(self.pos_labels)] or None
+        if axes == ("layer",):
+            return v[None], ["all positions"], [f"L{l}" for l in range(v.shape[0])], "layer"
+        if axes == ("layer", "pos"):
+            return v, [f"L{l}" for l in range(v.shape[0])], tok or list(map(str, range(v.shape[1]))), "position"
+        if axes == ("layer", "head"):
+            return v, [f"L{l}" for l in range(v.shape[0])], [f"H{h}" for h in range(v.shape[1])], "head"
+        heads = [f"L{l}H{h}" for l in range(v.shape[0]) for h in range(v.shape[-1] if axes[-1] == "head" else v.shape[1])]
+        if axes == ("layer", "pos", "head"):
+            return v.permute(0, 2, 1).reshape(-1, v.shape[1]), heads, tok or list(map(str, range(v.shape[1]))), "position"
+        if axes == ("layer", "head", "dest_pos"):
+            return v.reshape(-1, v.shape[2]), heads, tok or list(map(str, range(v.shape[2]))), "destination position"
+        cols = [f"{d}->{s}" for d in range(v.shape[2]) for s in range(v.shape[3])]
+        return v.reshape(-1, v.shape[2] * v.shape[3]), heads, cols, "destination -> source"
+
+    def figure(self):
+        """A plotly heatmap of the sweep, diverging around 0."""
+        import plotly.graph_objects as go
+
+        grid, rows, cols, xlabel = self._grid()
+        limit = float(torch.nan_to_num(grid).abs().max()) or 1.0
+        what = "normalised metric" if self.normalized else "metric"
+        fig = go.Figure(go.Heatmap(z=grid.numpy(), x=cols, y=rows, colorscale="RdBu", zmid=0,
+                                   zmin=-limit, zmax=limit, colorbar={"title": what}))
+        fig.update_layout(
+            title=f"{self.method} patching ({self.direction}) of {self.component} — {self.model_name}, {self.task_name}",
+            xaxis_title=xlabel, yaxis={"autorange": "reversed"})
+        return fig
+
+    def save(self, runs_dir: str | Path) -> Path:
+        """Write this result as a bundle in `runs_dir`; returns the bundle's folder."""
+        from ..results import write_bundle
+
+        meta = {
+            "analysis": f"patching-{self.method}", "model": self.model_name, "task": self.task_name,
+            "parameters": {"component": self.component, "per_position": self.per_position,
+                           "direction": self.direction, "normalized": self.normalized, "axes": list(self.axes),
+                           "layers": self.layers},
+            "clean_metric": self.clean_metric, "corrupt_metric": self.corrupt_metric,
+            "pos_labels": self.pos_labels,
+        }
+        return write_bundle(runs_dir, meta, tables={"values": self.to_frame()},
+                            tensors={"values": self.values}, figures={"heatmap": self.figure()})
