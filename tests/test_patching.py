@@ -1,0 +1,194 @@
+"""Exact patching sweeps against TransformerLens's own `transformer_lens.patching` functions,
+run on the same bridge and inputs."""
+
+import pytest
+import torch
+from transformer_lens import patching as tlp
+
+from interp.patching import COMPONENTS, Task, patch
+from tests.helpers import random_gpt2
+
+TL_SWEEPS = [
+    ("resid_pre", True, tlp.get_act_patch_resid_pre),
+    ("resid_mid", True, tlp.get_act_patch_resid_mid),
+    ("attn_out", True, tlp.get_act_patch_attn_out),
+    ("mlp_out", True, tlp.get_act_patch_mlp_out),
+    ("z", True, tlp.get_act_patch_attn_head_out_by_pos),
+    ("q", True, tlp.get_act_patch_attn_head_q_by_pos),
+    ("k", True, tlp.get_act_patch_attn_head_k_by_pos),
+    ("v", True, tlp.get_act_patch_attn_head_v_by_pos),
+    ("pattern", True, tlp.get_act_patch_attn_head_pattern_by_pos),
+    ("pattern", "dest_src", tlp.get_act_patch_attn_head_pattern_dest_src_pos),
+    ("z", False, tlp.get_act_patch_attn_head_out_all_pos),
+    ("q", False, tlp.get_act_patch_attn_head_q_all_pos),
+    ("k", False, tlp.get_act_patch_attn_head_k_all_pos),
+    ("v", False, tlp.get_act_patch_attn_head_v_all_pos),
+    ("pattern", False, tlp.get_act_patch_attn_head_pattern_all_pos),
+]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return random_gpt2(tmp_path_factory.mktemp("gpt2"), n_layer=3, n_head=4, n_embd=32)
+
+
+def random_task(model, batch=3, n_pos=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    clean = torch.randint(3, model.cfg.d_vocab, (batch, n_pos), generator=gen)
+    corrupt = clean.clone()
+    corrupt[:, 1:3] = torch.randint(3, model.cfg.d_vocab, (batch, 2), generator=gen)
+    answer, wrong = torch.randint(3, model.cfg.d_vocab, (2, batch), generator=gen)
+    return Task(clean, corrupt, answer, wrong, name="random")
+
+
+def tl_metric(task):
+    rows = torch.arange(task.batch)
+
+    def metric(logits):
+        final = logits[rows, task.answer_pos]
+        return (final[rows, task.answer] - final[rows, task.wrong]).mean()
+    return metric
+
+
+@pytest.mark.parametrize("component,per_position,tl_fn", TL_SWEEPS,
+                         ids=[f"{c}-{p}" for c, p, _ in TL_SWEEPS])
+def test_sweep_equals_transformer_lens(model, component, per_position, tl_fn):
+    task = random_task(model)
+    _, clean_cache = model.bridge.run_with_cache(task.clean)
+    with torch.no_grad():
+        expected = tl_fn(model.bridge, task.corrupt, clean_cache, tl_metric(task))
+    ours = patch(model, task, component, per_position=per_position, normalize=False, progress=False)
+    assert ours.values.shape == expected.shape
+    assert torch.allclose(ours.values, expected, atol=1e-5, rtol=0)
+    # Chunked into batches of a few variants by a small budget: the same numbers.
+    tiny = patch(model, task, component, per_position=per_position, normalize=False, progress=False,
+                 memory_budget=150_000)
+    assert torch.allclose(tiny.values, expected, atol=1e-5, rtol=0)
+
+
+def test_noising_equals_transformer_lens_with_roles_swapped(model):
+    task = random_task(model, seed=1)
+    _, corrupt_cache = model.bridge.run_with_cache(task.corrupt)
+    with torch.no_grad():
+        expected = tlp.get_act_patch_attn_head_out_by_pos(model.bridge, task.clean, corrupt_cache, tl_metric(task))
+    ours = patch(model, task, "z", per_position=True, direction="noise", normalize=False, progress=False)
+    assert torch.allclose(ours.values, expected, atol=1e-5, rtol=0)
+
+
+def test_patching_everything_gives_the_other_run(model):
+    task = random_task(model, seed=2)
+    result = patch(model, task, "resid_pre", per_position=False, normalize=False, progress=False)
+    # The whole clean residual stream at layer 0, patched into the corrupted run, is the clean run.
+    assert result.values[0].item() == pytest.approx(result.clean_metric, abs=1e-5)
+    per_pos = patch(model, task, "resid_pre", per_position=True, normalize=False, progress=False)
+    # Position 0 is the same token in both prompts, so patching it changes nothing.
+    assert torch.allclose(per_pos.values[:, 0], torch.full((3,), result.corrupt_metric), atol=1e-5)
+    normalized = patch(model, task, "resid_pre", per_position=True, progress=False)
+    expected = (per_pos.values - result.corrupt_metric) / (result.clean_metric - result.corrupt_metric)
+    assert torch.allclose(normalized.values, expected, atol=1e-4)
+
+
+def test_answer_positions_before_the_end(model):
+    task = random_task(model, seed=3)
+    task = Task(task.clean, task.corrupt, task.answer, task.wrong, answer_pos=torch.tensor([3, 5, 4]))
+    rows = torch.arange(3)
+    _, clean_cache = model.bridge.run_with_cache(task.clean)
+
+    def metric(logits):
+        final = logits[rows, task.answer_pos]
+        return (final[rows, task.answer] - final[rows, task.wrong]).mean()
+
+    with torch.no_grad():
+        expected = tlp.get_act_patch_attn_head_out_by_pos(model.bridge, task.corrupt, clean_cache, metric)
+    ours = patch(model, task, "z", per_position=True, normalize=False, progress=False)
+    assert torch.allclose(ours.values, expected, atol=1e-5, rtol=0)
+
+
+def test_a_custom_metric_gets_full_logits(model):
+    task = random_task(model, seed=4)
+    log_prob = lambda logits, t: torch.log_softmax(logits, -1)[..., torch.arange(t.batch), t.answer]  # noqa: E731
+    task = Task(task.clean, task.corrupt, task.answer, task.wrong, metric=log_prob)
+    _, clean_cache = model.bridge.run_with_cache(task.clean)
+    rows = torch.arange(task.batch)
+    with torch.no_grad():
+        expected = tlp.get_act_patch_mlp_out(
+            model.bridge, task.corrupt, clean_cache,
+            lambda logits: torch.log_softmax(logits[:, -1], -1)[rows, task.answer].mean())
+    ours = patch(model, task, "mlp_out", per_position=True, normalize=False, progress=False)
+    assert torch.allclose(ours.values, expected, atol=1e-5, rtol=0)
+
+
+def test_bf16_model_gives_fp32_results_close_to_fp32(tmp_path):
+    from interp import load_model
+    from tests.helpers import random_gpt2_folder
+
+    folder = random_gpt2_folder(tmp_path / "m", n_layer=2, n_head=2, n_embd=16)
+    full, half = load_model(folder, device="cpu"), load_model(folder, device="cpu", dtype=torch.bfloat16)
+    task = random_task(full, seed=5)
+    a = patch(full, task, "z", per_position=False, normalize=False, progress=False)
+    b = patch(half, task, "z", per_position=False, normalize=False, progress=False)
+    assert b.values.dtype == torch.float32
+    assert torch.allclose(a.values, b.values, atol=0.05 * float(a.values.abs().max()) + 1e-3)
+
+
+def test_result_frame_figure_and_bundle(model, tmp_path):
+    from interp.results import read_bundle
+
+    task = random_task(model, seed=6)
+    result = patch(model, task, "z", per_position=True, progress=False)
+    frame = result.to_frame()
+    assert list(frame.columns[:4]) == ["layer", "pos", "head", "value"]
+    assert len(frame) == 3 * 6 * 4
+    row = frame[(frame["layer"] == 2) & (frame["pos"] == 4) & (frame["head"] == 1)]
+    assert row["value"].item() == pytest.approx(result.values[2, 4, 1].item())
+    fig = result.figure()
+    assert fig.data[0].z.shape == (12, 6)
+    bundle = read_bundle(result.save(tmp_path))
+    assert bundle.meta["parameters"]["component"] == "z"
+    assert torch.equal(bundle.tensor("values"), result.values)
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_unknown_component_lists_the_known_ones(model):
+    with pytest.raises(ValueError, match="unknown component 'attn'; known components: resid_pre, resid_mid"):
+        patch(model, random_task(model), "attn", progress=False)
+    assert set(COMPONENTS) >= {"z", "q", "k", "v", "pattern", "resid_pre", "mlp_out"}
+
+
+def test_unequal_clean_and_corrupt_shapes():
+    with pytest.raises(ValueError, match=r"same shape \[batch, pos\]: clean \(2, 5\), corrupt \(2, 6\)"):
+        Task(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 6, dtype=torch.long),
+             torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+
+
+def test_answers_must_be_one_token_per_prompt():
+    with pytest.raises(ValueError, match=r"one single-token answer per prompt.*got \(2, 2\)"):
+        Task(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long),
+             torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+
+
+def test_metric_must_return_one_number_per_prompt(model):
+    task = random_task(model)
+    bad = Task(task.clean, task.corrupt, task.answer, task.wrong, metric=lambda logits, t: logits.mean())
+    with pytest.raises(ValueError, match="one number per prompt"):
+        patch(model, bad, "z", progress=False)
+
+
+def test_memory_budget_below_one_patched_forward_says_what_is_needed(model):
+    with pytest.raises(ValueError, match=r"memory_budget of 100 bytes is smaller than one patched forward, "
+                                         r"which needs about [\d,]+ bytes"):
+        patch(model, random_task(model), "z", memory_budget=100, progress=False)
+
+
+def test_other_bad_arguments(model):
+    task = random_task(model)
+    with pytest.raises(ValueError, match="direction must be 'denoise' or 'noise'"):
+        patch(model, task, "z", direction="sideways", progress=False)
+    with pytest.raises(ValueError, match="dest_src' applies to component='pattern' only"):
+        patch(model, task, "z", per_position="dest_src", progress=False)
+    with pytest.raises(IndexError, match="layer 7 is out of range"):
+        patch(model, task, "z", layers=[7], progress=False)
+    with pytest.raises(ValueError, match="unknown metric 'accuracy'"):
+        Task(task.clean, task.corrupt, task.answer, task.wrong, metric="accuracy")
