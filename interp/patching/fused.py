@@ -148,10 +148,16 @@ class FusedGPT2:
 
     # ------------------------------------------------------------ whole runs
 
-    def run(self, tokens: torch.Tensor) -> RunCache:
-        """A full forward of `tokens [B, pos]`, keeping every activation a sweep reads."""
+    def run(self, tokens: torch.Tensor, track_grad: bool = False) -> RunCache:
+        """A full forward of `tokens [B, pos]`, keeping every activation a sweep reads.
+
+        With `track_grad`, activations join an autograd graph rooted at the embeddings (the
+        weights themselves stay constants), so gradients with respect to them can be read.
+        """
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         x = self.w_e[tokens] + self.w_pos[positions]
+        if track_grad:
+            x.requires_grad_(True)
         cache = RunCache()
         for layer in range(len(self.layers)):
             q, k, v = self.qkv(layer, x)

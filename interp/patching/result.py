@@ -10,6 +10,17 @@ import torch
 
 
 @dataclass
+class Comparison:
+    """Agreement of an estimate with a reference sweep: correlations of their effects over
+    `n` components, and the large reference effects the estimate misses."""
+
+    pearson: float
+    spearman: float
+    n: int
+    misses: pd.DataFrame
+
+
+@dataclass
 class PatchResult:
     """The metric after each patch.
 
@@ -31,6 +42,38 @@ class PatchResult:
     pos_labels: list[str] = field(default_factory=list)
     layers: list[int] = field(default_factory=list)
     method: str = "exact"
+
+    @property
+    def effects(self) -> torch.Tensor:
+        """`values` minus the value of the unpatched run (0 means the patch changed nothing)."""
+        if self.normalized:
+            return self.values - (0.0 if self.direction == "denoise" else 1.0)
+        return self.values - (self.corrupt_metric if self.direction == "denoise" else self.clean_metric)
+
+    def compare(self, reference: "PatchResult", threshold: float = 0.1) -> "Comparison":
+        """How well this result (e.g. attribution patching) tracks `reference` (e.g. exact).
+
+        A component is *missed* when its reference effect is at least `threshold` times the
+        largest reference effect, and this result gives it the wrong sign or under half the size.
+        """
+        if self.axes != reference.axes or self.values.shape != reference.values.shape:
+            raise ValueError(f"cannot compare results of different shapes: {self.axes} {tuple(self.values.shape)} "
+                             f"vs {reference.axes} {tuple(reference.values.shape)}")
+        from scipy.stats import pearsonr, spearmanr
+
+        ours, ref = self.effects.reshape(-1), reference.effects.reshape(-1)
+        keep = torch.isfinite(ours) & torch.isfinite(ref)
+        if keep.sum() < 3:
+            raise ValueError("compare needs at least 3 components with finite values in both results")
+        a, b = ours[keep].double().numpy(), ref[keep].double().numpy()
+        frame = reference.to_frame().rename(columns={"value": "reference"})
+        frame["estimate"] = self.to_frame()["value"].to_numpy()
+        frame["reference_effect"], frame["estimate_effect"] = b, a
+        big = frame["reference_effect"].abs() >= threshold * frame["reference_effect"].abs().max()
+        wrong = (frame["estimate_effect"] * frame["reference_effect"] <= 0) | (
+            frame["estimate_effect"].abs() < 0.5 * frame["reference_effect"].abs())
+        return Comparison(pearson=float(pearsonr(a, b)[0]), spearman=float(spearmanr(a, b)[0]), n=int(keep.sum()),
+                          misses=frame[big & wrong].reset_index(drop=True))
 
     def to_frame(self) -> pd.DataFrame:
         """One row per patch: a column per axis, then `value`."""

@@ -1,0 +1,107 @@
+"""Attribution patching (AtP): a first-order estimate of every patch of a sweep from one
+forward and one backward pass of the base run (plus one forward of the source run).
+
+    estimate(n) = m_base + (n_src - n_base) . d m / d n   (gradient at the base run)
+
+AtP* (Kramár et al., 2024) fixes its worst failure, saturated attention: for queries and keys
+the new attention pattern is computed exactly (softmax included), and only the step from the
+pattern onwards is linearised. (AtP*'s second fix, GradDrop, is not implemented.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..models import HookedModel
+from .fused import FusedGPT2, RunCache
+from .result import PatchResult
+from .sweep import COMPONENTS, _final, _metric
+from .task import Task
+
+ATTENTION_ACTIVATIONS = ("q", "k", "v", "pattern", "z")
+
+
+def attribution_patch(
+    model: HookedModel,
+    task: Task,
+    component: str,
+    per_position: bool | str = False,
+    direction: str = "denoise",
+    normalize: bool = True,
+    attention_fix: bool = False,
+) -> PatchResult:
+    """Estimate `patch(model, task, component, per_position, direction)` by AtP (or AtP* with
+    `attention_fix=True`); same arguments, same result shape, `method` "atp" / "atp*"."""
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown component {component!r}; known components: {', '.join(COMPONENTS)}")
+    if per_position == "dest_src" and component != "pattern":
+        raise ValueError("per_position='dest_src' applies to component='pattern' only")
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    cfg = model.cfg
+    fused = FusedGPT2(model)
+    task = task.to(model.device)
+    base_tokens, src_tokens = (task.corrupt, task.clean) if direction == "denoise" else (task.clean, task.corrupt)
+
+    with torch.no_grad():
+        src = fused.run(src_tokens)
+    with torch.enable_grad():
+        base = fused.run(base_tokens, track_grad=True)
+        for name in ("resid_pre", "resid_mid", "attn_out", "mlp_out", *ATTENTION_ACTIVATIONS):
+            for t in getattr(base, name):
+                t.retain_grad()
+        m_base_prompts = _metric(fused, _final(fused, base, task), task)
+        m_base_prompts.mean().backward()
+    with torch.no_grad():
+        m_base = m_base_prompts.mean().detach()
+        m_src = _metric(fused, _final(fused, src, task), task).mean()
+        values = torch.stack([_layer_estimate(fused, component, per_position, base, src, layer, attention_fix)
+                              for layer in range(cfg.n_layers)]).float().cpu() + m_base.cpu()
+        m_clean, m_corrupt = (m_src, m_base) if direction == "denoise" else (m_base, m_src)
+        if normalize:
+            values = (values - m_corrupt.cpu()) / (m_clean - m_corrupt).cpu()
+
+    axes = ("layer", "head", "dest_pos", "src_pos") if per_position == "dest_src" else COMPONENTS[component][2 if per_position else 1]
+    return PatchResult(
+        values=values, axes=axes, component=component, per_position=per_position, direction=direction,
+        normalized=normalize, model_name=cfg.name, task_name=task.name, clean_metric=float(m_clean),
+        corrupt_metric=float(m_corrupt), pos_labels=model.to_str_tokens(task.clean[:1].cpu()),
+        layers=list(range(cfg.n_layers)), method="atp*" if attention_fix else "atp",
+    )
+
+
+def _layer_estimate(fused: FusedGPT2, component: str, per_position: bool | str, base: RunCache, src: RunCache,
+                    layer: int, attention_fix: bool) -> torch.Tensor:
+    """The first-order change of the (prompt-averaged) metric for every patch of one layer."""
+    if attention_fix and component in ("q", "k"):
+        return _attention_fixed(fused, component, per_position, base, src, layer)
+    act = getattr(base, component)[layer]
+    change = (getattr(src, component)[layer] - act.detach()) * act.grad  # summed over prompts below
+    if component == "pattern":  # [B, head, dest, src]
+        if per_position == "dest_src":
+            return change.sum(0)
+        return change.sum((0, 3)) if per_position else change.sum((0, 2, 3))
+    if component in ("z", "q", "k", "v"):  # [B, pos, head, d_head]
+        return change.sum((0, 3)) if per_position else change.sum((0, 1, 3))
+    return change.sum((0, 2)) if per_position else change.sum()  # [B, pos, d_model]
+
+
+def _attention_fixed(fused: FusedGPT2, component: str, per_position: bool, base: RunCache, src: RunCache,
+                     layer: int) -> torch.Tensor:
+    """AtP* for q or k: the exact new pattern of each patch, linearised from the pattern on."""
+    q, k, v = (t[layer].detach() for t in (base.q, base.k, base.v))
+    pattern, grad = base.pattern[layer].detach(), base.pattern[layer].grad  # [B, head, dest, src]
+    n_pos = q.shape[1]
+    positions = torch.arange(n_pos, device=q.device)
+    new = src.q[layer] if component == "q" else src.k[layer]
+    if not per_position:
+        q2, k2 = (new, k) if component == "q" else (q, new)
+        _, patched = fused.attend(q2, k2, v, positions)
+        return ((patched - pattern) * grad).sum((0, 2, 3))
+    out = torch.zeros(n_pos, q.shape[2], dtype=grad.dtype, device=grad.device)
+    for p in range(n_pos):
+        q2, k2 = q.clone(), k.clone()
+        (q2 if component == "q" else k2)[:, p] = new[:, p]
+        _, patched = fused.attend(q2, k2, v, positions)
+        out[p] = ((patched - pattern) * grad).sum((0, 2, 3))
+    return out
