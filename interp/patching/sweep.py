@@ -114,9 +114,15 @@ def patch(
         sizes = {"layer": cfg.n_layers, "pos": task.n_pos, "head": cfg.n_heads,
                  "dest_pos": task.n_pos, "src_pos": task.n_pos}
         values = torch.full([sizes[a] for a in axes], float("nan"))
-        jobs = [(layer, vs[i:i + chunk]) for layer in layers
-                for vs in [_variants(component, per_position, cfg.n_heads, task.n_pos)]
-                for i in range(0, len(vs), chunk)]
+        m_base = m_corrupt if direction == "denoise" else m_clean
+        jobs = []
+        for layer in layers:
+            for group in _by_position(_variants(component, per_position, cfg.n_heads, task.n_pos)):
+                live = [v for v in group if not _is_noop(component, base, src, layer, v)]
+                for v in group:
+                    if v not in live:  # the patched run is the base run itself
+                        values[(layer, *v.index)] = m_base.cpu()
+                jobs += [(layer, live[i:i + chunk]) for i in range(0, len(live), chunk)]
         for layer, variants in tqdm(jobs, desc=f"patch {component}", disable=not progress):
             p0 = min(min(v.pos if v.pos is not None else 0 for v in variants), int(task.answer_pos.min()))
             site, x = _patched_residual(fused, component, base, src, layer, variants, p0)
@@ -148,6 +154,28 @@ def _variants(component: str, per_position: bool | str, n_heads: int, n_pos: int
                            for h in range(n_heads) for d in range(n_pos) for s in range(n_pos)), key=lambda v: v.pos)
         return sorted((Variant((h, d), pos=d, head=h) for h in range(n_heads) for d in range(n_pos)), key=lambda v: v.pos)
     return [Variant((p, h), pos=p, head=h) for p in range(n_pos) for h in range(n_heads)]
+
+
+def _by_position(variants: list[Variant]) -> list[list[Variant]]:
+    """Variants grouped by the first position they change, so each group's patched runs
+    recompute only from that position on."""
+    groups: dict[int | None, list[Variant]] = {}
+    for v in variants:
+        groups.setdefault(v.pos, []).append(v)
+    return list(groups.values())
+
+
+def _is_noop(component: str, base: RunCache, src: RunCache, layer: int, v: Variant) -> bool:
+    """True when the source activation equals the base one exactly, so the patch changes nothing
+    (e.g. at positions before the first token where clean and corrupted prompts differ)."""
+    a, b = getattr(base, component)[layer], getattr(src, component)[layer]
+    if component == "pattern":  # [B, head, dest, src]
+        index = (slice(None), v.head) + ((v.pos,) if v.pos is not None else ()) + ((v.src_pos,) if v.src_pos is not None else ())
+    elif component in HEAD_COMPONENTS:  # [B, pos, head, d_head]
+        index = (slice(None), v.pos if v.pos is not None else slice(None), v.head)
+    else:  # [B, pos, d_model]
+        index = (slice(None), v.pos if v.pos is not None else slice(None))
+    return torch.equal(a[index], b[index])
 
 
 def _patched_residual(fused: FusedGPT2, component: str, base: RunCache, src: RunCache, layer: int,
