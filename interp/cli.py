@@ -31,6 +31,31 @@ def _heads(args: argparse.Namespace) -> None:
     print(f"bundle: {path}")
 
 
+def _patch(args: argparse.Namespace) -> None:
+    from circuits.tasks import TASKS
+
+    from .models import load_model
+    from .patching import attribution_patch, patch
+
+    model = load_model(args.model, device=args.device)
+    if args.task not in TASKS:
+        raise ValueError(f"unknown task {args.task!r}; tasks: {', '.join(TASKS)}")
+    options = {"n": args.n, "seed": args.seed}
+    if args.template:
+        options["template"] = args.template
+    task = TASKS[args.task](model, **options)
+    kwargs = {"per_position": args.per_position, "direction": args.direction}
+    if args.method == "exact":
+        result = patch(model, task, args.component, memory_budget=args.memory_budget, progress=not args.quiet, **kwargs)
+    else:
+        result = attribution_patch(model, task, args.component, attention_fix=args.method == "atp*", **kwargs)
+    path = result.save(args.out)
+    top = result.to_frame().assign(size=lambda f: (f["value"] - (0 if args.direction == "denoise" else 1)).abs())
+    print(f"clean metric {result.clean_metric:.3f}, corrupted {result.corrupt_metric:.3f}; largest effects:")
+    print(top.nlargest(5, "size").drop(columns="size").to_string(index=False))
+    print(f"bundle: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headlab", description="Mechanistic interpretability of transformer attention heads.")
@@ -48,6 +73,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_heads)
+
+    p = commands.add_parser("patch", help="activation patching sweep of one component over a task")
+    p.add_argument("model", help="embedded name, local Hugging Face folder, or hub name")
+    p.add_argument("--task", default="ioi", help="ioi, colored-objects or induction (default: ioi)")
+    p.add_argument("--component", default="z", help="resid_pre, resid_mid, attn_out, mlp_out, z, q, k, v, pattern")
+    p.add_argument("--per-position", action="store_true", help="patch one position at a time")
+    p.add_argument("--direction", default="denoise", choices=["denoise", "noise"])
+    p.add_argument("--method", default="exact", choices=["exact", "atp", "atp*"],
+                   help="exact patching, or attribution patching (AtP / AtP*)")
+    p.add_argument("--n", type=int, default=32, help="prompt pairs (default: 32)")
+    p.add_argument("--template", default=None, help="one task template (positions then align across prompts)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--memory-budget", type=int, default=None, help="bytes for batched patched runs")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="folder of result bundles (default: runs/)")
+    p.add_argument("--device", default=None)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_patch)
     return parser
 
 
