@@ -1,0 +1,21 @@
+"""MAPS: what each attention head does, inferred from its parameters alone (Elhelo & Geva,
+2024; METHODS §4).
+
+    from interp import load_model
+    from analyses.maps import maps_scores, salient_operations
+
+    model = load_model("minilm")
+    result = maps_scores(model)                     # every head x the 20 relations
+    result.top("country_to_capital")                # best heads first
+    result.figure()                                 # heads x relations heatmap
+    salient_operations(model, layer=5, head=3)      # what one head amplifies, and into what
+    result.save("runs")                             # a bundle, analysis="maps"
+"""
+
+from .relations import COPYING, MIN_PAIRS, RELATIONS, Relation, load_relation, load_relations, read_pairs
+from .result import MapsResult
+from .salient import salient_operations
+from .scores import map_rows, maps_scores, source_embeddings, top_targets
+
+__all__ = ["COPYING", "MIN_PAIRS", "RELATIONS", "MapsResult", "Relation", "load_relation", "load_relations",
+           "map_rows", "maps_scores", "read_pairs", "salient_operations", "source_embeddings", "top_targets"]
