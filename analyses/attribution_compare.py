@@ -1,0 +1,430 @@
+"""Does attention explain the output? Raw attention, rollout and flow against input-attribution
+(Abnar & Zuidema, 2020, Table 1; METHODS.md §1).
+
+For every prompt and layer l, each attention-based map gives one score per input token: the
+row of the output being explained in raw attention Ā^l (heads averaged, no residual), in
+rollout R^l and in normalised flow. These are ranked against two importance scores of the
+same tokens, and the Spearman ρ is averaged over prompts:
+
+- blank-out: out(x) - out(x with token t replaced by a blank token, [UNK] by default), the
+  drop in the output (`blank_out="abs"`: its absolute value, how much the output moves);
+- input gradient: |Σ_d ∂out/∂e_{t,d}|, e the token embeddings (sum over dims, then abs, as in
+  the paper's code).
+
+What "out" and "the output's row" are depends on the model:
+
+- encoder (e.g. `minilm`, a sentence encoder): out = cosine similarity between the prompt's
+  mean-pooled sentence embedding and the embedding of a target text (by default a topic
+  phrase such as "animals and pets"). The pooled embedding is the mean of the final hidden
+  states over all real positions, so the row explained is the mean of the maps' rows over
+  all real queries (for rollout this is exactly the rollout of the pooled output).
+- causal LM: out = the logit, at the last position, of the token the model predicts there on
+  the unchanged prompt; the row explained is the last position's.
+
+Correlations use content tokens only (special tokens such as [CLS], [SEP] and BOS are never
+blanked out nor ranked); prompts with fewer than 3 content tokens are skipped.
+
+    python -m analyses.attribution_compare --model minilm --out runs
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from plotly.subplots import make_subplots
+from scipy.stats import spearmanr
+from tqdm.auto import tqdm
+
+from interp.models import HookedModel
+from interp.results import write_bundle
+
+from .flow import DEFAULT_SCALE, attention_flow
+from .rollout import attention_patterns, attention_rollout
+
+METHODS = ("raw", "rollout", "flow")
+IMPORTANCES = ("blank-out", "gradient")
+# Abnar & Zuidema (2020), Table 1: Spearman ρ, last layer of their 6-layer verb-number model.
+PAPER_TABLE_1 = {"blank-out": {"raw": 0.29, "rollout": 0.71, "flow": 0.70},
+                 "gradient": {"raw": 0.46, "rollout": 0.54, "flow": 0.61}}
+
+# Simple sentences written for this project, twelve per topic; the target of each is its topic.
+TOPIC_SENTENCES: dict[str, list[str]] = {
+    "animals and pets": [
+        "The cat slept on the warm windowsill all afternoon.",
+        "Our dog barks at every bird in the garden.",
+        "A horse was grazing quietly in the green field.",
+        "The little rabbit hid under the hedge.",
+        "Elephants walk many miles to find fresh water.",
+        "She feeds her goldfish twice a day.",
+        "The owl hunts mice in the dark forest.",
+        "My neighbour keeps three noisy parrots.",
+        "A fox crossed the road in front of our car.",
+        "The puppy chewed my new shoes.",
+        "Cows were lying down before the rain came.",
+        "The zoo has a new family of penguins.",
+    ],
+    "weather": [
+        "It rained heavily all through the night.",
+        "The morning was cold and foggy.",
+        "A strong wind blew the leaves off the trees.",
+        "Tomorrow will be sunny with a light breeze.",
+        "Snow covered the village for a whole week.",
+        "The storm knocked out power across the town.",
+        "Summer afternoons here are hot and humid.",
+        "Thunder rolled over the hills after lunch.",
+        "The forecast says there will be frost tonight.",
+        "A rainbow appeared after the shower.",
+        "The drought has lasted for three months.",
+        "Hail damaged the roofs of several houses.",
+    ],
+    "food and cooking": [
+        "He baked fresh bread for breakfast.",
+        "The soup needs a little more salt.",
+        "We grilled vegetables and fish for dinner.",
+        "She chopped the onions very finely.",
+        "This cake is made with lemon and honey.",
+        "The pasta should boil for ten minutes.",
+        "My grandmother makes the best apple pie.",
+        "They ordered spicy noodles from the restaurant.",
+        "Stir the sauce slowly until it thickens.",
+        "The chef tasted the curry and smiled.",
+        "I had rice and beans for lunch.",
+        "Fresh strawberries are sweet in June.",
+    ],
+    "sports": [
+        "The team scored a goal in the last minute.",
+        "She runs five kilometres every morning.",
+        "He hit the ball over the fence.",
+        "The tennis match lasted four hours.",
+        "Our school won the basketball championship.",
+        "The swimmer broke the national record.",
+        "Fans cheered loudly when the game began.",
+        "The cyclist climbed the steep mountain pass.",
+        "The coach told the players to defend.",
+        "They play football in the park on Sundays.",
+        "The boxer trained hard for the big fight.",
+        "The referee showed him a red card.",
+    ],
+    "music": [
+        "She plays the violin in an orchestra.",
+        "The band played until midnight.",
+        "He is learning to play the guitar.",
+        "The choir sang a beautiful old song.",
+        "That album sold a million copies.",
+        "The drummer kept a steady beat.",
+        "We listened to jazz on the radio.",
+        "The pianist practised the same piece for hours.",
+        "Their concert tickets sold out quickly.",
+        "The singer forgot the words of the chorus.",
+        "He writes songs about the sea.",
+        "The festival had music on three stages.",
+    ],
+    "travel": [
+        "We took the night train to the coast.",
+        "Their flight was delayed by two hours.",
+        "She packed her suitcase for the long trip.",
+        "The hotel had a view of the old harbour.",
+        "They travelled across the country by bus.",
+        "He lost his passport at the airport.",
+        "We rented a small car to explore the island.",
+        "The tourists visited the ancient castle.",
+        "The ferry leaves the port every morning.",
+        "I booked a room near the station.",
+        "They hiked through the mountains for a week.",
+        "The map showed a road along the river.",
+    ],
+    "work and office": [
+        "The meeting started late this morning.",
+        "She sent the report to her manager.",
+        "He works at a desk near the window.",
+        "The company hired ten new employees.",
+        "Our team finished the project on time.",
+        "The printer in the office is broken again.",
+        "He asked his boss for a day off.",
+        "The budget must be ready by Friday.",
+        "She answered emails for most of the day.",
+        "The interview went better than expected.",
+        "They signed the contract after lunch.",
+        "The office closes early on holidays.",
+    ],
+    "health and medicine": [
+        "The doctor listened to his heartbeat.",
+        "She took medicine for her headache.",
+        "The nurse checked the patient's temperature.",
+        "He broke his arm playing in the yard.",
+        "Regular exercise keeps the heart healthy.",
+        "The hospital opened a new children's ward.",
+        "My cough has lasted for two weeks.",
+        "The dentist cleaned my teeth.",
+        "Drink plenty of water when you have a fever.",
+        "The vaccine protects against the flu.",
+        "He needs surgery on his knee.",
+        "She rested at home until she felt better.",
+    ],
+    "computers and technology": [
+        "My laptop restarted during the update.",
+        "The website loads very slowly today.",
+        "He wrote a program to sort the files.",
+        "The phone battery dies after a few hours.",
+        "She forgot the password to her account.",
+        "The new software fixed the bug.",
+        "Our internet connection keeps dropping.",
+        "The engineers built a faster processor.",
+        "He backed up his photos to the cloud.",
+        "The keyboard stopped working after I spilled tea.",
+        "The robot can sort packages on its own.",
+        "They installed a new server in the lab.",
+    ],
+    "family and home": [
+        "My sister painted the kitchen yellow.",
+        "Grandpa tells stories after dinner.",
+        "The children cleaned their rooms on Saturday.",
+        "We moved into a bigger house last year.",
+        "Her brother fixed the leaking tap.",
+        "Our parents celebrated their anniversary.",
+        "The baby finally fell asleep.",
+        "They planted roses in the front garden.",
+        "My cousins visit us every summer.",
+        "Dad washed the dishes while we talked.",
+        "The family had breakfast together.",
+        "Mum hung new curtains in the living room.",
+    ],
+}
+
+
+def topic_prompts() -> tuple[list[str], list[str]]:
+    """The project's 120 topic sentences and, for each, its topic phrase as the target."""
+    texts = [text for sentences in TOPIC_SENTENCES.values() for text in sentences]
+    targets = [topic for topic, sentences in TOPIC_SENTENCES.items() for _ in sentences]
+    return texts, targets
+
+
+class _Readout:
+    """The scalar output being explained: `__call__(tokens [k, pos], fwd_hooks) -> [k]`.
+    Causal: the logit of the token predicted last on `tokens [pos]`; encoder: cosine of the
+    pooled embedding with `target [d_model]`."""
+
+    def __init__(self, model: HookedModel, tokens: torch.Tensor, target: torch.Tensor | None):
+        self.model, self.target = model, target
+        if model.cfg.is_causal:
+            with torch.no_grad():
+                self.answer = int(model(tokens[None])[0, -1].argmax())
+
+    def __call__(self, tokens: torch.Tensor, fwd_hooks=()) -> torch.Tensor:
+        out = self.model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+        if self.model.cfg.is_causal:
+            return out[:, -1, self.answer]
+        pooled = out.float().mean(dim=1)
+        return torch.nn.functional.cosine_similarity(pooled, self.target.to(pooled)[None], dim=-1)
+
+
+def blank_out_importance(readout: _Readout, tokens: torch.Tensor, positions: Sequence[int], blank_id: int) -> np.ndarray:
+    """out(tokens) - out(tokens with position p blanked), for each p in `positions`."""
+    variants = tokens.repeat(len(positions) + 1, 1)
+    variants[torch.arange(1, len(positions) + 1), torch.as_tensor(list(positions))] = blank_id
+    with torch.no_grad():
+        outs = readout(variants).double().cpu().numpy()
+    return outs[0] - outs[1:]
+
+
+def gradient_importance(readout: _Readout, tokens: torch.Tensor, positions: Sequence[int]) -> np.ndarray:
+    """|Σ_d ∂out/∂e_{p,d}| with e the token embeddings (hook_embed), for each p in `positions`."""
+    kept: list[torch.Tensor] = []
+
+    def leaf(embed: torch.Tensor, hook) -> torch.Tensor:
+        embed = embed.detach().requires_grad_(True)
+        kept.append(embed)
+        return embed
+
+    readout(tokens[None], fwd_hooks=[("hook_embed", leaf)]).sum().backward()
+    return kept[0].grad[0, list(positions)].sum(dim=-1).abs().double().cpu().numpy()
+
+
+def attribution_compare(
+    model: HookedModel,
+    texts: Sequence[str] | None = None,
+    targets: str | Sequence[str] | None = None,
+    *,
+    blank_id: int | None = None,
+    blank_out: str = "drop",
+    scale: int = DEFAULT_SCALE,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> AttributionComparison:
+    """Per-layer Spearman ρ of raw attention, rollout and flow with blank-out and
+    input-gradient importance, averaged over prompts (see the module docstring).
+
+    Args:
+        texts: prompts; default the project's 120 topic sentences (`topic_prompts`).
+        targets: encoders only: the text whose embedding the pooled output is compared with,
+            one for all prompts or one per prompt; default each topic sentence's topic.
+        blank_id: token that replaces a blanked-out token; default [UNK] (else padding).
+        blank_out: "drop" (signed out(x) - out(blanked)) or "abs" (its absolute value).
+        scale: integer scaling of flow capacities (see `analyses.flow`).
+    """
+    if texts is None:
+        if targets is not None:
+            raise ValueError("targets go with your own texts; the default texts bring their topics")
+        texts, targets = topic_prompts()
+        targets = None if model.cfg.is_causal else targets
+    if isinstance(texts, str) or len(texts) == 0:
+        raise ValueError(f"texts must be a non-empty list of strings, got {texts!r}")
+    targets = _check_targets(model, texts, targets)
+    if blank_out not in ("drop", "abs"):
+        raise ValueError(f"blank_out must be 'drop' or 'abs', got {blank_out!r}")
+    tok = model.tokenizer
+    blank_id = next((i for i in (blank_id, tok.unk_token_id, tok.pad_token_id) if i is not None), None)
+    if blank_id is None:
+        raise ValueError(f"{model.cfg.name}'s tokenizer has no [UNK] or padding token; pass blank_id")
+
+    attention = attention_patterns(model, texts, batch_size=batch_size)
+    real = attention.mask
+    raw = attention.patterns.double().mean(dim=2) * (real[:, :, None] & real[:, None, :])
+    rollout = attention_rollout(attention).maps
+    lengths = real.sum(dim=1)
+    queries = sorted(set((lengths - 1).tolist())) if model.cfg.is_causal else None
+    flow = attention_flow(attention, queries=queries, scale=scale, progress=progress).maps
+    special = set(tok.all_special_ids)
+    cached: dict[str, torch.Tensor] = {}
+
+    def embedded(target: str) -> torch.Tensor:
+        if target not in cached:
+            cached[target] = model.encode([target])[0]
+        return cached[target]
+
+    rows = []
+    for b in tqdm(range(len(texts)), desc="importance", disable=not progress):
+        n = int(lengths[b])
+        tokens = attention.tokens[b, :n].to(model.device)
+        content = [p for p in range(n) if int(tokens[p]) not in special]
+        if len(content) < 3:
+            continue
+        readout = _Readout(model, tokens, None if targets is None else embedded(targets[b]))
+        drop = blank_out_importance(readout, tokens, content, blank_id)
+        importance = {"blank-out": np.abs(drop) if blank_out == "abs" else drop,
+                      "gradient": gradient_importance(readout, tokens, content)}
+        for name, maps in (("raw", raw), ("rollout", rollout), ("flow", flow)):
+            # The explained output's row: the last position's, or the mean over the pooled ones.
+            rows_b = maps[:, b, n - 1, :n] if model.cfg.is_causal else maps[:, b, :n, :n].mean(dim=1)
+            scores = rows_b.numpy()[:, content]  # [layer, content]
+            for layer, row in enumerate(scores):
+                for kind, values in importance.items():
+                    rho = spearmanr(row, values).statistic
+                    rows.append({"prompt": b, "layer": layer, "method": name, "importance": kind,
+                                 "spearman": float(rho), "n_tokens": len(content)})
+    if not rows:
+        raise ValueError("no prompt has 3 or more content tokens to rank; give longer texts")
+    per_prompt = pd.DataFrame(rows)
+    return AttributionComparison(per_prompt=per_prompt, model_name=model.cfg.name,
+                                 parameters={"n_texts": len(texts), "blank_id": int(blank_id), "blank_out": blank_out,
+                                             "scale": int(scale),
+                                             "readout": "last-position logit" if model.cfg.is_causal
+                                             else "cosine(pooled embedding, target)"})
+
+
+def _check_targets(model: HookedModel, texts: Sequence[str], targets) -> list[str] | None:
+    if model.cfg.is_causal:
+        if targets is not None:
+            raise ValueError("targets are for encoders; a causal model's output is its own predicted logit")
+        return None
+    if targets is None:
+        raise ValueError("an encoder's output is the similarity of its pooled embedding to a target text; "
+                         "pass targets (one string, or one per text)")
+    targets = [targets] * len(texts) if isinstance(targets, str) else list(targets)
+    if len(targets) != len(texts):
+        raise ValueError(f"targets must be one string or one per text: {len(texts)} texts, {len(targets)} targets")
+    return targets
+
+
+@dataclass
+class AttributionComparison:
+    """Spearman ρ between attention-based maps and importance scores.
+
+    `per_prompt`: one row per (prompt, layer, method, importance) with `spearman` (NaN when
+    a ranking is constant) and `n_tokens`. `to_frame()` averages over prompts.
+    """
+
+    per_prompt: pd.DataFrame
+    model_name: str
+    parameters: dict = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Mean (and standard error) of ρ over prompts per (layer, method, importance), with
+        the paper's last-layer value for reference."""
+        grouped = self.per_prompt.groupby(["layer", "method", "importance"], sort=False)["spearman"]
+        frame = grouped.agg(spearman="mean", sem="sem", n_prompts="count").reset_index()
+        frame["paper_last_layer"] = [PAPER_TABLE_1[i][m] for m, i in zip(frame["method"], frame["importance"])]
+        return frame
+
+    def table(self, layer: int | None = None) -> pd.DataFrame:
+        """Table 1's shape for one layer (default the last): rows methods, columns importances,
+        with the paper's numbers beside ours."""
+        frame = self.to_frame()
+        layer = int(frame["layer"].max()) if layer is None else layer
+        ours = frame[frame["layer"] == layer].pivot(index="method", columns="importance", values="spearman")
+        paper = pd.DataFrame(PAPER_TABLE_1)
+        out = pd.concat({"ours": ours, "paper": paper}, axis=1).reindex(list(METHODS))
+        out.columns = [f"{who} {kind}" for who, kind in out.columns]
+        return out
+
+    def figure(self) -> go.Figure:
+        """ρ per layer for each method, one panel per importance; the paper's last-layer
+        values as open markers."""
+        frame = self.to_frame()
+        last = int(frame["layer"].max())
+        fig = make_subplots(rows=1, cols=2, subplot_titles=[f"vs {kind} importance" for kind in IMPORTANCES],
+                            shared_yaxes=True)
+        colours = dict(zip(METHODS, ("#888888", "#1f77b4", "#d62728")))
+        for col, kind in enumerate(IMPORTANCES, start=1):
+            for method in METHODS:
+                part = frame[(frame["importance"] == kind) & (frame["method"] == method)]
+                fig.add_trace(go.Scatter(x=part["layer"], y=part["spearman"], mode="lines+markers", name=method,
+                                         line={"color": colours[method]}, legendgroup=method, showlegend=col == 1,
+                                         error_y={"type": "data", "array": part["sem"]}), row=1, col=col)
+                fig.add_trace(go.Scatter(x=[last], y=[PAPER_TABLE_1[kind][method]], mode="markers",
+                                         marker={"symbol": "circle-open", "size": 11, "color": colours[method]},
+                                         name=f"paper {method}", legendgroup=method, showlegend=False), row=1, col=col)
+            fig.update_xaxes(title_text="layer (0-based block)", row=1, col=col)
+        fig.update_yaxes(title_text="Spearman ρ (mean over prompts)", row=1, col=1)
+        fig.update_layout(title=f"Attention vs input importance: {self.model_name} "
+                                f"(open markers: Abnar & Zuidema 2020, Table 1)")
+        return fig
+
+    def save(self, runs_dir: str | Path, name: str | None = None) -> Path:
+        """Write a result bundle (analysis "attribution-compare"); returns its folder."""
+        meta = {"analysis": "attribution-compare", "model": self.model_name, "parameters": self.parameters,
+                "paper_table_1": PAPER_TABLE_1}
+        return write_bundle(runs_dir, meta, tables={"summary": self.to_frame(), "per_prompt": self.per_prompt},
+                            figures={"spearman": self.figure()}, name=name)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Raw attention, rollout and flow vs blank-out and gradient importance.")
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--out", default="runs", help="folder for the result bundle")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--blank-out", choices=["drop", "abs"], default="drop")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from interp.models import load_model
+
+    result = attribution_compare(load_model(args.model, device=args.device), blank_out=args.blank_out,
+                                 progress=not args.quiet)
+    frame = result.to_frame()
+    print(frame.pivot(index="layer", columns=["importance", "method"], values="spearman").round(3).to_string())
+    print(f"\nlast layer, next to the paper's Table 1 (n = {int(frame['n_prompts'].min())} prompts):")
+    print(result.table().round(2).to_string())
+    print(f"bundle: {result.save(args.out)}")
+
+
+if __name__ == "__main__":
+    main()
