@@ -56,6 +56,52 @@ def _patch(args: argparse.Namespace) -> None:
     print(f"bundle: {path}")
 
 
+def _maps(args: argparse.Namespace) -> None:
+    from analyses.maps import maps_scores
+
+    from .models import load_model
+
+    model = load_model(args.model, device=args.device)
+    salient = [tuple(int(x) for x in h.split(".")) for h in args.salient]
+    result = maps_scores(model, args.relations or None, embedding=args.embedding, salient_heads=salient,
+                         progress=not args.quiet)
+    frame = result.to_frame()
+    best = frame.loc[frame.groupby("relation")["score"].idxmax()].sort_values("score", ascending=False)
+    print(best[["relation", "layer", "head", "score"]].head(10).to_string(index=False))
+    print(f"bundle: {result.save(args.out)}")
+
+
+def _attention_maps(args: argparse.Namespace) -> None:
+    from analyses.flow import attention_flow
+    from analyses.rollout import attention_rollout
+
+    from .models import load_model
+
+    model = load_model(args.model, device=args.device)
+    if args.command == "rollout":
+        result = attention_rollout(model, args.text)
+    else:
+        result = attention_flow(model, args.text, progress=not args.quiet)
+    print(f"bundle: {result.save(args.out)}")
+
+
+def _attribution_compare(args: argparse.Namespace) -> None:
+    from analyses.attribution_compare import attribution_compare
+
+    from .models import load_model
+
+    result = attribution_compare(load_model(args.model, device=args.device), blank_out=args.blank_out,
+                                 progress=not args.quiet)
+    print(result.table().round(2).to_string())
+    print(f"bundle: {result.save(args.out)}")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("runs"), help="folder of result bundles (default: runs/)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="headlab", description="Mechanistic interpretability of transformer attention heads.")
@@ -66,12 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("heads", help="previous-token, induction and duplicate-token scores of every head")
     p.add_argument("model", help="embedded name (see `headlab models`), local Hugging Face folder, or hub name")
-    p.add_argument("--out", type=Path, default=Path("runs"), help="folder of result bundles (default: runs/)")
     p.add_argument("--n-sequences", type=int, default=64, help="probe sequences (default: 64)")
     p.add_argument("--span", type=int, default=16, help="length of the repeated random span (default: 16)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(p)
     p.set_defaults(run=_heads)
 
     p = commands.add_parser("patch", help="activation patching sweep of one component over a task")
@@ -86,10 +130,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--template", default=None, help="one task template (positions then align across prompts)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memory-budget", type=int, default=None, help="bytes for batched patched runs")
-    p.add_argument("--out", type=Path, default=Path("runs"), help="folder of result bundles (default: runs/)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _common(p)
     p.set_defaults(run=_patch)
+
+    p = commands.add_parser("maps", help="MAPS: each head's relation scores from its parameters alone")
+    p.add_argument("model")
+    p.add_argument("--relations", nargs="*", default=[], help="relation names (default: all 20)")
+    p.add_argument("--embedding", default="E", choices=["E", "mlp0"], help="source embedding (default: E)")
+    p.add_argument("--salient", nargs="*", default=[], metavar="L.H", help="heads whose salient operations to list")
+    _common(p)
+    p.set_defaults(run=_maps)
+
+    for name, what in (("rollout", "attention rollout"), ("flow", "attention flow (max-flow)")):
+        p = commands.add_parser(name, help=f"{what} over the tokens of the given texts")
+        p.add_argument("model")
+        p.add_argument("--text", action="append", required=True, help="a prompt (repeat for several)")
+        _common(p)
+        p.set_defaults(run=_attention_maps)
+
+    p = commands.add_parser("attribution-compare",
+                            help="raw attention, rollout and flow vs blank-out and gradient importance (Abnar & Zuidema, Table 1)")
+    p.add_argument("model", nargs="?", default="minilm")
+    p.add_argument("--blank-out", choices=["drop", "abs"], default="drop")
+    _common(p)
+    p.set_defaults(run=_attribution_compare)
     return parser
 
 

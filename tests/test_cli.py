@@ -51,3 +51,19 @@ def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
     assert main(["heads", "zoo/nope", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "unknown embedded model 'zoo/nope'" in err and "Traceback" not in err
+
+
+def test_rollout_and_flow_write_bundles(folder, tmp_path):
+    for command in ("rollout", "flow"):
+        assert main([command, str(folder), "--text", "w1 w2 w3", "--text", "w4 w5", "--quiet", "--out", str(tmp_path)]) == 0
+    analyses = sorted(e.bundle.meta["analysis"] for e in list_bundles(tmp_path))
+    assert analyses == ["flow", "rollout"]
+
+
+def test_maps_on_minilm_writes_a_bundle(tmp_path, capsys):
+    assert main(["maps", "minilm", "--relations", "general_copying", "--salient", "5.7", "--quiet",
+                 "--out", str(tmp_path)]) == 0
+    (entry,) = list_bundles(tmp_path)
+    assert entry.bundle.meta["analysis"] == "maps"
+    assert "salient_L5H7" in entry.bundle.table_names
+    assert "general_copying" in capsys.readouterr().out
