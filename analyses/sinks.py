@@ -1,0 +1,474 @@
+"""Attention sinks: sink rates, massive activations, sink tokens by hidden state, reference
+frames, and attention redistribution (METHODS.md §3).
+
+- Sink rate (Gu et al., 2024): for key k, α_k^{l,h} = mean of A^{l,h}[i, k] over the real
+  queries i that can see k (causal: i >= k; encoder: every real query). Head (l, h) has a
+  sink at k when α_k > ε. The sink rate at k is the percentage of all L·H heads with a sink
+  at k, per prompt, then averaged over the prompts that have a real token at k.
+- Massive activations (Sun et al., 2024): residual entries with |x| > `abs_threshold` and
+  |x| > `ratio` × the median |x| of the same hidden state (same layer, prompt, position).
+- Sink tokens by hidden state (Kang et al., 2025): φ(x) = max over sink dims d of
+  |x_d / RMS(x)|; a token is a sink at a layer when φ > τ. Without given dims, the sink dims
+  are those holding a massive activation anywhere.
+- Reference frames (Ruscio et al., 2025): see `reference_frame` for the exact rule.
+- Attention redistribution (Kang et al., 2025): `redistribution_hooks` edits chosen heads'
+  patterns so attention on sink tokens is scaled by p and the freed mass goes to the other
+  tokens in proportion to their attention.
+
+Pitfalls the code keeps visible: whether a BOS token was prepended (`SinkResult.bos_prepended`)
+changes everything; in causal models a late key is seen by few queries, so its α is the
+average of very few numbers (the last key's α is one query attending to itself), and on short
+prompts even a uniform head passes ε at k = 0 (α_0 = H_n / n, 0.61 for n = 3, 0.07 for
+n = 64). Use prompts of some length (the reference setting is 64 tokens).
+
+    m = load_model("minilm")
+    result = sink_analysis(m, ["The cat sat on the mat.", ...])
+    result.rate_at(0), result.rate_at(-1)     # % of heads with a sink at [CLS], at [SEP]
+    result.summary()                          # DataFrame: key, rate, n_prompts, token
+    result.model_frame                        # "bidirectional"
+    result.save("runs")                       # a result bundle, analysis="sinks"
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Bool, Float, Int
+from plotly.subplots import make_subplots
+
+from analyses.rollout import _tokenize, attention_patterns, check_patterns
+from interp.models import HookedModel
+from interp.results import write_bundle
+
+FRAMES = ("none", "centralized", "distributed", "bidirectional")
+Hook = tuple[str, Callable[..., torch.Tensor | None]]
+
+
+# ---------------------------------------------------------------------------- sink rate
+
+
+def sink_scores(
+    patterns: Float[torch.Tensor, "layer batch head q k"],
+    mask: Bool[torch.Tensor, "batch pos"] | None = None,
+    is_causal: bool = True,
+) -> Float[torch.Tensor, "batch layer head k"]:
+    """α_k for every prompt, head and key: the mean of A[i, k] over the real queries that can
+    see k (causal: i >= k; encoder: all real queries). NaN at padded keys.
+
+    `patterns` must be row-stochastic at real queries (checked); `mask` is True on real tokens.
+    """
+    patterns, mask = check_patterns(patterns, mask)
+    n_pos = patterns.shape[-1]
+    real = mask.to(torch.float64)
+    sees = real[:, :, None] * real[:, None, :]  # [batch, q, k]
+    if is_causal:
+        sees = sees * torch.ones(n_pos, n_pos, dtype=torch.float64, device=sees.device).tril()
+    total = (patterns.to(torch.float64) * sees[None, :, None]).sum(dim=-2)  # [layer, batch, head, k]
+    alpha = total / sees.sum(dim=1)[None, :, None].clamp_min(1)
+    alpha = alpha.masked_fill(~mask[None, :, None, :], float("nan"))
+    return alpha.permute(1, 0, 2, 3).float().cpu()
+
+
+def _check_epsilon(epsilon: float) -> float:
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < 1:
+        raise ValueError(f"epsilon must be a number in (0, 1), got {epsilon!r}")
+    return float(epsilon)
+
+
+# ---------------------------------------------------------------------------- frames
+
+
+def reference_frame(anchors: Sequence[int], n_real: int) -> str:
+    """Classify a set of anchor (sink) key positions of one prompt with `n_real` real tokens.
+
+    Rule:
+    - "none": no anchor;
+    - "bidirectional": anchors at both the first (0) and the last (n_real - 1) real token,
+      e.g. [CLS] and [SEP] (needs n_real >= 2);
+    - "centralized": exactly one anchor (wherever it is, typically the first token);
+    - "distributed": two or more anchors, not at both ends.
+    """
+    anchors = set(int(k) for k in anchors)
+    if not anchors:
+        return "none"
+    if n_real >= 2 and {0, n_real - 1} <= anchors:
+        return "bidirectional"
+    return "centralized" if len(anchors) == 1 else "distributed"
+
+
+def _mode(labels: Sequence[str]) -> str:
+    """Most common label; ties go to the earlier one in FRAMES."""
+    counts = Counter(labels)
+    return max(FRAMES, key=lambda frame: (counts[frame], -FRAMES.index(frame)))
+
+
+# ---------------------------------------------------------------------------- result
+
+
+@dataclass
+class SinkResult:
+    """Sink analysis of a batch of prompts.
+
+    `alpha [batch, layer, head, k]`: α_k per prompt and head (NaN at padding);
+    `mask [batch, pos]` True on real tokens; `str_tokens[b]` the real tokens of prompt b;
+    `bos_prepended`: whether every prompt starts with the tokenizer's BOS (causal) or [CLS]
+    (encoder) token (None when built from bare patterns); `massive`: the massive-activation
+    table (see `find_massive`); `phi [layer, batch, pos]` with `sink_dims` and `tau`: the
+    hidden-state sink score (see `sink_token_scores`), None when not computed.
+    `frame_min_rate`: the model-level anchor threshold of `model_frame`, in percent.
+    """
+
+    alpha: Float[torch.Tensor, "batch layer head k"]
+    mask: Bool[torch.Tensor, "batch pos"]
+    epsilon: float
+    is_causal: bool
+    model_name: str
+    str_tokens: list[list[str]] | None = None
+    bos_prepended: bool | None = None
+    massive: pd.DataFrame | None = None
+    phi: Float[torch.Tensor, "layer batch pos"] | None = None
+    sink_dims: list[int] = field(default_factory=list)
+    tau: float | None = None
+    frame_min_rate: float = 10.0
+    parameters: dict = field(default_factory=dict)
+
+    @property
+    def has_sink(self) -> Bool[torch.Tensor, "batch layer head k"]:
+        """α_k > ε (False at padding)."""
+        return self.alpha > self.epsilon
+
+    @property
+    def n_real(self) -> Int[torch.Tensor, "batch"]:
+        return self.mask.sum(dim=1)
+
+    def prompt_rates(self) -> Float[torch.Tensor, "batch k"]:
+        """Per prompt, the percentage of all L·H heads with a sink at each key (NaN at padding)."""
+        rates = 100 * self.has_sink.float().mean(dim=(1, 2))
+        return rates.masked_fill(~self.mask, float("nan"))
+
+    @property
+    def rate(self) -> Float[torch.Tensor, "k"]:
+        """Sink rate at each key position: `prompt_rates` averaged over the prompts with a
+        real token there (NaN where none has)."""
+        return torch.nanmean(self.prompt_rates(), dim=0)
+
+    def rate_at(self, position: int) -> float:
+        """Sink rate at one position, averaged over prompts; a negative position counts from
+        the end of each prompt's real tokens (-1: the last one, e.g. [SEP])."""
+        index = self._positions(position)
+        rows = self.prompt_rates()[torch.arange(len(index)), index.clamp_min(0)]
+        rows = rows[index >= 0]
+        if len(rows) == 0:
+            raise ValueError(f"no prompt has a real token at position {position}")
+        return float(rows.mean())
+
+    def head_rate_at(self, position: int) -> Float[torch.Tensor, "layer head"]:
+        """Fraction of prompts in which each head has a sink at `position` (negative: from the
+        end of each prompt), over the prompts that have it."""
+        index = self._positions(position)
+        keep = index >= 0
+        if not keep.any():
+            raise ValueError(f"no prompt has a real token at position {position}")
+        sinks = self.has_sink[torch.arange(len(index)), :, :, index.clamp_min(0)]  # [batch, layer, head]
+        return sinks[keep].float().mean(dim=0)
+
+    def _positions(self, position: int) -> Int[torch.Tensor, "batch"]:
+        """Absolute key index per prompt (-1 where the prompt is too short)."""
+        n = self.n_real
+        index = n + position if position < 0 else torch.full_like(n, position)
+        return torch.where((index >= 0) & (index < n), index, torch.full_like(n, -1))
+
+    def _anchors(self, sinks: Bool[torch.Tensor, "k"], n_real: int) -> list[int]:
+        # In a causal model the last key's α is one query's self-attention: never an anchor.
+        limit = n_real - 1 if self.is_causal else n_real
+        return [k for k in range(limit) if sinks[k]]
+
+    def head_frames(self) -> list[list[str]]:
+        """`frames[l][h]`: per head, the most common `reference_frame` over prompts of its
+        sink keys (α_k > ε). Causal models never count their last key (seen by itself only)."""
+        n_layers, n_heads = self.alpha.shape[1:3]
+        labels = [[[] for _ in range(n_heads)] for _ in range(n_layers)]
+        for b, n in enumerate(self.n_real.tolist()):
+            sinks = self.has_sink[b]
+            for layer in range(n_layers):
+                for head in range(n_heads):
+                    labels[layer][head].append(reference_frame(self._anchors(sinks[layer, head], n), n))
+        return [[_mode(per_head) for per_head in row] for row in labels]
+
+    @property
+    def model_frame(self) -> str:
+        """The model's frame: per prompt, anchors are the keys where at least `frame_min_rate`
+        percent of all heads have a sink; `reference_frame` of those; most common over prompts."""
+        rates = self.prompt_rates()
+        labels = []
+        for b, n in enumerate(self.n_real.tolist()):
+            labels.append(reference_frame(self._anchors(rates[b] >= self.frame_min_rate, n), n))
+        return _mode(labels)
+
+    def summary(self) -> pd.DataFrame:
+        """One row per key position: key, rate (% of heads), n_prompts (prompts with a real
+        token there), token (when every such prompt has the same token there, else "")."""
+        rate = self.rate.numpy()
+        counts = self.mask.sum(dim=0).numpy()
+        tokens = []
+        for k in range(len(rate)):
+            seen = {self.str_tokens[b][k] for b in range(len(self.mask)) if self.mask[b, k]} if self.str_tokens else set()
+            tokens.append(seen.pop() if len(seen) == 1 else "")
+        return pd.DataFrame({"key": np.arange(len(rate)), "rate": rate, "n_prompts": counts, "token": tokens})
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per (layer, head, key position): mean α over the prompts with a real token
+        there (`alpha`), the fraction of those prompts with a sink there (`sink_fraction`),
+        and the head's reference frame (`frame`)."""
+        alpha = torch.nanmean(self.alpha, dim=0)  # [layer, head, k]
+        real = self.mask.float().sum(dim=0).clamp_min(1)
+        fraction = self.has_sink.float().sum(dim=0) / real
+        frames = self.head_frames()
+        n_layers, n_heads, n_pos = alpha.shape
+        layer, head, key = np.meshgrid(np.arange(n_layers), np.arange(n_heads), np.arange(n_pos), indexing="ij")
+        return pd.DataFrame({"layer": layer.ravel(), "head": head.ravel(), "key": key.ravel(),
+                             "alpha": alpha.numpy().ravel(), "sink_fraction": fraction.numpy().ravel(),
+                             "frame": [frames[l][h] for l, h in zip(layer.ravel(), head.ravel())]})
+
+    def figure(self) -> go.Figure:
+        """Left: sink rate per key position. Right: per head (layers x heads), the fraction of
+        prompts with a sink at key 0."""
+        summary = self.summary()
+        labels = [f"{k}:{t}" if t else str(k) for k, t in zip(summary["key"], summary["token"])]
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("sink rate per key position", "heads with a sink at key 0"))
+        fig.add_trace(go.Bar(x=labels, y=summary["rate"], name="sink rate (%)"), row=1, col=1)
+        grid = self.head_rate_at(0).numpy()
+        fig.add_trace(go.Heatmap(z=grid, zmin=0, zmax=1, colorscale="Blues", showscale=False,
+                                 x=[f"H{h}" for h in range(grid.shape[1])], y=[f"L{l}" for l in range(grid.shape[0])],
+                                 hovertemplate="%{y}%{x}: %{z:.2f}<extra></extra>"), row=1, col=2)
+        fig.update_yaxes(title_text="% of heads (α > ε)", row=1, col=1)
+        fig.update_yaxes(autorange="reversed", row=1, col=2)
+        fig.update_layout(title=f"sinks: {self.model_name}, ε={self.epsilon}, frame {self.model_frame}, "
+                                f"BOS prepended: {self.bos_prepended}", showlegend=False)
+        return fig
+
+    def save(self, runs_dir: str | Path, name: str | None = None) -> Path:
+        """Write a result bundle (analysis "sinks"): tables heads (`to_frame`), rates
+        (`summary`) and massive (when computed); tensors alpha, mask (and phi); the figure."""
+        meta = {"analysis": "sinks", "model": self.model_name, "str_tokens": self.str_tokens,
+                "parameters": {"epsilon": self.epsilon, "is_causal": self.is_causal,
+                               "bos_prepended": self.bos_prepended, "sink_dims": self.sink_dims, "tau": self.tau,
+                               "frame_min_rate": self.frame_min_rate, **self.parameters},
+                "model_frame": self.model_frame}
+        tables = {"heads": self.to_frame(), "rates": self.summary()}
+        tensors = {"alpha": self.alpha, "mask": self.mask}
+        if self.massive is not None:
+            tables["massive"] = self.massive
+        if self.phi is not None:
+            tensors["phi"] = self.phi
+        return write_bundle(runs_dir, meta, tables=tables, tensors=tensors, figures={"sinks": self.figure()}, name=name)
+
+
+def sink_rates(
+    patterns: Float[torch.Tensor, "layer batch head q k"],
+    mask: Bool[torch.Tensor, "batch pos"] | None = None,
+    is_causal: bool = True,
+    epsilon: float = 0.3,
+    model_name: str = "patterns",
+) -> SinkResult:
+    """`SinkResult` from bare patterns `[layer, batch, head, q, k]` (see `sink_scores`)."""
+    epsilon = _check_epsilon(epsilon)
+    alpha = sink_scores(patterns, mask, is_causal)
+    _, mask = check_patterns(patterns, mask)
+    return SinkResult(alpha=alpha, mask=mask.cpu(), epsilon=epsilon, is_causal=is_causal, model_name=model_name)
+
+
+def sink_analysis(
+    model: HookedModel,
+    prompts: Sequence[str] | Int[torch.Tensor, "batch pos"],
+    attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    epsilon: float = 0.3,
+    abs_threshold: float = 100.0,
+    ratio: float = 1000.0,
+    tau: float = 20.0,
+    sink_dims: Sequence[int] | None = None,
+    frame_min_rate: float = 10.0,
+    batch_size: int = 32,
+) -> SinkResult:
+    """Sink rates, massive activations and hidden-state sink tokens of `model` on `prompts`
+    (texts, each tokenized as `model.to_tokens` does, or a token tensor with a mask).
+
+    Massive activations are searched in every block's output (`resid_post`). φ is computed
+    on `sink_dims`, or when None on the dims of the massive activations found; with neither,
+    `phi` is None. Patterns come from `analyses.rollout.attention_patterns`.
+    """
+    epsilon = _check_epsilon(epsilon)
+    attention = attention_patterns(model, prompts, attention_mask=attention_mask, batch_size=batch_size)
+    alpha = sink_scores(attention.patterns, attention.mask, model.cfg.is_causal)
+    hidden, mask = residual_states(model, prompts, attention_mask, batch_size)
+    massive = find_massive(hidden, mask, abs_threshold, ratio, attention.str_tokens)
+    dims = sorted(set(massive["dim"].tolist())) if sink_dims is None else [int(d) for d in sink_dims]
+    phi = sink_token_scores(hidden, dims) if dims else None
+    tok = model.tokenizer
+    start = {i for i in (tok.bos_token_id, tok.cls_token_id) if i is not None}
+    first = attention.tokens[:, 0].tolist()
+    return SinkResult(alpha=alpha, mask=attention.mask, epsilon=epsilon, is_causal=model.cfg.is_causal,
+                      model_name=model.cfg.name, str_tokens=attention.str_tokens,
+                      bos_prepended=all(i in start for i in first), massive=massive, phi=phi, sink_dims=dims,
+                      tau=tau, frame_min_rate=frame_min_rate,
+                      parameters={"abs_threshold": abs_threshold, "ratio": ratio, "n_prompts": len(first)})
+
+
+# ---------------------------------------------------------------------------- hidden states
+
+
+def residual_states(
+    model: HookedModel,
+    prompts: Sequence[str] | Int[torch.Tensor, "batch pos"],
+    attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
+    batch_size: int = 32,
+) -> tuple[Float[torch.Tensor, "layer batch pos d_model"], Bool[torch.Tensor, "batch pos"]]:
+    """Every block's output `resid_post` (float32, CPU) and the real-token mask, with prompts
+    tokenized and padded exactly as `attention_patterns` does."""
+    tokens, mask = _tokenize(model, prompts, attention_mask)
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
+    chunks = []
+    for start in range(0, len(tokens), batch_size):
+        rows = slice(start, start + batch_size)
+        _, cache = model.run_with_cache(tokens[rows], attention_mask=mask[rows].long(), names_filter=names)
+        chunks.append(torch.stack([cache[name].detach().float().cpu() for name in names]))
+    return torch.cat(chunks, dim=1), mask.cpu()
+
+
+def _check_hidden(hidden, mask) -> torch.Tensor:
+    if not isinstance(hidden, torch.Tensor) or hidden.ndim != 4 or 0 in hidden.shape:
+        shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+        raise ValueError(f"hidden must be a non-empty tensor [layer, batch, pos, d_model], got {shape}")
+    if mask is None:
+        return torch.ones(hidden.shape[1:3], dtype=torch.bool)
+    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(hidden.shape[1:3]):
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must have shape [batch, pos] = {tuple(hidden.shape[1:3])} to match hidden, got {shape}")
+    return mask.bool().cpu()
+
+
+def find_massive(
+    hidden: Float[torch.Tensor, "layer batch pos d_model"],
+    mask: Bool[torch.Tensor, "batch pos"] | None = None,
+    abs_threshold: float = 100.0,
+    ratio: float = 1000.0,
+    str_tokens: list[list[str]] | None = None,
+) -> pd.DataFrame:
+    """Massive activations: entries with |x| > `abs_threshold` and |x| > `ratio` × the median
+    |x| of the same hidden state `hidden[l, b, p, :]`, at real tokens only.
+
+    Returns one row per entry, largest |value| first: layer, batch, position, token (when
+    `str_tokens` is given, else ""), dim, value, ratio (|value| / median |x|).
+    """
+    mask = _check_hidden(hidden, mask)
+    if abs_threshold < 0 or ratio < 0:
+        raise ValueError(f"abs_threshold and ratio must be >= 0, got {abs_threshold} and {ratio}")
+    size = hidden.detach().float().cpu().abs()
+    median = size.median(dim=-1, keepdim=True).values
+    hits = (size > abs_threshold) & (size > ratio * median) & mask[None, :, :, None]
+    layer, batch, pos, dim = hits.nonzero(as_tuple=True)
+    values = hidden.detach().float().cpu()[layer, batch, pos, dim]
+    frame = pd.DataFrame({
+        "layer": layer.numpy(), "batch": batch.numpy(), "position": pos.numpy(),
+        "token": [str_tokens[b][p] for b, p in zip(batch.tolist(), pos.tolist())] if str_tokens else [""] * len(layer),
+        "dim": dim.numpy(), "value": values.numpy(),
+        "ratio": (values.abs() / median[layer, batch, pos, 0].clamp_min(1e-30)).numpy()})
+    return frame.sort_values("value", key=np.abs, ascending=False, kind="stable").reset_index(drop=True)
+
+
+def sink_token_scores(
+    hidden: Float[torch.Tensor, "layer batch pos d_model"],
+    sink_dims: Sequence[int],
+) -> Float[torch.Tensor, "layer batch pos"]:
+    """φ(x) = max over `sink_dims` d of |x_d / RMS(x)|, RMS over d_model (Kang et al., 2025).
+    A token is a sink at a layer where φ > τ (20 in the paper). Padded positions are scored
+    too; mask them out. Note φ <= sqrt(d_model) always (one entry cannot exceed the RMS by
+    more), so τ = 20 is unreachable for d_model <= 400 (minilm: at most 19.6); lower τ there."""
+    _check_hidden(hidden, None)
+    dims = [int(d) for d in sink_dims]
+    d_model = hidden.shape[-1]
+    if not dims or min(dims) < 0 or max(dims) >= d_model:
+        raise ValueError(f"sink_dims must be a non-empty list of dims in [0, {d_model - 1}], got {list(sink_dims)}")
+    x = hidden.detach().float().cpu()
+    rms = x.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(1e-30)
+    return (x[..., dims] / rms).abs().amax(dim=-1)
+
+
+# ---------------------------------------------------------------------------- redistribution
+
+
+def redistribute(
+    pattern: Float[torch.Tensor, "batch head q k"],
+    sink: Bool[torch.Tensor, "batch k"],
+    p: float,
+) -> Float[torch.Tensor, "batch head q k"]:
+    """Scale attention on `sink` keys by `p` and give the freed mass (1 - p) · Σ_sink A to
+    the other keys in proportion to their attention, so rows still sum to 1 and keys with
+    zero attention (causally hidden, padding) stay zero. A row with no attention outside
+    the sinks (e.g. the first query of a causal model) is left unchanged."""
+    on_sink = pattern * sink[:, None, None, :]
+    rest = pattern - on_sink
+    freed = (1 - p) * on_sink.sum(dim=-1, keepdim=True)
+    other = rest.sum(dim=-1, keepdim=True)
+    movable = other > 0
+    scale = torch.where(movable, 1 + freed / other.clamp_min(1e-30), torch.ones_like(other))
+    return torch.where(movable, p * on_sink + rest * scale, pattern)
+
+
+def redistribution_hooks(
+    model: HookedModel,
+    heads: Sequence[tuple[int, int]],
+    sink_positions: Sequence[int] | Bool[torch.Tensor, "batch k"] | Bool[torch.Tensor, "k"],
+    p: float = 0.6,
+) -> list[Hook]:
+    """Forward hooks on `blocks.{l}.attn.hook_pattern` applying `redistribute` to the chosen
+    `heads` [(layer, head), ...]; other heads are untouched. `sink_positions` are key
+    indices shared by all prompts, or a bool mask `[k]` / `[batch, k]` of sink keys.
+    Compose with other interventions: `model.run_with_hooks(tokens, fwd_hooks=hooks + more)`.
+    """
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
+        raise ValueError(f"p must be a number in [0, 1], got {p!r}")
+    if len(heads) == 0:
+        raise ValueError("heads must name at least one (layer, head) pair, got none")
+    by_layer: dict[int, list[int]] = {}
+    for pair in heads:
+        if len(pair) != 2:
+            raise ValueError(f"heads must be (layer, head) pairs, got {pair!r}")
+        layer, head = int(pair[0]), int(pair[1])
+        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
+            raise ValueError(f"head ({layer}, {head}) does not exist: {model.cfg.name} has layers "
+                             f"0..{model.cfg.n_layers - 1} and heads 0..{model.cfg.n_heads - 1}")
+        by_layer.setdefault(layer, []).append(head)
+    if not isinstance(sink_positions, torch.Tensor) and len(sink_positions) == 0:
+        raise ValueError("sink_positions must name at least one key position, got none")
+
+    def hook_for(chosen: list[int]):
+        def hook(pattern: torch.Tensor, hook) -> torch.Tensor:
+            sink = _sink_mask(sink_positions, pattern.shape[0], pattern.shape[-1]).to(pattern.device)
+            out = pattern.clone()
+            out[:, chosen] = redistribute(pattern[:, chosen], sink, p)
+            return out
+        return hook
+
+    return [(f"blocks.{layer}.attn.hook_pattern", hook_for(sorted(set(chosen)))) for layer, chosen in by_layer.items()]
+
+
+def _sink_mask(positions, batch: int, n_keys: int) -> Bool[torch.Tensor, "batch k"]:
+    if isinstance(positions, torch.Tensor) and positions.dtype == torch.bool:
+        if positions.shape not in ((n_keys,), (batch, n_keys)):
+            raise ValueError(f"a sink mask must have shape [k] = ({n_keys},) or [batch, k] = {(batch, n_keys)}, "
+                             f"got {tuple(positions.shape)}")
+        return positions.expand(batch, n_keys)
+    index = [int(k) for k in positions]
+    if min(index) < -n_keys or max(index) >= n_keys:
+        raise ValueError(f"sink_positions must lie in [0, {n_keys - 1}] for {n_keys} positions, got {index}")
+    sink = torch.zeros(batch, n_keys, dtype=torch.bool)
+    sink[:, index] = True
+    return sink
