@@ -66,7 +66,8 @@ def train_lm(
     """Train `model` on next-token prediction; returns the loss of every step.
 
     `sample_batch(gen)` returns `tokens [batch, pos]` (long) and `loss_mask [batch, pos]` (bool,
-    True where the *target* token at that position counts; position 0 is never a target).
+    True where the *target* token at that position counts; position 0 is never a target). A
+    floating-point `loss_mask` weighs each target instead: the loss is the weighted mean.
     The learning rate warms up linearly for `warmup` steps, then follows a cosine to 10%.
     Everything random draws from one generator seeded with `seed`, so a recipe is repeatable.
     """
@@ -88,7 +89,11 @@ def train_lm(
         logits = model(tokens).logits[:, :-1]
         targets = tokens[:, 1:]
         mask = loss_mask[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+        if mask.dtype == torch.bool:
+            loss = torch.nn.functional.cross_entropy(logits[mask], targets[mask])
+        else:
+            per_target = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+            loss = (per_target * mask).sum() / mask.sum()
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
