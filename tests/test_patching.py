@@ -192,3 +192,27 @@ def test_other_bad_arguments(model):
         patch(model, task, "z", layers=[7], progress=False)
     with pytest.raises(ValueError, match="unknown metric 'accuracy'"):
         Task(task.clean, task.corrupt, task.answer, task.wrong, metric="accuracy")
+
+
+@pytest.fixture(scope="module")
+def ioi_model():
+    from interp import load_model
+
+    return load_model("zoo/ioi-small", device="cpu")
+
+
+@pytest.mark.parametrize("component,per_position,tl_fn", [
+    ("z", True, tlp.get_act_patch_attn_head_out_by_pos),
+    ("resid_pre", True, tlp.get_act_patch_resid_pre),
+    ("v", False, tlp.get_act_patch_attn_head_v_all_pos),
+], ids=["z-by-pos", "resid_pre", "v-all"])
+def test_zoo_ioi_sweeps_equal_transformer_lens(ioi_model, component, per_position, tl_fn):
+    from circuits.tasks import ioi_task
+
+    task = ioi_task(ioi_model, n=6, split="test", seed=3, template="when-went")
+    _, clean_cache = ioi_model.bridge.run_with_cache(task.clean)
+    with torch.no_grad():
+        expected = tl_fn(ioi_model.bridge, task.corrupt, clean_cache, tl_metric(task))
+    ours = patch(ioi_model, task, component, per_position=per_position, normalize=False, progress=False)
+    assert torch.allclose(ours.values, expected, atol=1e-4, rtol=1e-5)
+    assert ours.clean_metric > 5 and ours.corrupt_metric < 2, "the model solves IOI; ABC corruption removes it"

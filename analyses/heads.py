@@ -1,0 +1,258 @@
+"""Head detectors: previous-token, induction and duplicate-token scores for every head.
+
+Each score is the mean attention a head pays, on generated probe sequences, from a set of
+query positions to the one key position that the head's job names (the scores of
+TransformerLens's head detector and of Olsson et al., 2022, "In-context learning and induction
+heads"). A probe is a random span of `span` distinct plain tokens written twice:
+
+    causal model:  <bos> s1 s2 ... sn s1 s2 ... sn
+    encoder:       [CLS] s1 s2 ... sn s1 s2 ... sn [SEP]
+
+- previous_token: every span token after the first attends to the token right before it.
+- duplicate_token: each token of the repeat attends to its own earlier occurrence.
+- induction: each token of the repeat attends to the token right after its earlier
+  occurrence (the token it should predict next).
+
+    scores = detect_heads(load_model("zoo/induction-2l"))
+    scores.top("induction")            # DataFrame: layer, head, score (best first)
+    scores.figure()                    # heatmaps layers x heads, one per kind
+    scores.save("runs")                # a result bundle, analysis="heads"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float, Int
+from plotly.subplots import make_subplots
+from tqdm.auto import tqdm
+
+from interp.models import HookedModel
+from interp.results import write_bundle
+
+KINDS = ("previous_token", "induction", "duplicate_token")
+# TransformerLens's head detector calls them "previous_token_head", ...; both spellings work.
+_ALIASES = {f"{kind}_head": kind for kind in KINDS}
+
+Hook = tuple[str, Callable[..., torch.Tensor | None]]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Probe sequences and where their span lies.
+
+    `tokens [batch, pos]`; the first occurrence of span token t is at `start + t`, its repeat
+    at `start + span + t` (t = 0 .. span-1).
+    """
+
+    tokens: Int[torch.Tensor, "batch pos"]
+    start: int
+    span: int
+
+
+def probe_positions(kind: str, start: int, span: int) -> tuple[Int[torch.Tensor, "n"], Int[torch.Tensor, "n"]]:
+    """The (query, key) position pairs that score `kind` on a probe whose span starts at
+    `start`: returns `queries [n]`, `keys [n]`, with query `queries[i]` scored on key `keys[i]`."""
+    kind = _kind(kind)
+    _check_int("span", span, 2)
+    _check_int("start", start, 0)
+    repeat = torch.arange(start + span, start + 2 * span)
+    if kind == "previous_token":
+        queries = torch.arange(start + 1, start + 2 * span)
+        return queries, queries - 1
+    if kind == "duplicate_token":
+        return repeat, repeat - span
+    return repeat, repeat - span + 1  # induction
+
+
+def pattern_scores(
+    pattern: Float[torch.Tensor, "batch head q k"],
+    queries: Int[torch.Tensor, "n"],
+    keys: Int[torch.Tensor, "n"],
+) -> Float[torch.Tensor, "head"]:
+    """Mean over the batch and the pairs of `pattern[b, h, queries[i], keys[i]]`: how much of
+    each head's attention goes, on average, from each query to its designated key."""
+    if pattern.ndim != 4 or pattern.shape[-1] != pattern.shape[-2]:
+        raise ValueError(f"pattern must have shape [batch, head, q, k] with q == k, got {tuple(pattern.shape)}")
+    if queries.ndim != 1 or queries.shape != keys.shape or len(queries) == 0:
+        raise ValueError(f"queries and keys must be equal-length non-empty 1-d tensors, "
+                         f"got shapes {tuple(queries.shape)} and {tuple(keys.shape)}")
+    n_pos = pattern.shape[-1]
+    if min(queries.min(), keys.min()) < 0 or max(queries.max(), keys.max()) >= n_pos:
+        raise ValueError(f"positions must lie in [0, {n_pos - 1}] for a pattern over {n_pos} positions")
+    return pattern[:, :, queries, keys].mean(dim=(0, 2))
+
+
+def make_probe(model: HookedModel, n_sequences: int, span: int, seed: int = 0) -> Probe:
+    """`n_sequences` probes for `model`: each a span of `span` distinct random plain tokens
+    (never a special token of the tokenizer), written twice, with BOS first for a causal
+    model and [CLS] ... [SEP] around it for an encoder. Same seed, same probes."""
+    _check_int("n_sequences", n_sequences, 1)
+    _check_int("span", span, 2)
+    prefix, suffix = _specials_around(model)
+    plain = _plain_token_ids(model)
+    if span > len(plain):
+        raise ValueError(f"span must be at most the {len(plain)} plain tokens of {model.cfg.name}'s "
+                         f"vocabulary (a span holds distinct tokens), got {span}")
+    length = len(prefix) + 2 * span + len(suffix)
+    if length > model.cfg.n_ctx:
+        raise ValueError(f"span {span} makes probes of {length} positions; {model.cfg.name} takes at most "
+                         f"{model.cfg.n_ctx}, so span must be at most {(model.cfg.n_ctx - len(prefix) - len(suffix)) // 2}")
+    gen = torch.Generator().manual_seed(seed)
+    spans = torch.stack([plain[torch.randperm(len(plain), generator=gen)[:span]] for _ in range(n_sequences)])
+    around = [torch.tensor(ids, dtype=torch.long).repeat(n_sequences, 1) for ids in (prefix, suffix)]
+    return Probe(tokens=torch.cat([around[0], spans, spans, around[1]], dim=1), start=len(prefix), span=span)
+
+
+def detect_heads(
+    model: HookedModel,
+    n_sequences: int = 64,
+    span: int = 20,
+    seed: int = 0,
+    kinds: Sequence[str] = KINDS,
+    batch_size: int = 32,
+    fwd_hooks: Sequence[Hook] = (),
+    progress: bool = True,
+) -> HeadScores:
+    """Score every head of `model` as a previous-token, induction and duplicate-token head.
+
+    Args:
+        n_sequences, span, seed: the probes (see `make_probe`); span >= 2.
+        kinds: which scores, any of "previous_token", "induction", "duplicate_token" (or
+            TransformerLens's names "previous_token_head", ...).
+        batch_size: probes per forward pass.
+        fwd_hooks: extra `(hook_name, fn)` hooks active while scoring, e.g. to ablate a head
+            and see which scores collapse.
+    Returns:
+        `HeadScores` holding one `[layer, head]` tensor per kind.
+    """
+    kinds = _kinds(kinds)
+    _check_int("batch_size", batch_size, 1)
+    probe = make_probe(model, n_sequences, span, seed)
+    pairs = {kind: probe_positions(kind, probe.start, probe.span) for kind in kinds}
+    n_layers = model.cfg.n_layers
+    totals = {kind: torch.zeros(n_layers, model.cfg.n_heads) for kind in kinds}
+    patterns: dict[int, torch.Tensor] = {}
+
+    def keep(layer: int):
+        def hook(pattern: torch.Tensor, hook) -> None:
+            patterns[layer] = pattern.detach().float().cpu()
+        return hook
+
+    capture = [(f"blocks.{layer}.attn.hook_pattern", keep(layer)) for layer in range(n_layers)]
+    batches = torch.split(probe.tokens, batch_size)
+    for tokens in tqdm(batches, desc="heads", disable=not progress):
+        with torch.no_grad():
+            model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, *capture])
+        for kind, (queries, keys) in pairs.items():
+            for layer in range(n_layers):
+                totals[kind][layer] += pattern_scores(patterns[layer], queries, keys) * len(tokens)
+    scores = {kind: total / n_sequences for kind, total in totals.items()}
+    parameters = {"n_sequences": n_sequences, "span": span, "kinds": list(kinds),
+                  "is_causal": model.cfg.is_causal, "hooked": [name for name, _ in fwd_hooks]}
+    return HeadScores(scores=scores, model=model.cfg.name, seed=seed, parameters=parameters)
+
+
+@dataclass
+class HeadScores:
+    """Per-head detector scores: `scores[kind]` is a `[layer, head]` tensor of mean attention
+    (between 0 and 1) to the key each kind names."""
+
+    scores: dict[str, Float[torch.Tensor, "layer head"]]
+    model: str
+    seed: int
+    parameters: dict = field(default_factory=dict)
+
+    def __getitem__(self, kind: str) -> Float[torch.Tensor, "layer head"]:
+        kind = _kind(kind)
+        if kind not in self.scores:
+            raise KeyError(f"no {kind!r} scores here; scored kinds: {list(self.scores)}")
+        return self.scores[kind]
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long table: one row per (layer, head, kind) with its score."""
+        rows = [(layer, head, kind, float(score[layer, head]))
+                for kind, score in self.scores.items()
+                for layer in range(score.shape[0]) for head in range(score.shape[1])]
+        return pd.DataFrame(rows, columns=["layer", "head", "kind", "score"])
+
+    def top(self, kind: str, k: int = 1) -> pd.DataFrame:
+        """The `k` heads with the highest `kind` score: columns layer, head, score, best first."""
+        score = self[kind]
+        _check_int("k", k, 1)
+        values, flat = score.flatten().topk(min(k, score.numel()))
+        n_heads = score.shape[1]
+        return pd.DataFrame({"layer": (flat // n_heads).tolist(), "head": (flat % n_heads).tolist(),
+                             "score": values.tolist()})
+
+    def figure(self, kind: str | None = None) -> go.Figure:
+        """Heatmap(s) of layers x heads, cells labelled "L{l}H{h}"; all kinds side by side
+        when `kind` is None."""
+        kinds = list(self.scores) if kind is None else [_kind(kind)]
+        for name in kinds:
+            self[name]
+        fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=kinds, horizontal_spacing=0.08)
+        for col, name in enumerate(kinds, start=1):
+            score = self.scores[name]
+            n_layers, n_heads = score.shape
+            labels = [[f"L{layer}H{head}" for head in range(n_heads)] for layer in range(n_layers)]
+            fig.add_trace(go.Heatmap(
+                z=score.tolist(), x=[f"H{h}" for h in range(n_heads)], y=[f"L{l}" for l in range(n_layers)],
+                text=labels, texttemplate="%{text}<br>%{z:.2f}", zmin=0, zmax=1, colorscale="Blues",
+                showscale=col == len(kinds), name=name,
+                hovertemplate=f"%{{text}}<br>{name}: %{{z:.3f}}<extra></extra>"), row=1, col=col)
+            fig.update_yaxes(autorange="reversed", row=1, col=col)
+        fig.update_layout(title=f"Head detector scores: {self.model}")
+        return fig
+
+    def save(self, runs_dir: str | Path) -> Path:
+        """Write a result bundle (analysis "heads") with the long table, the `[layer, head]`
+        tensors and the heatmaps; returns its folder."""
+        meta = {"analysis": "heads", "model": self.model, "seed": self.seed, "parameters": self.parameters}
+        return write_bundle(runs_dir, meta, tables={"scores": self.to_frame()},
+                            tensors=dict(self.scores), figures={"scores": self.figure()})
+
+
+def _kind(kind: str) -> str:
+    name = _ALIASES.get(kind, kind) if isinstance(kind, str) else kind
+    if name not in KINDS:
+        raise ValueError(f"unknown head kind {kind!r}; known kinds: {', '.join(KINDS)}")
+    return name
+
+
+def _kinds(kinds: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(kinds, str):
+        kinds = [kinds]
+    names = tuple(dict.fromkeys(_kind(kind) for kind in kinds))
+    if not names:
+        raise ValueError(f"kinds must name at least one of {', '.join(KINDS)}, got none")
+    return names
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _specials_around(model: HookedModel) -> tuple[list[int], list[int]]:
+    """Token ids before and after a probe's spans: BOS for a causal model (as
+    TransformerLens prepends it), the tokenizer's [CLS] and [SEP] for an encoder."""
+    tok = model.tokenizer
+    if model.cfg.is_causal:
+        return ([tok.bos_token_id] if tok.bos_token_id is not None else []), []
+    return ([tok.cls_token_id] if tok.cls_token_id is not None else [],
+            [tok.sep_token_id] if tok.sep_token_id is not None else [])
+
+
+def _plain_token_ids(model: HookedModel) -> Int[torch.Tensor, "n"]:
+    """Every token id of the vocabulary that is not a special token."""
+    vocab = min(model.cfg.d_vocab, len(model.tokenizer))
+    plain = torch.ones(vocab, dtype=torch.bool)
+    special = [i for i in model.tokenizer.all_special_ids if i is not None and i < vocab]
+    plain[special] = False
+    return plain.nonzero().flatten()

@@ -1,0 +1,188 @@
+"""Head detectors against hand-built attention patterns, Hugging Face's own attention weights,
+and bad input."""
+
+import pytest
+import torch
+from transformers import BertModel, GPT2LMHeadModel
+
+from analyses.heads import (KINDS, HeadScores, detect_heads, make_probe, pattern_scores,
+                            probe_positions)
+from interp import load_model
+from interp.results import read_bundle
+from interp.zoo.registry import get_embedded
+from tests.helpers import random_gpt2, random_gpt2_folder
+
+# BOS + span (3 tokens) + repeat: positions 0 | 1 2 3 | 4 5 6
+START, SPAN, N_POS = 1, 3, 7
+
+
+def test_probe_positions_by_hand():
+    q, k = probe_positions("previous_token", START, SPAN)
+    assert q.tolist() == [2, 3, 4, 5, 6] and k.tolist() == [1, 2, 3, 4, 5]
+    q, k = probe_positions("duplicate_token", START, SPAN)
+    assert q.tolist() == [4, 5, 6] and k.tolist() == [1, 2, 3]
+    q, k = probe_positions("induction", START, SPAN)
+    assert q.tolist() == [4, 5, 6] and k.tolist() == [2, 3, 4]
+    # TransformerLens's detector names mean the same.
+    assert probe_positions("induction_head", START, SPAN)[1].tolist() == [2, 3, 4]
+
+
+def _causal_uniform(n: int) -> torch.Tensor:
+    return torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1)[:, None]
+
+
+def _one_hot_rows(targets: dict[int, int], n: int) -> torch.Tensor:
+    """Uniform causal attention, except rows `q` that put all their weight on `targets[q]`."""
+    pattern = _causal_uniform(n)
+    for q, k in targets.items():
+        pattern[q] = 0
+        pattern[q, k] = 1
+    return pattern
+
+
+def test_pattern_scores_on_hand_built_patterns():
+    prev = _one_hot_rows({q: q - 1 for q in range(1, N_POS)}, N_POS)
+    induction = _one_hot_rows({4: 2, 5: 3, 6: 4}, N_POS)
+    duplicate = _one_hot_rows({4: 1, 5: 2, 6: 3}, N_POS)
+    half_bos = 0.5 * prev + 0.5 * _one_hot_rows({q: 0 for q in range(N_POS)}, N_POS)
+    uniform = _causal_uniform(N_POS)
+    first = torch.stack([prev, induction, duplicate, half_bos, uniform])
+    # In the second sequence the induction head attends only half-way.
+    second = first.clone()
+    second[1] = 0.5 * induction + 0.5 * uniform
+    pattern = torch.stack([first, second])  # [batch 2, head 5, q 7, k 7]
+
+    def score(kind):
+        return pattern_scores(pattern, *probe_positions(kind, START, SPAN)).tolist()
+
+    u_rep = (1 / 5 + 1 / 6 + 1 / 7) / 3  # uniform causal weight of queries 4, 5, 6 on any key
+    u_prev = (1 / 3 + 1 / 4 + 1 / 5 + 1 / 6 + 1 / 7) / 5  # ... of queries 2..6
+    # The induction head's previous-token score: queries 2, 3 are uniform in both sequences
+    # (1/3, 1/4); queries 4-6 put nothing on their previous key in the first sequence and half
+    # their uniform weight in the second.
+    ind_prev = ((1 / 3 + 1 / 4) / 5 + ((1 / 3 + 1 / 4) + 0.5 * (1 / 5 + 1 / 6 + 1 / 7)) / 5) / 2
+    expected = {
+        "previous_token": [1, ind_prev, (1 / 3 + 1 / 4) / 5, 0.5, u_prev],
+        "induction": [0, (1 + 0.5 + 0.5 * u_rep) / 2, 0, 0, u_rep],
+        "duplicate_token": [0, 0.5 * u_rep / 2, 1, 0, u_rep],
+    }
+    for kind, values in expected.items():
+        assert score(kind) == pytest.approx(values, abs=1e-6), kind
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    return random_gpt2_folder(tmp_path_factory.mktemp("heads_gpt2"), n_layer=2, n_head=4, vocab=40)
+
+
+@pytest.fixture(scope="module")
+def small_gpt2(gpt2_folder):
+    return load_model(gpt2_folder, device="cpu")
+
+
+def _hf_attentions(auto_class, folder, tokens):
+    """Attention weights of every layer from a fresh Hugging Face model (eager attention)."""
+    hf = auto_class.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        return hf(tokens, output_attentions=True).attentions
+
+
+def _reference_scores(attentions, probe, kind):
+    """Scores straight from Hugging Face attention weights `[batch, head, q, k]` per layer,
+    written out as loops over the probe's span."""
+    s, n = probe.start, probe.span
+    if kind == "previous_token":
+        pairs = [(q, q - 1) for q in range(s + 1, s + 2 * n)]
+    elif kind == "duplicate_token":
+        pairs = [(s + n + t, s + t) for t in range(n)]
+    else:
+        pairs = [(s + n + t, s + t + 1) for t in range(n)]
+    return torch.stack([sum(att[:, :, q, k] for q, k in pairs).mean(0) / len(pairs) for att in attentions])
+
+
+def test_detect_heads_matches_hugging_face_attentions(gpt2_folder, small_gpt2):
+    scores = detect_heads(small_gpt2, n_sequences=5, span=7, seed=3, batch_size=2, progress=False)
+    probe = make_probe(small_gpt2, 5, 7, seed=3)
+    attentions = _hf_attentions(GPT2LMHeadModel, gpt2_folder, probe.tokens)
+    for kind in KINDS:
+        torch.testing.assert_close(scores[kind], _reference_scores(attentions, probe, kind), atol=1e-5, rtol=0)
+    assert scores["induction"].shape == (2, 4)
+
+
+def test_probe_layout_causal(small_gpt2):
+    probe = make_probe(small_gpt2, 6, 9, seed=1)
+    tok = small_gpt2.tokenizer
+    assert probe.tokens.shape == (6, 1 + 18) and probe.start == 1
+    assert (probe.tokens[:, 0] == tok.bos_token_id).all()
+    span = probe.tokens[:, 1:10]
+    assert torch.equal(span, probe.tokens[:, 10:])
+    assert all(len(set(row)) == 9 for row in span.tolist()), "span tokens are distinct"
+    assert not set(span.flatten().tolist()) & set(tok.all_special_ids)
+    assert torch.equal(probe.tokens, make_probe(small_gpt2, 6, 9, seed=1).tokens)
+    assert not torch.equal(probe.tokens, make_probe(small_gpt2, 6, 9, seed=2).tokens)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_model("minilm", device="cpu")
+
+
+def test_encoder_probe_and_scores(minilm):
+    tok = minilm.tokenizer
+    probe = make_probe(minilm, 4, 10, seed=0)
+    assert (probe.tokens[:, 0] == tok.cls_token_id).all() and (probe.tokens[:, -1] == tok.sep_token_id).all()
+    assert probe.tokens.shape == (4, 22) and probe.start == 1
+    assert not set(probe.tokens[:, 1:-1].flatten().tolist()) & set(tok.all_special_ids)
+    scores = detect_heads(minilm, n_sequences=4, span=10, seed=0, progress=False)
+    attentions = _hf_attentions(BertModel, get_embedded("minilm").folder, probe.tokens)
+    for kind in KINDS:
+        torch.testing.assert_close(scores[kind], _reference_scores(attentions, probe, kind), atol=1e-5, rtol=0)
+    assert scores.parameters["is_causal"] is False
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n_sequences": 0}, "n_sequences must be an int >= 1, got 0"),
+    ({"span": 1}, "span must be an int >= 2, got 1"),
+    ({"span": 2.5}, "span must be an int >= 2, got 2.5"),
+    ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+    ({"kinds": ["induction", "copying"]}, "unknown head kind 'copying'; known kinds: previous_token, induction, duplicate_token"),
+    ({"kinds": []}, "kinds must name at least one"),
+    ({"span": 16}, "span 16 makes probes of 33 positions; .* takes at most 32, so span must be at most 15"),
+])
+def test_bad_input(small_gpt2, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        detect_heads(small_gpt2, progress=False, **kwargs)
+
+
+def test_span_longer_than_vocabulary(tmp_path):
+    tiny = random_gpt2(tmp_path, n_layer=1, n_head=2, vocab=5)
+    with pytest.raises(ValueError, match="span must be at most the 5 plain tokens"):
+        detect_heads(tiny, span=6, progress=False)
+
+
+def test_head_scores_frame_top_figure_and_bundle(tmp_path):
+    induction = torch.tensor([[0.1, 0.2], [0.9, 0.3]])
+    previous = torch.tensor([[0.05, 0.8], [0.2, 0.1]])
+    scores = HeadScores(scores={"induction": induction, "previous_token": previous}, model="toy", seed=7,
+                        parameters={"span": 4})
+    frame = scores.to_frame()
+    assert list(frame.columns) == ["layer", "head", "kind", "score"] and len(frame) == 8
+    row = frame[(frame["kind"] == "previous_token") & (frame["layer"] == 0) & (frame["head"] == 1)]
+    assert row["score"].item() == pytest.approx(0.8)
+    top = scores.top("induction", k=2)
+    assert top[["layer", "head"]].values.tolist() == [[1, 0], [1, 1]]
+    assert top.score.tolist() == pytest.approx([0.9, 0.3])
+    assert scores.top("induction_head").values.tolist()[0][:2] == [1, 0]
+    with pytest.raises(KeyError, match="no 'duplicate_token' scores here"):
+        scores.top("duplicate_token")
+
+    fig = scores.figure()
+    assert [t.name for t in fig.data] == ["induction", "previous_token"]
+    assert fig.data[0].text[1][0] == "L1H0" and fig.data[0].z[1][0] == pytest.approx(0.9)
+    assert len(scores.figure("previous_token").data) == 1
+
+    bundle = read_bundle(scores.save(tmp_path / "runs"))
+    assert bundle.meta["analysis"] == "heads" and bundle.meta["model"] == "toy" and bundle.meta["seed"] == 7
+    torch.testing.assert_close(bundle.tensor("induction"), induction)
+    assert bundle.table("scores").equals(frame)
+    assert bundle.figure_names == ["scores"]
