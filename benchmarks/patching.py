@@ -70,7 +70,6 @@ def tl_sweep(model, task, per_position: bool, sample: int | None, seed: int = 0)
     full = pd.DataFrame(torch.cartesian_prod(*[torch.arange(sizes[a]) for a in axes]).numpy(), columns=axes)
     index = full if sample is None or sample >= len(full) else full.sample(sample, random_state=seed)
     index = index.rename(columns={"head": "head_index"}) if per_position else index
-    fn = tlp.get_act_patch_attn_head_out_by_pos if per_position else tlp.get_act_patch_attn_head_out_all_pos
     setter = tlp.layer_pos_head_vector_patch_setter if per_position else tlp.layer_head_vector_patch_setter
     with torch.no_grad():
         _, clean_cache = model.bridge.run_with_cache(task.clean.to(model.device))

@@ -15,7 +15,7 @@ import torch
 from ..models import HookedModel
 from .fused import FusedGPT2, RunCache
 from .result import PatchResult
-from .sweep import COMPONENTS, _final, _metric
+from .sweep import _final, _metric, check_sweep
 from .task import Task
 
 ATTENTION_ACTIVATIONS = ("q", "k", "v", "pattern", "z")
@@ -32,12 +32,7 @@ def attribution_patch(
 ) -> PatchResult:
     """Estimate `patch(model, task, component, per_position, direction)` by AtP (or AtP* with
     `attention_fix=True`); same arguments, same result shape, `method` "atp" / "atp*"."""
-    if component not in COMPONENTS:
-        raise ValueError(f"unknown component {component!r}; known components: {', '.join(COMPONENTS)}")
-    if per_position == "dest_src" and component != "pattern":
-        raise ValueError("per_position='dest_src' applies to component='pattern' only")
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    axes = check_sweep(model, task, component, per_position, direction)
     cfg = model.cfg
     fused = FusedGPT2(model)
     task = task.to(model.device)
@@ -61,7 +56,6 @@ def attribution_patch(
         if normalize:
             values = (values - m_corrupt.cpu()) / (m_clean - m_corrupt).cpu()
 
-    axes = ("layer", "head", "dest_pos", "src_pos") if per_position == "dest_src" else COMPONENTS[component][2 if per_position else 1]
     return PatchResult(
         values=values, axes=axes, component=component, per_position=per_position, direction=direction,
         normalized=normalize, model_name=cfg.name, task_name=task.name, clean_metric=float(m_clean),

@@ -21,7 +21,7 @@ from ..models import HookedModel
 from ..models.errors import check_head, check_layer
 from .fused import FusedGPT2, RunCache
 from .result import PatchResult
-from .sweep import _bytes_per_variant, _default_budget, _metric, _final
+from .sweep import _bytes_per_variant, _default_budget, _final, _metric, check_run
 from .task import Task
 
 
@@ -47,8 +47,7 @@ def path_patch(
         receiver's layer have no path and are NaN.
     """
     cfg = model.cfg
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    check_run(model, task, direction)
     if receivers == "resid":
         receiver_heads: list[tuple[int, int]] = []
         last_layer = cfg.n_layers

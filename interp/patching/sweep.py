@@ -79,18 +79,8 @@ def patch(
         residual/attn_out/mlp_out, `[layer, head]` or `[layer, pos, head]` for z/q/k/v,
         `[layer, head, dest_pos]` or `[layer, head, dest_pos, src_pos]` for the pattern.
     """
-    if component not in COMPONENTS:
-        raise ValueError(f"unknown component {component!r}; known components: {', '.join(COMPONENTS)}")
-    if per_position == "dest_src" and component != "pattern":
-        raise ValueError("per_position='dest_src' applies to component='pattern' only")
-    if per_position not in (True, False, "dest_src"):
-        raise ValueError(f"per_position must be True, False or 'dest_src', got {per_position!r}")
-    if direction not in ("denoise", "noise"):
-        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
-    if not isinstance(task, Task):
-        raise TypeError(f"task must be an interp.patching.Task, got {type(task).__name__}")
+    axes = check_sweep(model, task, component, per_position, direction)
     cfg = model.cfg
-    model._tokens(task.clean), model._tokens(task.corrupt)  # vocabulary / context checks
     layers = list(range(cfg.n_layers)) if layers is None else [check_layer(l, cfg.n_layers) for l in layers]
     fused = FusedGPT2(model)
     task = task.to(model.device)
@@ -108,9 +98,6 @@ def patch(
                              f"needs about {per_variant:,} bytes for this model and task")
         chunk = max(1, budget // per_variant)
 
-        axes = COMPONENTS[component][2 if per_position else 1]
-        if per_position == "dest_src":
-            axes = ("layer", "head", "dest_pos", "src_pos")
         sizes = {"layer": cfg.n_layers, "pos": task.n_pos, "head": cfg.n_heads,
                  "dest_pos": task.n_pos, "src_pos": task.n_pos}
         values = torch.full([sizes[a] for a in axes], float("nan"))
@@ -140,6 +127,29 @@ def patch(
         pos_labels=model.to_str_tokens(task.clean[:1].cpu()),
         layers=layers,
     )
+
+
+def check_run(model: HookedModel, task: Task, direction: str) -> None:
+    """Checks every patching method shares: the task, its tokens for this model, the direction."""
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be an interp.patching.Task, got {type(task).__name__}")
+    model._tokens(task.clean), model._tokens(task.corrupt)  # vocabulary / context checks
+    if direction not in ("denoise", "noise"):
+        raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+
+
+def check_sweep(model: HookedModel, task: Task, component: str, per_position: bool | str, direction: str) -> tuple[str, ...]:
+    """Validate a sweep's arguments (exact or attribution); return the result's axes."""
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown component {component!r}; known components: {', '.join(COMPONENTS)}")
+    if per_position == "dest_src" and component != "pattern":
+        raise ValueError("per_position='dest_src' applies to component='pattern' only")
+    if per_position not in (True, False, "dest_src"):
+        raise ValueError(f"per_position must be True, False or 'dest_src', got {per_position!r}")
+    check_run(model, task, direction)
+    if per_position == "dest_src":
+        return ("layer", "head", "dest_pos", "src_pos")
+    return COMPONENTS[component][2 if per_position else 1]
 
 
 def _variants(component: str, per_position: bool | str, n_heads: int, n_pos: int) -> list[Variant]:
@@ -264,11 +274,14 @@ def _metric(fused: FusedGPT2, final: torch.Tensor, task: Task) -> torch.Tensor:
 
 
 def _bytes_per_variant(model: HookedModel, task: Task) -> int:
-    """Peak extra memory of one patched run (one variant, every prompt), in bytes."""
+    """Peak extra memory of one patched run (one variant, every prompt), in bytes. The two
+    cached runs (clean and corrupted) come on top and are not part of the budget."""
     c = model.cfg
     d_mlp = model.hf_model.config.n_inner or 4 * c.d_model
     elem = torch.finfo(model.dtype).bits // 8
-    per_token = 8 * c.d_model + 2 * d_mlp + 3 * c.n_heads * task.n_pos  # activations alive at once
+    # Activations alive at once in a suffix run; the MLP's hidden layer and its activation
+    # function's temporaries dominate (a budget from the smaller 8*d + 2*d_mlp was overrun 2x).
+    per_token = 10 * c.d_model + 5 * d_mlp + 3 * c.n_heads * task.n_pos
     logits = 0 if task.metric == "logit_diff" else 4 * c.d_vocab
     return task.batch * (elem * task.n_pos * per_token + logits)
 
