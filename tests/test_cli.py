@@ -26,7 +26,7 @@ def test_help_lists_every_command():
 def test_models_lists_the_embedded_models(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert "minilm" in out and "zoo/induction-2l" in out and "(default)" in out
+    assert "minilm" in out and "zoo/ioi-small" in out and "(default)" in out
 
 
 def test_heads_writes_a_bundle(folder, tmp_path, capsys):

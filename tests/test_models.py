@@ -198,7 +198,7 @@ def test_minilm_pooled_embedding_equals_sentence_transformers():
 
 def test_list_models_describes_every_embedded_model():
     models = list_models()
-    assert {"minilm", "zoo/induction-2l", "zoo/ioi-small"} <= set(models)
+    assert {"minilm", "zoo/ioi-small"} <= set(models)
     assert all(isinstance(d, str) and d for d in models.values())
 
 
@@ -206,7 +206,7 @@ def test_list_models_describes_every_embedded_model():
 
 
 def test_unknown_names_list_the_embedded_models():
-    with pytest.raises(ValueError, match=r"unknown embedded model 'zoo/nope'.*minilm.*zoo/induction-2l"):
+    with pytest.raises(ValueError, match=r"unknown embedded model 'zoo/nope'.*minilm.*zoo/ioi-small"):
         load_model("zoo/nope")
     with pytest.raises(ValueError, match=r"unknown model 'no-such-model-xyz'.*minilm.*hub names need internet"):
         load_model("no-such-model-xyz")

@@ -13,7 +13,6 @@ from pathlib import Path
 from .registry import CHECKPOINTS
 
 RECIPES = {
-    "induction-2l": "interp.zoo.recipes.induction",
     "ioi-small": "interp.zoo.recipes.ioi",
 }
 
