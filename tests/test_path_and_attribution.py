@@ -89,7 +89,7 @@ def test_path_patching_equals_slow_reference(model, receivers, receiver_input):
 def test_path_patching_small_budget_same_numbers(model):
     task = make_task(model, seed=1)
     a = path_patch(model, task, [(2, 1)], receiver_input="v", progress=False, normalize=False)
-    b = path_patch(model, task, [(2, 1)], receiver_input="v", progress=False, normalize=False, memory_budget=70_000)
+    b = path_patch(model, task, [(2, 1)], receiver_input="v", progress=False, normalize=False, memory_budget=250_000)  # two senders per chunk
     assert torch.allclose(a.values, b.values, atol=1e-6, equal_nan=True)
 
 
