@@ -198,7 +198,7 @@ def test_minilm_pooled_embedding_equals_sentence_transformers():
 
 def test_list_models_describes_every_embedded_model():
     models = list_models()
-    assert {"minilm", "zoo/ioi-small"} <= set(models)
+    assert {"minilm", "zoo/induction-2l", "zoo/ioi-small"} <= set(models)
     assert all(isinstance(d, str) and d for d in models.values())
 
 

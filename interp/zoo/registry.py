@@ -44,6 +44,7 @@ EMBEDDED = {
     m.name: m
     for m in (
         EmbeddedModel("minilm", "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers x 12 heads), pretrained"),
+        EmbeddedModel("zoo/induction-2l", "2-layer GPT-2 trained on repeated random spans: a previous-token head feeds induction heads"),
         EmbeddedModel("zoo/ioi-small", "4-layer x 8-head GPT-2 trained on name sentences: solves indirect-object identification"),
     )
 }

@@ -13,6 +13,7 @@ from pathlib import Path
 from .registry import CHECKPOINTS
 
 RECIPES = {
+    "induction-2l": "interp.zoo.recipes.induction",
     "ioi-small": "interp.zoo.recipes.ioi",
 }
 

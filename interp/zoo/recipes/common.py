@@ -123,6 +123,10 @@ def save_checkpoint(model: GPT2LMHeadModel, tokenizer: PreTrainedTokenizerFast, 
         tokenizer.save_pretrained(tmp)
         (tmp / "card.json").write_text(json.dumps(card, indent=2) + "\n")
         (tmp / "MODEL_CARD.md").write_text(card_markdown)
+        # mkdtemp and safetensors create owner-only files; a shipped checkpoint is world-readable.
+        tmp.chmod(0o755)
+        for path in tmp.iterdir():
+            path.chmod(0o644)
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
