@@ -216,3 +216,22 @@ def test_zoo_ioi_sweeps_equal_transformer_lens(ioi_model, component, per_positio
     ours = patch(ioi_model, task, component, per_position=per_position, normalize=False, progress=False)
     assert torch.allclose(ours.values, expected, atol=1e-4, rtol=1e-5)
     assert ours.clean_metric > 5 and ours.corrupt_metric < 2, "the model solves IOI; ABC corruption removes it"
+
+
+def test_zoo_induction_sweep_equals_transformer_lens():
+    from circuits.tasks import induction_task
+    from interp import load_model
+    from interp.zoo import get_embedded
+
+    model = load_model("zoo/induction-2l", device="cpu")
+    task = induction_task(model, n=8, span=8, seed=5)
+    _, clean_cache = model.bridge.run_with_cache(task.clean)
+    with torch.no_grad():
+        expected = tlp.get_act_patch_attn_head_out_by_pos(model.bridge, task.corrupt, clean_cache, tl_metric(task))
+    ours = patch(model, task, "z", per_position=True, normalize=False, progress=False)
+    assert torch.allclose(ours.values, expected, atol=1e-4, rtol=1e-5)
+    # The induction task runs through the card's circuit: the head whose clean output (all
+    # positions) restores the most is one of the card's induction heads.
+    normalized = patch(model, task, "z", per_position=False, progress=False)
+    best_layer, best_head = divmod(int(normalized.values.argmax()), model.cfg.n_heads)
+    assert [best_layer, best_head] in get_embedded("zoo/induction-2l").card()["induction_heads"]
