@@ -67,19 +67,27 @@ def attention_patterns(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    tokens, mask = _tokenize(model, prompts, attention_mask)
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    tokens, mask = tokenize_prompts(model, prompts, attention_mask)
+    patterns = per_layer_activations(model, tokens, mask, "attn.hook_pattern", batch_size)
+    ids = model.tokenizer.convert_ids_to_tokens
+    str_tokens = [ids(row[keep].tolist()) for row, keep in zip(tokens.cpu(), mask.cpu())]
+    return PromptAttention(patterns, mask.cpu(), str_tokens, model.cfg.name, tokens.cpu())
+
+
+def per_layer_activations(model: HookedModel, tokens: torch.Tensor, mask: torch.Tensor, hook: str,
+                          batch_size: int) -> torch.Tensor:
+    """`blocks.{l}.{hook}` of every layer, stacked on a leading layer axis (float32, CPU),
+    running `batch_size` prompts at a time: `[layer, batch, ...]`."""
+    names = [f"blocks.{layer}.{hook}" for layer in range(model.cfg.n_layers)]
     chunks = []
     for start in range(0, len(tokens), batch_size):
         rows = slice(start, start + batch_size)
         _, cache = model.run_with_cache(tokens[rows], attention_mask=mask[rows].long(), names_filter=names)
         chunks.append(torch.stack([cache[name].detach().float().cpu() for name in names]))
-    ids = model.tokenizer.convert_ids_to_tokens
-    str_tokens = [ids(row[keep].tolist()) for row, keep in zip(tokens.cpu(), mask.cpu())]
-    return PromptAttention(torch.cat(chunks, dim=1), mask.cpu(), str_tokens, model.cfg.name, tokens.cpu())
+    return torch.cat(chunks, dim=1)
 
 
-def _tokenize(model: HookedModel, prompts, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize_prompts(model: HookedModel, prompts, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
     """`tokens [batch, pos]` and a bool `mask [batch, pos]` from texts or a token tensor."""
     if isinstance(prompts, torch.Tensor):
         tokens = prompts if prompts.ndim == 2 else prompts.reshape(1, -1)

@@ -43,7 +43,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from plotly.subplots import make_subplots
 
-from analyses.rollout import _tokenize, attention_patterns, check_patterns
+from analyses.rollout import attention_patterns, check_patterns, per_layer_activations, tokenize_prompts
 from interp.models import HookedModel
 from interp.results import write_bundle
 
@@ -332,14 +332,8 @@ def residual_states(
 ) -> tuple[Float[torch.Tensor, "layer batch pos d_model"], Bool[torch.Tensor, "batch pos"]]:
     """Every block's output `resid_post` (float32, CPU) and the real-token mask, with prompts
     tokenized and padded exactly as `attention_patterns` does."""
-    tokens, mask = _tokenize(model, prompts, attention_mask)
-    names = [f"blocks.{layer}.hook_resid_post" for layer in range(model.cfg.n_layers)]
-    chunks = []
-    for start in range(0, len(tokens), batch_size):
-        rows = slice(start, start + batch_size)
-        _, cache = model.run_with_cache(tokens[rows], attention_mask=mask[rows].long(), names_filter=names)
-        chunks.append(torch.stack([cache[name].detach().float().cpu() for name in names]))
-    return torch.cat(chunks, dim=1), mask.cpu()
+    tokens, mask = tokenize_prompts(model, prompts, attention_mask)
+    return per_layer_activations(model, tokens, mask, "hook_resid_post", batch_size), mask.cpu()
 
 
 def _check_hidden(hidden, mask) -> torch.Tensor:
