@@ -8,6 +8,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from interp import load_model
+from interp.patching import Task
 from interp.zoo.recipes.common import build_word_tokenizer
 
 
@@ -30,3 +31,15 @@ def random_gpt2_folder(folder: Path, *, n_layer=3, n_head=4, n_embd=32, vocab=60
 
 def random_gpt2(folder: Path, **kwargs):
     return load_model(random_gpt2_folder(folder, **kwargs), device="cpu")
+
+
+def random_task(model, seed: int = 0, batch: int = 3, n_pos: int = 6, corrupted: slice = slice(1, 3)) -> Task:
+    """Random prompts whose corrupted twins differ at the `corrupted` positions, with random
+    answer and wrong tokens (ids from 3 up, past the special tokens)."""
+    gen = torch.Generator().manual_seed(seed)
+    clean = torch.randint(3, model.cfg.d_vocab, (batch, n_pos), generator=gen)
+    corrupt = clean.clone()
+    width = len(range(n_pos)[corrupted])
+    corrupt[:, corrupted] = torch.randint(3, model.cfg.d_vocab, (batch, width), generator=gen)
+    answer, wrong = torch.randint(3, model.cfg.d_vocab, (2, batch), generator=gen)
+    return Task(clean, corrupt, answer, wrong, name="random")

@@ -6,7 +6,7 @@ import torch
 from transformer_lens import patching as tlp
 
 from interp.patching import COMPONENTS, Task, patch
-from tests.helpers import random_gpt2
+from tests.helpers import random_gpt2, random_task
 
 TL_SWEEPS = [
     ("resid_pre", True, tlp.get_act_patch_resid_pre),
@@ -30,15 +30,6 @@ TL_SWEEPS = [
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return random_gpt2(tmp_path_factory.mktemp("gpt2"), n_layer=3, n_head=4, n_embd=32)
-
-
-def random_task(model, batch=3, n_pos=6, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    clean = torch.randint(3, model.cfg.d_vocab, (batch, n_pos), generator=gen)
-    corrupt = clean.clone()
-    corrupt[:, 1:3] = torch.randint(3, model.cfg.d_vocab, (batch, 2), generator=gen)
-    answer, wrong = torch.randint(3, model.cfg.d_vocab, (2, batch), generator=gen)
-    return Task(clean, corrupt, answer, wrong, name="random")
 
 
 def tl_metric(task):

@@ -6,8 +6,8 @@ import torch
 from transformers import GPT2LMHeadModel
 
 from interp import load_model
-from interp.patching import Task, attribution_patch, patch, path_patch
-from tests.helpers import random_gpt2, random_gpt2_folder
+from interp.patching import attribution_patch, patch, path_patch
+from tests.helpers import random_gpt2, random_gpt2_folder, random_task
 
 
 @pytest.fixture(scope="module")
@@ -15,13 +15,8 @@ def model(tmp_path_factory):
     return random_gpt2(tmp_path_factory.mktemp("gpt2"), n_layer=3, n_head=3, n_embd=24, seed=4)
 
 
-def make_task(model, seed=0, batch=3, n_pos=6):
-    gen = torch.Generator().manual_seed(seed)
-    clean = torch.randint(3, model.cfg.d_vocab, (batch, n_pos), generator=gen)
-    corrupt = clean.clone()
-    corrupt[:, 1:4] = torch.randint(3, model.cfg.d_vocab, (batch, 3), generator=gen)
-    answer, wrong = torch.randint(3, model.cfg.d_vocab, (2, batch), generator=gen)
-    return Task(clean, corrupt, answer, wrong)
+def make_task(model, seed=0):
+    return random_task(model, seed=seed, corrupted=slice(1, 4))
 
 
 def metric_of(task, logits):
