@@ -109,6 +109,23 @@ def make_probe(model: HookedModel, n_sequences: int, span: int, seed: int = 0) -
     return Probe(tokens=torch.cat([around[0], spans, spans, around[1]], dim=1), start=len(prefix), span=span)
 
 
+def random_prompts(model: HookedModel, n_sequences: int, length: int, seed: int = 0) -> Int[torch.Tensor, "batch pos"]:
+    """`n_sequences` prompts of `length` random plain tokens each (drawn with replacement),
+    wrapped like `make_probe`'s (BOS first for a causal model, [CLS] ... [SEP] for an encoder):
+    text-free probes for analyses such as attention sinks. Same seed, same prompts."""
+    _check_int("n_sequences", n_sequences, 1)
+    _check_int("length", length, 1)
+    prefix, suffix = _specials_around(model)
+    if len(prefix) + length + len(suffix) > model.cfg.n_ctx:
+        raise ValueError(f"length must be at most {model.cfg.n_ctx - len(prefix) - len(suffix)} for "
+                         f"{model.cfg.name}, got {length}")
+    plain = _plain_token_ids(model)
+    gen = torch.Generator().manual_seed(seed)
+    body = plain[torch.randint(len(plain), (n_sequences, length), generator=gen)]
+    around = [torch.tensor(ids, dtype=torch.long).repeat(n_sequences, 1) for ids in (prefix, suffix)]
+    return torch.cat([around[0], body, around[1]], dim=1)
+
+
 def detect_heads(
     model: HookedModel,
     n_sequences: int = 64,

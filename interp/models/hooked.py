@@ -8,6 +8,7 @@ and a uniform output for encoders that carry no language-model head.
 
 from __future__ import annotations
 
+import copy
 from typing import Callable, Sequence
 
 import torch
@@ -51,6 +52,19 @@ class HookedModel:
     @property
     def dtype(self) -> torch.dtype:
         return next(self.hf_model.parameters()).dtype
+
+    def hf_copy(self):
+        """A plain Hugging Face model (the checkpoint's own class, eager attention, eval mode,
+        on CPU) holding this model's current weights, free of the bridge's wrappers: what
+        `save_pretrained` and weight surgery such as head removal need. The bridge wraps the
+        Hugging Face modules in place, so its state dict names every weight with
+        `._original_component` segments; a fresh model reads its weights from those names."""
+        original = self.hf_model
+        fresh = type(original)._from_config(copy.deepcopy(original.config), attn_implementation="eager")
+        wrapped = {name.replace("._original_component", ""): value
+                   for name, value in original.state_dict().items()}
+        fresh.load_state_dict({name: wrapped[name] for name in fresh.state_dict()}, strict=True)
+        return fresh.eval()
 
     # ------------------------------------------------------------------ tokens
 
@@ -142,25 +156,33 @@ class HookedModel:
         return list(self.bridge.hook_dict)
 
     def pooled_embedding(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                         normalize: bool = True) -> Float[torch.Tensor, "batch d_model"]:
+                         normalize: bool = True,
+                         fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = ()
+                         ) -> Float[torch.Tensor, "batch d_model"]:
         """Mean of the final hidden states over unmasked positions, L2-normalised: the
-        sentence embedding of sentence-transformers models such as all-MiniLM-L6-v2."""
+        sentence embedding of sentence-transformers models such as all-MiniLM-L6-v2.
+        `fwd_hooks` run as in `run_with_hooks`, and gradients flow (wrap in `torch.no_grad()`
+        when none are needed)."""
         if self.cfg.is_causal:
             raise ValueError("pooled_embedding is for encoders (sentence embeddings); this model is causal")
         tokens = self._tokens(tokens)
         mask = torch.ones_like(tokens) if attention_mask is None else _mask(attention_mask, tokens)
-        _, cache = self.run_with_cache(tokens, attention_mask=mask, names_filter=[self._output_hook])
-        hidden = cache[self._output_hook].float()
+        hidden = self.run_with_hooks(tokens, fwd_hooks=fwd_hooks, attention_mask=mask).float()
         weights = mask[..., None].float()
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1) if normalize else pooled
 
-    def encode(self, texts: Sequence[str], normalize: bool = True) -> Float[torch.Tensor, "batch d_model"]:
-        """Sentence embeddings of `texts` (padded together): see `pooled_embedding`."""
+    def encode(self, texts: Sequence[str], normalize: bool = True,
+               fwd_hooks: Sequence[tuple[str | Callable[[str], bool], HookFn]] = ()
+               ) -> Float[torch.Tensor, "batch d_model"]:
+        """Sentence embeddings of `texts` (padded together): see `pooled_embedding`. Without
+        hooks it runs without gradients."""
         if isinstance(texts, str) or len(texts) == 0:
             raise ValueError("encode takes a non-empty list of strings")
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.cfg.n_ctx, return_tensors="pt")
-        return self.pooled_embedding(enc["input_ids"], enc["attention_mask"], normalize=normalize)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(fwd_hooks)):
+            return self.pooled_embedding(enc["input_ids"], enc["attention_mask"], normalize=normalize,
+                                         fwd_hooks=fwd_hooks)
 
     # ------------------------------------------------------------------ weights
 

@@ -65,6 +65,10 @@ def _load_hf(source: str | Path, name: str, dtype: torch.dtype, local: bool):
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError(f"{name!r} is an encoder-decoder model ({config.model_type}); headlab supports "
                          f"decoder-only and encoder-only transformers")
+    if getattr(config, "pruned_heads", None):
+        raise ValueError(f"{source} holds a model with heads removed (config.pruned_heads), so its layers "
+                         f"have different numbers of heads, which the hooked wrapper cannot represent; "
+                         f"load it with analyses.head_removal.load_pruned")
     is_encoder = config.model_type in ENCODER_TYPES
     auto = AutoModelForMaskedLM if is_encoder else AutoModelForCausalLM
     with warnings.catch_warnings(), _quiet_transformers():

@@ -1,0 +1,329 @@
+"""Head importance and iterative pruning (Michel, Levy & Neubig, 2019; METHODS §2).
+
+Every head's output (its z, before W_O) gets a gate ξ_h, 1 by default: MHA(x) = Σ_h ξ_h Att_h(x).
+The importance of head h on a task is I_h = E |∂L/∂ξ_h|, the gradient of the task's *loss*
+with respect to the gate, in absolute value, averaged over the task's batches (the authors
+accumulate it per batch; batches of one prompt give the per-example expectation exactly).
+Importances are normalised per layer by the L2 norm over that layer's heads and then ranked
+across the whole model.
+
+Pruning removes the least important heads in steps of a fraction of all heads, either in the
+order of one importance computation ("once") or recomputing importance after every step with
+the pruned heads gated off ("exact"), and records the task's metric at each step; random orders
+give the baseline curve. Pruning here is a mask (gate 0); `analyses.head_removal` makes the
+smaller model whose outputs equal the masked one.
+
+    task = next_token_task(ioi_task(model, n=64))
+    result = pruning_curve(model, task)             # orders "once", "exact", "random"
+    result.to_frame()                               # order, fraction, n_pruned, metric, metric_std
+    result.heads_to_prune(0.4)                      # [(layer, head), ...]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from tqdm.auto import tqdm
+
+from interp.models import HookedModel, ModelConfig
+from interp.models.errors import check_head, check_layer
+from interp.patching import Task
+from interp.results import write_bundle
+
+Hooks = list[tuple[str, Callable]]
+ORDERS = ("once", "exact", "random")
+
+
+@dataclass
+class HeadTask:
+    """What importance and pruning are measured on.
+
+    Attributes:
+        name: short name for labels and bundles, e.g. "ioi".
+        metric_name: what `metric` returns, e.g. "logit_diff"; higher is better.
+        loss: `(model, fwd_hooks) -> iterator of scalar losses`, one per batch of the task's data,
+            differentiable through the hooks (lower is better). None for a task that only has a
+            metric; such a task can be pruned in a given order but has no importance.
+        metric: `(model, fwd_hooks) -> float` over the whole dataset, higher is better.
+    """
+
+    name: str
+    metric_name: str
+    loss: Callable[[HookedModel, Hooks], Iterator[torch.Tensor]] | None
+    metric: Callable[[HookedModel, Hooks], float]
+
+
+def next_token_task(task: Task, metric: str = "logit_diff", batch_size: int = 16) -> HeadTask:
+    """A `HeadTask` from a patching task's clean prompts: loss = cross-entropy of the answer
+    token at the answer position; metric = mean logit difference (answer − wrong) or
+    "accuracy" (fraction of prompts where the answer's logit beats the wrong one's)."""
+    if metric not in ("logit_diff", "accuracy"):
+        raise ValueError(f"metric must be 'logit_diff' or 'accuracy', got {metric!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    def answer_logits(model: HookedModel, hooks: Hooks, rows: slice) -> torch.Tensor:
+        logits = model.run_with_hooks(task.clean[rows], fwd_hooks=hooks)
+        index = torch.arange(logits.shape[0], device=logits.device)
+        return logits[index, task.answer_pos[rows].to(logits.device)].float()   # [batch, d_vocab]
+
+    def loss(model: HookedModel, hooks: Hooks) -> Iterator[torch.Tensor]:
+        for start in range(0, task.batch, batch_size):
+            rows = slice(start, start + batch_size)
+            logits = answer_logits(model, hooks, rows)
+            yield torch.nn.functional.cross_entropy(logits, task.answer[rows].to(logits.device))
+
+    def score(model: HookedModel, hooks: Hooks) -> float:
+        values = []
+        with torch.no_grad():
+            for start in range(0, task.batch, batch_size):
+                rows = slice(start, start + batch_size)
+                logits = answer_logits(model, hooks, rows)
+                index = torch.arange(logits.shape[0], device=logits.device)
+                diff = logits[index, task.answer[rows].to(logits.device)] - logits[index, task.wrong[rows].to(logits.device)]
+                values.append(diff if metric == "logit_diff" else (diff > 0).float())
+        return torch.cat(values).mean().item()
+
+    return HeadTask(name=task.name, metric_name=metric, loss=loss, metric=score)
+
+
+# ---------------------------------------------------------------- gates and masks
+
+
+def head_set(cfg: ModelConfig, heads: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
+    """`heads` as a set of (layer, head), each checked against the model's shape."""
+    try:
+        pairs = [(int(layer), int(head)) for layer, head in heads]
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"heads must be (layer, head) pairs, got {heads!r}") from err
+    for layer, head in pairs:
+        check_layer(layer, cfg.n_layers)
+        check_head(head, cfg.n_heads)
+    return set(pairs)
+
+
+def gate_hooks(gates: Float[torch.Tensor, "n_layers n_heads"]) -> Hooks:
+    """Hooks multiplying each head's z (`[batch, pos, head, d_head]`) by its gate, so that
+    gradients with respect to `gates` reach it."""
+    def gate(layer: int):
+        return lambda z, hook: z * gates[layer].to(z.dtype)[:, None]
+    return [(f"blocks.{layer}.attn.hook_z", gate(layer)) for layer in range(gates.shape[0])]
+
+
+def mask_hooks(model: HookedModel, heads: Iterable[tuple[int, int]]) -> Hooks:
+    """Hooks that zero the outputs of `heads` before W_O (hooks only on layers that lose one)."""
+    mask = torch.ones(model.cfg.n_layers, model.cfg.n_heads, device=model.device)
+    for layer, head in head_set(model.cfg, heads):
+        mask[layer, head] = 0.0
+    return [hook for layer, hook in enumerate(gate_hooks(mask)) if not bool(mask[layer].all())]
+
+
+def head_importance(model: HookedModel, task: HeadTask, pruned: Iterable[tuple[int, int]] = (),
+                    normalize: bool = True) -> Float[torch.Tensor, "n_layers n_heads"]:
+    """I_h = mean over the task's batches of |∂loss/∂ξ_h|, with the `pruned` heads' gates at 0
+    (their importance is reported as 0). `normalize` divides each layer by its L2 norm."""
+    _check_task(task, needs_loss=True)
+    pruned = head_set(model.cfg, pruned)
+    gates = torch.ones(model.cfg.n_layers, model.cfg.n_heads, device=model.device)
+    for layer, head in pruned:
+        gates[layer, head] = 0.0
+    gates.requires_grad_(True)
+    model.bridge.eval()
+    total, n_batches = torch.zeros_like(gates), 0
+    for loss in task.loss(model, gate_hooks(gates)):
+        (grad,) = torch.autograd.grad(loss, gates)
+        total += grad.abs()
+        n_batches += 1
+    if n_batches == 0:
+        raise ValueError(f"task {task.name!r} gave no batches: its dataset is empty")
+    importance = (total / n_batches).detach()
+    for layer, head in pruned:
+        importance[layer, head] = 0.0
+    if normalize:
+        importance = importance / importance.norm(dim=1, keepdim=True).clamp_min(torch.finfo(importance.dtype).tiny)
+    return importance
+
+
+def least_important(importance: torch.Tensor, exclude: Iterable[tuple[int, int]] = ()) -> list[tuple[int, int]]:
+    """Every head not in `exclude`, least important first (ties: lower layer, then head)."""
+    exclude = set(exclude)
+    n_heads = importance.shape[1]
+    order = torch.argsort(importance.flatten().cpu(), stable=True).tolist()
+    return [(i // n_heads, i % n_heads) for i in order if (i // n_heads, i % n_heads) not in exclude]
+
+
+# ---------------------------------------------------------------- pruning curves
+
+
+def pruning_curve(model: HookedModel, task: HeadTask, step: float = 0.1, orders: Iterable[str] = ORDERS,
+                  n_random: int = 3, seed: int = 0, max_fraction: float = 1.0,
+                  progress: bool = False) -> "PruningResult":
+    """Task metric after pruning 0, step, 2·step, ... (up to `max_fraction`) of all heads.
+
+    Orders: "once" (importance computed on the full model), "exact" (recomputed after each
+    step with the pruned heads gated off), "random" (`n_random` seeded random orders; the curve
+    is their mean, `metric_std` their standard deviation).
+    """
+    _check_task(task, needs_loss=bool(set(orders) & {"once", "exact"}))
+    orders = list(orders)
+    unknown = [o for o in orders if o not in ORDERS]
+    if unknown or not orders:
+        raise ValueError(f"orders must be a non-empty subset of {ORDERS}, got {orders}")
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be a fraction in (0, 1], got {step}")
+    if not 0 < max_fraction <= 1:
+        raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
+    if n_random < 1:
+        raise ValueError(f"n_random must be >= 1, got {n_random}")
+    total = model.cfg.n_layers * model.cfg.n_heads
+    counts = sorted({round(k * step * total) for k in range(int(max_fraction / step + 1e-9) + 1)})
+    metric = _MetricCache(model, task)
+    bar = tqdm(total=len(counts) * (len(orders) - ("random" in orders) + n_random * ("random" in orders)),
+               desc=f"pruning {task.name}", disable=not progress)
+
+    importance = head_importance(model, task) if {"once", "exact"} & set(orders) else None
+    raw = head_importance(model, task, normalize=False) if importance is not None else None
+    rows, pruning_orders = [], {}
+    if "once" in orders:
+        pruning_orders["once"] = least_important(importance)
+        rows += _curve_rows("once", pruning_orders["once"], counts, total, metric, bar)
+    if "exact" in orders:
+        pruned: list[tuple[int, int]] = []
+        for n in counts:
+            if n > len(pruned):
+                current = head_importance(model, task, pruned) if pruned else importance
+                pruned += least_important(current, exclude=pruned)[: n - len(pruned)]
+        pruning_orders["exact"] = pruned + least_important(importance, exclude=pruned)
+        rows += _curve_rows("exact", pruning_orders["exact"], counts, total, metric, bar)
+    if "random" in orders:
+        generator = torch.Generator().manual_seed(seed)
+        runs = []
+        for _ in range(n_random):
+            perm = torch.randperm(total, generator=generator).tolist()
+            heads = [(i // model.cfg.n_heads, i % model.cfg.n_heads) for i in perm]
+            runs.append(pd.DataFrame(_curve_rows("random", heads, counts, total, metric, bar)))
+        stacked = pd.concat(runs)
+        grouped = stacked.groupby(["fraction", "n_pruned"], as_index=False)["metric"]
+        merged = grouped.mean().merge(grouped.std(ddof=0).rename(columns={"metric": "metric_std"}))
+        rows += merged.assign(order="random").to_dict("records")
+    bar.close()
+    curve = pd.DataFrame(rows)[["order", "fraction", "n_pruned", "metric", "metric_std"]]
+    return PruningResult(model_name=model.cfg.name, task_name=task.name, metric_name=task.metric_name,
+                         importance=importance, raw_importance=raw, curve=curve, orders=pruning_orders,
+                         parameters={"step": step, "orders": orders, "n_random": n_random, "seed": seed,
+                                     "max_fraction": max_fraction, "metric": task.metric_name})
+
+
+class _MetricCache:
+    """The task's metric with a set of heads masked, computed once per set."""
+
+    def __init__(self, model: HookedModel, task: HeadTask):
+        self.model, self.task, self.values = model, task, {}
+
+    def __call__(self, heads: list[tuple[int, int]]) -> float:
+        key = frozenset(heads)
+        if key not in self.values:
+            with torch.no_grad():
+                self.values[key] = self.task.metric(self.model, mask_hooks(self.model, heads))
+        return self.values[key]
+
+
+def _curve_rows(order: str, heads: list[tuple[int, int]], counts: list[int], total: int,
+                metric: _MetricCache, bar) -> list[dict]:
+    rows = []
+    for n in counts:
+        rows.append({"order": order, "fraction": n / total, "n_pruned": n, "metric": metric(heads[:n]),
+                     "metric_std": 0.0})
+        bar.update()
+    return rows
+
+
+def _check_task(task: HeadTask, needs_loss: bool) -> None:
+    if not isinstance(task, HeadTask):
+        raise TypeError(f"task must be a HeadTask (see next_token_task, sentence_pair_task), got "
+                        f"{type(task).__name__}")
+    if needs_loss and task.loss is None:
+        raise ValueError(f"task {task.name!r} has no loss; head importance needs a differentiable loss "
+                         f"(only orders=['random'] work without one)")
+
+
+@dataclass
+class PruningResult:
+    """Importance of every head and the metric-vs-fraction-pruned curves.
+
+    Attributes:
+        importance: `[n_layers, n_heads]` per-layer L2-normalised importance on the full model
+            (None when only random orders ran); raw_importance: the same before normalising.
+        curve: one row per (order, step): order, fraction, n_pruned, metric, metric_std.
+        orders: the pruning order of every head for "once" and "exact".
+    """
+
+    model_name: str
+    task_name: str
+    metric_name: str
+    importance: torch.Tensor | None
+    raw_importance: torch.Tensor | None
+    curve: pd.DataFrame
+    orders: dict[str, list[tuple[int, int]]]
+    parameters: dict = field(default_factory=dict)
+
+    def to_frame(self) -> pd.DataFrame:
+        return self.curve.copy()
+
+    def importance_frame(self) -> pd.DataFrame:
+        """One row per head: layer, head, importance (normalised), raw_importance, rank (0 = the
+        first pruned)."""
+        if self.importance is None:
+            raise ValueError("no importance was computed (random orders only)")
+        n_layers, n_heads = self.importance.shape
+        rank = {head: i for i, head in enumerate(least_important(self.importance))}
+        return pd.DataFrame([{"layer": l, "head": h, "importance": self.importance[l, h].item(),
+                              "raw_importance": self.raw_importance[l, h].item(), "rank": rank[(l, h)]}
+                             for l in range(n_layers) for h in range(n_heads)])
+
+    def heads_to_prune(self, fraction: float, order: str = "exact") -> list[tuple[int, int]]:
+        """The first round(fraction · all heads) heads of a pruning order."""
+        if order not in self.orders:
+            raise ValueError(f"order {order!r} was not computed; available: {list(self.orders)}")
+        total = len(self.orders[order])
+        if not 0 <= fraction <= 1:
+            raise ValueError(f"fraction must be in [0, 1] (at most all {total} heads), got {fraction}")
+        return self.orders[order][: round(fraction * total)]
+
+    def largest_fraction_within(self, tolerance: float = 0.05, order: str = "exact") -> float:
+        """The largest fraction pruned such that every step up to it keeps the metric within
+        `tolerance` (relative) of the unpruned model's."""
+        rows = self.curve[self.curve["order"] == order].sort_values("n_pruned")
+        if rows.empty:
+            raise ValueError(f"order {order!r} was not computed")
+        base = rows["metric"].iloc[0]
+        ok = (rows["metric"] >= base - tolerance * abs(base)).cummin()
+        return float(rows["fraction"][ok].max())
+
+    def figure(self) -> go.Figure:
+        fig = go.Figure()
+        for order, rows in self.curve.groupby("order", sort=False):
+            error = dict(type="data", array=rows["metric_std"]) if order == "random" else None
+            fig.add_trace(go.Scatter(x=rows["fraction"], y=rows["metric"], mode="lines+markers", name=order,
+                                     error_y=error))
+        fig.update_layout(title=f"Pruning heads of {self.model_name} on {self.task_name}",
+                          xaxis_title="fraction of heads pruned", yaxis_title=self.metric_name)
+        return fig
+
+    def save(self, runs_dir: str | Path, name: str | None = None) -> Path:
+        """Write a bundle (analysis "pruning"): tables curve and importance, tensor
+        importance, figure curve."""
+        meta = {"analysis": "pruning", "model": self.model_name, "task": self.task_name,
+                "parameters": self.parameters}
+        tables, tensors = {"curve": self.to_frame()}, {}
+        if self.importance is not None:
+            tables["importance"] = self.importance_frame()
+            tensors = {"importance": self.importance, "raw_importance": self.raw_importance}
+        return write_bundle(runs_dir, meta, tables=tables, tensors=tensors, figures={"curve": self.figure()},
+                            name=name)
