@@ -1,0 +1,306 @@
+"""MAPS validation (analyses.maps.validation): static scores against the zoo models' known
+circuits, dynamic scores against a Hugging Face reference, causal ablation, bundles, CLI."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from transformers import GPT2LMHeadModel
+
+from analyses.maps import (DEFAULT_TEMPLATES, causal_validation, copying_relation, dynamic_validation,
+                           head_ablation_effects, load_relations, maps_scores, rank_agreement, template_tokens,
+                           top_heads)
+from analyses.maps.validation import last_position_z
+from circuits.tasks import ioi_task
+from interp import load_model
+from interp.cli import main
+from interp.results import list_bundles, read_bundle
+from interp.zoo.recipes.ioi_data import NAMES
+from interp.zoo.registry import CHECKPOINTS
+from tests.helpers import random_gpt2_folder
+
+INDUCTION_TEMPLATES = ["t1 t2 {} t3 t4 t1 t2", "t10 t20 t30 {} t40 t50 t10 t20 t30", "t60 {} t61 t62 t60",
+                       "t5 t6 t7 {} t8 t5 t6 t7"]   # the next token repeats the source: induction copies it
+
+
+def card(name: str) -> dict:
+    return json.loads((CHECKPOINTS / name / "card.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def induction():
+    return load_model("zoo/induction-2l", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def ioi():
+    return load_model("zoo/ioi-small", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return load_model("minilm", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def random_model(tmp_path_factory):
+    folder = random_gpt2_folder(tmp_path_factory.mktemp("random"), n_layer=2, n_head=4, n_embd=32, vocab=60)
+    reference = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+    return load_model(folder, device="cpu"), reference
+
+
+# ---------------------------------------------------------------------------- static scores vs known circuits
+
+
+def test_induction_heads_have_the_top_copying_scores(induction):
+    """The zoo's induction heads (all four layer-1 heads, near-equal induction scores) copy
+    through their OV circuits: MAPS copying over the model's own vocabulary ranks them first."""
+    info = card("induction-2l")
+    rel = copying_relation(induction.tokenizer)
+    assert rel.n_usable == 64 and rel.k == 1
+    scores = maps_scores(induction, [rel], progress=False).scores[..., 0]          # [layer, head]
+    print("copying scores (E):", scores.tolist())
+    induction_heads = {tuple(h) for h in info["induction_heads"]}
+    best = top_heads(scores, 1)
+    assert best[0] in induction_heads
+    assert set(top_heads(scores, 4)) == induction_heads                             # the 5th is L0H3 (prev-token)
+
+
+def test_ioi_name_copying_vs_head_ablation(ioi):
+    """Name copying from parameters alone against each head's ablation effect on IOI. The
+    ablation side is checked against the card (L0H0 and L0H7, which attend to S2, matter most);
+    the agreement is reported, not asserted: name copying is not what this model's IOI heads do."""
+    rel = copying_relation(ioi.tokenizer, NAMES, name="name_copying")
+    assert rel.n_usable == len(NAMES)
+    static = maps_scores(ioi, [rel], progress=False).scores[..., 0]
+    task = ioi_task(ioi, n=48, seed=0)
+    effects = head_ablation_effects(ioi, task, ablation="zero")
+    assert set(top_heads(effects, 2)) == {(0, 0), (0, 7)}
+    assert effects[0, 0] > 3 and effects[0, 7] > 1                                  # logit-diff drops
+    agreement = rank_agreement(static, effects, top=5)
+    print("name copying static top:", top_heads(static, 5), "ablation top:", agreement["top_b"],
+          "overlap:", agreement["top_overlap"], "spearman:", round(agreement["spearman"], 3))
+    assert -1 <= agreement["spearman"] <= 1 and 0 <= agreement["top_overlap"] <= 5
+
+
+def test_top_heads_and_rank_agreement_on_a_hand_case():
+    a = torch.tensor([[3.0, 1.0, 1.0], [0.0, 2.0, 1.0]])
+    b = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    assert top_heads(a, 2) == [(0, 0), (1, 1)]
+    assert top_heads(a, 3) == [(0, 0), (1, 1)]                                      # three-way tie at the cut
+    out = rank_agreement(a, b, top=2)
+    assert out["top_b"] == [(1, 2), (1, 1)] and out["top_overlap"] == 1
+    # Spearman with average ranks: a -> [6, 3, 3, 1, 5, 3], b -> [1, 2, 3, 4, 5, 6]
+    ra, rb = torch.tensor([6, 3, 3, 1, 5, 3.0], dtype=torch.float64), torch.arange(1, 7.0, dtype=torch.float64)
+    expected = torch.corrcoef(torch.stack([ra, rb]))[0, 1]
+    assert abs(out["spearman"] - float(expected)) < 1e-9
+    with pytest.raises(ValueError, match="same shape"):
+        rank_agreement(a, b[:1])
+
+
+# ---------------------------------------------------------------------------- templates and forced attention
+
+
+def test_template_tokens_match_to_tokens(minilm, ioi):
+    rel = load_relations(minilm.tokenizer, ["country_to_capital"])[0]
+    batch = template_tokens(minilm, "This is a document about {}", rel.source_ids[:3])
+    for row, (source, _) in zip(batch.tokens, rel.pairs[:3]):
+        assert row.tolist() == minilm.to_tokens(f"This is a document about {source}")[0].tolist()
+    assert minilm.to_str_tokens(batch.tokens[:1])[-1] == "[SEP]"
+    assert batch.source_pos == batch.last_pos == batch.tokens.shape[1] - 2           # before [SEP]
+
+    ids = torch.tensor(ioi.tokenizer.convert_tokens_to_ids(["Mary", "John"]))
+    batch = template_tokens(ioi, "Then , {} gave it to", ids)
+    assert batch.tokens[1].tolist() == ioi.to_tokens("Then , John gave it to")[0].tolist()
+    assert (batch.source_pos, batch.last_pos) == (3, 6)                              # BOS Then , John gave it to
+    with pytest.warns(UserWarning, match="unknown to zoo/ioi-small"):
+        template_tokens(ioi, "This is a document about {}", ids)
+    for bad in ("no placeholder", "{} and {}"):
+        with pytest.raises(ValueError, match="exactly one"):
+            template_tokens(ioi, bad, ids)
+
+
+def test_forced_z_equals_one_hot_attention_row(random_model):
+    """Without context, z[last] := v[source] in every layer; on GPT-2 the bridge also lets us
+    edit hook_pattern, so compare with a one-hot last row and read the pattern back."""
+    model, _ = random_model
+    sources = torch.tensor(model.tokenizer.convert_tokens_to_ids([f"w{i}" for i in range(5)]))
+    batch = template_tokens(model, "w1 w2 {} w3 w4", sources)
+    assert (batch.source_pos, batch.last_pos) == (3, 5)
+    forced = last_position_z(model, batch, forced=True)                              # [layer, n, head, d_head]
+
+    patterns, zs = {}, {}
+
+    def one_hot(pattern, hook):
+        pattern = pattern.clone()
+        pattern[:, :, batch.last_pos] = 0.0
+        pattern[:, :, batch.last_pos, batch.source_pos] = 1.0
+        return pattern
+
+    hooks = []
+    for layer in range(model.cfg.n_layers):
+        hooks += [(f"blocks.{layer}.attn.hook_pattern", one_hot),
+                  (f"blocks.{layer}.attn.hook_pattern", lambda p, hook, layer=layer: patterns.__setitem__(layer, p)),
+                  (f"blocks.{layer}.attn.hook_z", lambda z, hook, layer=layer: zs.__setitem__(layer, z))]
+    with torch.no_grad():
+        model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
+    for layer in range(model.cfg.n_layers):
+        row = patterns[layer][:, :, batch.last_pos]                                 # [n, head, k]
+        assert torch.equal(row, torch.nn.functional.one_hot(torch.tensor(batch.source_pos), 6).float().expand_as(row))
+        torch.testing.assert_close(forced[layer], zs[layer][:, batch.last_pos], atol=1e-5, rtol=0)
+    natural = last_position_z(model, batch, forced=False)
+    assert (natural - forced).abs().max() > 1e-2                                    # the forcing does something
+
+
+def hf_reference_scores(hf: GPT2LMHeadModel, tokens: torch.Tensor, targets: torch.Tensor, k: int,
+                        without_context: bool) -> torch.Tensor:
+    """Dynamic scores `[layer, head]` from Hugging Face's own forward pass, for templates
+    ending with the source. Without context the source's residual stream holds nothing from
+    other tokens, i.e. it is the model run on the source alone at its position."""
+    n, n_pos = tokens.shape
+    d, n_heads = hf.config.n_embd, hf.config.n_head
+    with torch.no_grad():
+        if without_context:
+            out = hf(tokens[:, -1:], position_ids=torch.full((n, 1), n_pos - 1), output_hidden_states=True)
+        else:
+            out = hf(tokens, output_hidden_states=True, output_attentions=True)
+        scores = []
+        for layer, block in enumerate(hf.transformer.h):
+            x = block.ln_1(out.hidden_states[layer])
+            v = block.attn.c_attn(x)[..., 2 * d:].reshape(n, x.shape[1], n_heads, d // n_heads)
+            if without_context:
+                z = v[:, -1]
+            else:
+                z = torch.einsum("nhk,nkhe->nhe", out.attentions[layer][:, :, -1], v)
+            W_O = block.attn.c_proj.weight.reshape(n_heads, d // n_heads, d)         # Conv1D: [in, out]
+            logits = torch.einsum("nhe,hed->nhd", z, W_O) @ hf.lm_head.weight.T
+            scores.append((logits.topk(k).indices == targets[:, None, None]).any(-1).float().mean(0))
+    return torch.stack(scores)
+
+
+def test_dynamic_scores_match_hugging_face_reference(random_model):
+    model, hf = random_model
+    words = [f"w{i}" for i in range(60)]
+    relations = {"shift": [(words[i], words[(7 * i + 3) % 60]) for i in range(60)]}
+    rels = load_relations(model.tokenizer, relations) + [copying_relation(model.tokenizer, words)]
+    templates = ["w1 w2 {}", "w5 w9 w13 w2 {}"]
+    result = dynamic_validation(model, rels, templates=templates, batch_size=25, progress=False)
+    assert result.relations == ["shift", "vocab_copying"] and result.k == [10, 1]
+    for i, rel in enumerate(rels):
+        for mode in (True, False):
+            expected = sum(hf_reference_scores(hf, template_tokens(model, t, rel.source_ids).tokens, rel.target_ids,
+                                               rel.k, without_context=mode) for t in templates) / len(templates)
+            got = result.without_context if mode else result.with_context
+            torch.testing.assert_close(got[..., i], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(result.static, maps_scores(model, rels, progress=False).scores)
+    frame = result.to_frame()
+    assert list(frame.columns) == ["relation", "r_without_context", "r_with_context", "n_pairs", "n_heads",
+                                   "static_max", "without_context_max", "with_context_max"]
+    assert frame.loc[1, "with_context_max"] == float(result.with_context[..., 1].max())
+    assert frame["n_heads"].tolist() == [8, 8] and frame["n_pairs"].tolist() == [60, 60]
+    x, y = result.static[..., 0].reshape(-1), result.without_context[..., 0].reshape(-1)
+    assert abs(frame.loc[0, "r_without_context"] - float(torch.corrcoef(torch.stack([x, y]))[0, 1])) < 1e-6
+
+
+# ---------------------------------------------------------------------------- real models
+
+
+def test_dynamic_validation_on_minilm_and_ioi_small(minilm, ioi, tmp_path):
+    result = dynamic_validation(minilm, ["country_to_capital", "name_copying"], templates=DEFAULT_TEMPLATES[:1],
+                                max_pairs=40, progress=False)
+    frame = result.to_frame()
+    print(frame.to_string())
+    assert frame["n_pairs"].tolist() == [40, 40] and frame["n_heads"].tolist() == [72, 72]
+    assert result.unembedding == "tied W_E (encoder without LM head)"
+    assert frame[["r_without_context", "r_with_context"]].notna().all().all()
+
+    rel = copying_relation(ioi.tokenizer, NAMES, name="name_copying")
+    ioi_result = dynamic_validation(ioi, [rel], templates=["Then , {}", "After the lunch , {}", "I see {}"],
+                                    progress=False)
+    print(ioi_result.to_frame().to_string())
+    # layer 0 reads (LayerNorm of) the token embedding itself: static and dynamic agree closely there
+    layer0 = ioi_result.heads_frame().query("layer == 0")
+    assert (layer0["static"] - layer0["dynamic_without_context"]).abs().max() <= 0.05
+
+    bundle = read_bundle(result.save(tmp_path))
+    assert bundle.meta["analysis"] == "maps-validation" and bundle.meta["parameters"]["validation"] == "dynamic"
+    assert bundle.table("correlations")["relation"].tolist() == ["country_to_capital", "name_copying"]
+    assert len(bundle.table("heads")) == 2 * 72
+    torch.testing.assert_close(bundle.tensor("with_context"), result.with_context)
+    assert len(bundle.figure("scatter").data) == 4                                  # 2 relations x 2 panels
+
+
+def test_causal_ablation_of_induction_heads(induction, tmp_path):
+    rel = copying_relation(induction.tokenizer)
+    result = causal_validation(induction, [rel], INDUCTION_TEMPLATES, m=4, n_random=10, progress=False)
+    frame = result.to_frame()
+    print(frame.to_string())
+    assert list(frame.columns) == ["relation", "m", "top_accuracy", "random_accuracy_mean", "random_accuracy_std",
+                                   "baseline_accuracy"]
+    assert set(result.top_heads[0]) == {tuple(h) for h in card("induction-2l")["induction_heads"]}
+    assert frame["baseline_accuracy"].iloc[0] > 0.95
+    # one induction head is redundant (m=1 changes nothing); all four ablated, copying is gone
+    # (random draws that hit the previous-token head L0H3 also break induction, hence the wide spread)
+    last = frame.iloc[-1]
+    assert last["top_accuracy"] < 0.1 and last["random_accuracy_mean"] > last["top_accuracy"] + 0.3
+
+    bundle = read_bundle(result.save(tmp_path))
+    assert bundle.meta["parameters"]["validation"] == "causal" and bundle.meta["parameters"]["ablation"] == "zero"
+    assert bundle.table("top_heads")["rank"].tolist() == [1, 2, 3, 4]
+    assert bundle.tensor("random").shape == (1, 10, 4)
+
+
+def test_mean_ablation_of_one_head_equals_hand_mean(induction):
+    """Mean ablation replaces a head's z by its mean over the prompts: ablating every head of
+    layer 1 that way makes every prompt's prediction depend on layer 0 only."""
+    rel = copying_relation(induction.tokenizer)
+    result = causal_validation(induction, [rel], INDUCTION_TEMPLATES[:1], m=4, n_random=1, ablation="mean",
+                               progress=False)
+    tokens = template_tokens(induction, INDUCTION_TEMPLATES[0], rel.source_ids).tokens
+    _, cache = induction.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
+    mean = cache["blocks.1.attn.hook_z"].mean(0)
+    with torch.no_grad():
+        logits = induction.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_z",
+                                                              lambda z, hook: mean.expand_as(z).clone())])[:, -1]
+    expected = (logits.argmax(-1) == rel.target_ids).float().mean()
+    assert abs(result.top[0, 3] - expected) < 1e-6
+
+
+# ---------------------------------------------------------------------------- bad input and CLI
+
+
+def test_bad_input(induction, minilm, ioi):
+    with pytest.raises(ValueError, match="known relations are: adj_antonym, .*year_to_following"):
+        dynamic_validation(ioi, ["name_copying", "capital_to_pizza"], progress=False)
+    with pytest.warns(UserWarning, match=r"'name_copying' skipped: only 28 of \d+ pairs"):
+        with pytest.raises(ValueError, match="no relation has at least 30"):
+            dynamic_validation(ioi, ["name_copying"], progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = dynamic_validation(ioi, ["name_copying"], templates=["Then , {}"], min_pairs=20, progress=False)
+    assert result.n_pairs == [28]
+    rel = copying_relation(induction.tokenizer)
+    with pytest.raises(ValueError, match=r"causal language model .* minilm \(BertForMaskedLM\) is an encoder"):
+        causal_validation(minilm, ["general_copying"], ["{}"], progress=False)
+    with pytest.raises(ValueError, match="ablation must be one of"):
+        causal_validation(induction, [rel], INDUCTION_TEMPLATES, ablation="resample", progress=False)
+    with pytest.raises(ValueError, match="m must be between 1 and the number of heads \\(8\\)"):
+        causal_validation(induction, [rel], INDUCTION_TEMPLATES, m=9, progress=False)
+    with pytest.raises(ValueError, match="no template for relation 'vocab_copying'"):
+        causal_validation(induction, [rel], {"other": ["{}"]}, progress=False)
+
+
+def test_cli_validate_and_causal(tmp_path, capsys):
+    assert main(["maps", "zoo/induction-2l", "--vocab-copying", "--validate", "--template", "t5 t9 {}",
+                 "--causal", "2", "--causal-template", INDUCTION_TEMPLATES[0], "--n-random", "2", "--quiet",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "r_without_context" in out and "top_accuracy" in out
+    kinds = sorted((e.bundle.meta["analysis"], e.bundle.meta["parameters"].get("validation"))
+                   for e in list_bundles(tmp_path))
+    assert kinds == [("maps", None), ("maps-validation", "causal"), ("maps-validation", "dynamic")]
+    assert main(["maps", "zoo/induction-2l", "--vocab-copying", "--causal", "2", "--out", str(tmp_path)]) == 2
+    assert "--causal needs at least one --causal-template" in capsys.readouterr().err
