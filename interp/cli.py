@@ -57,18 +57,37 @@ def _patch(args: argparse.Namespace) -> None:
 
 
 def _maps(args: argparse.Namespace) -> None:
-    from analyses.maps import maps_scores
+    from analyses.maps import (DEFAULT_TEMPLATES, causal_validation, copying_relation, dynamic_validation,
+                               load_relations, maps_scores)
 
     from .models import load_model
 
+    if args.causal is not None and not args.causal_template:
+        raise ValueError('--causal needs at least one --causal-template after which the target is the next '
+                         'token, e.g. --causal-template "The capital of {} is"')
     model = load_model(args.model, device=args.device)
+    if args.causal is not None and not (model.cfg.is_causal and model.cfg.has_lm_head):
+        raise ValueError(f"--causal needs a causal language model; {model.cfg.name} is an encoder "
+                         f"(--validate works for encoders)")
+    relations = load_relations(model.tokenizer, args.relations or (None if not args.vocab_copying else []))
+    if args.vocab_copying:
+        relations += [r for r in [copying_relation(model.tokenizer)] if r is not None]
     salient = [tuple(int(x) for x in h.split(".")) for h in args.salient]
-    result = maps_scores(model, args.relations or None, embedding=args.embedding, salient_heads=salient,
-                         progress=not args.quiet)
+    result = maps_scores(model, relations, embedding=args.embedding, salient_heads=salient, progress=not args.quiet)
     frame = result.to_frame()
     best = frame.loc[frame.groupby("relation")["score"].idxmax()].sort_values("score", ascending=False)
     print(best[["relation", "layer", "head", "score"]].head(10).to_string(index=False))
     print(f"bundle: {result.save(args.out)}")
+    common = {"embedding": args.embedding, "max_pairs": args.max_pairs, "progress": not args.quiet}
+    if args.validate:
+        dynamic = dynamic_validation(model, relations, templates=args.template or DEFAULT_TEMPLATES, **common)
+        print(dynamic.to_frame().round(3).to_string(index=False))
+        print(f"bundle: {dynamic.save(args.out)}")
+    if args.causal is not None:
+        causal = causal_validation(model, relations, args.causal_template, m=args.causal, n_random=args.n_random,
+                                   ablation=args.ablation, **common)
+        print(causal.to_frame().round(3).to_string(index=False))
+        print(f"bundle: {causal.save(args.out)}")
 
 
 def _attention_maps(args: argparse.Namespace) -> None:
@@ -90,9 +109,77 @@ def _attribution_compare(args: argparse.Namespace) -> None:
 
     from .models import load_model
 
-    result = attribution_compare(load_model(args.model, device=args.device), blank_out=args.blank_out,
-                                 progress=not args.quiet)
+    model = load_model(args.model, device=args.device)
+    texts = None
+    if args.task:
+        from circuits.tasks import TASKS
+
+        if args.task not in TASKS:
+            raise ValueError(f"unknown task {args.task!r}; tasks: {', '.join(TASKS)}")
+        texts = TASKS[args.task](model, n=args.n, seed=args.seed).clean_prompts
+    result = attribution_compare(model, texts, blank_out=args.blank_out, progress=not args.quiet)
     print(result.table().round(2).to_string())
+    print(f"bundle: {result.save(args.out)}")
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from app.server import serve  # deferred: dash is not needed by the other commands
+
+    serve(args.runs_dir, host=args.host, port=args.port)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from app.demo import demo
+
+    failed = demo(args.out, serve=not args.no_serve, host=args.host, port=args.port)
+    if failed:
+        raise SystemExit(1)
+
+
+def _serving(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8050, help="port (default: 8050; 0 picks a free one)")
+
+
+def _sinks(args: argparse.Namespace) -> None:
+    from analyses.heads import random_prompts
+    from analyses.sinks import sink_analysis
+
+    from .models import load_model
+
+    model = load_model(args.model, device=args.device)
+    length = args.length or min(63, model.cfg.n_ctx - (1 if model.cfg.is_causal else 2))
+    prompts = args.text or random_prompts(model, args.n, length, seed=args.seed)
+    result = sink_analysis(model, prompts, epsilon=args.epsilon)
+    rates = result.summary()
+    print(f"sink rate at key 0 ({rates['token'][0] or 'mixed'}): {result.rate_at(0):.1f}% of heads; "
+          f"at the last token: {result.rate_at(-1):.1f}%; frame: {result.model_frame}; "
+          f"massive activations: {len(result.massive)}")
+    print(f"bundle: {result.save(args.out)}")
+
+
+def _prune(args: argparse.Namespace) -> None:
+    from analyses.pruning import next_token_task, pruning_curve
+
+    from .models import load_model
+
+    model = load_model(args.model, device=args.device)
+    if args.task == "sentence-pairs":
+        from analyses.sentence_pairs import sentence_pair_task
+
+        task = sentence_pair_task(model)
+    else:
+        from circuits.tasks import TASKS
+
+        if args.task not in TASKS:
+            raise ValueError(f"unknown task {args.task!r}; tasks: sentence-pairs, {', '.join(TASKS)}")
+        task = next_token_task(TASKS[args.task](model, n=args.n, seed=args.seed), metric=args.metric)
+    result = pruning_curve(model, task, step=args.step, orders=args.orders, n_random=args.n_random,
+                           seed=args.seed, progress=not args.quiet)
+    print(result.to_frame().pivot(index="fraction", columns="order", values="metric").round(3).to_string())
+    for order in result.orders:
+        print(f"{order}: up to {result.largest_fraction_within(0.05, order):.0%} of heads pruned within 5% "
+              f"of the unpruned {task.metric_name}")
     print(f"bundle: {result.save(args.out)}")
 
 
@@ -138,6 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relations", nargs="*", default=[], help="relation names (default: all 20)")
     p.add_argument("--embedding", default="E", choices=["E", "mlp0"], help="source embedding (default: E)")
     p.add_argument("--salient", nargs="*", default=[], metavar="L.H", help="heads whose salient operations to list")
+    p.add_argument("--vocab-copying", action="store_true",
+                   help="add the relation vocab_copying (every vocabulary token -> itself; for small vocabularies "
+                        "such as the zoo models'); alone, it replaces the default 20 relations")
+    p.add_argument("--validate", action="store_true",
+                   help="also compare static with dynamic scores (head outputs on templates, with and without context)")
+    p.add_argument("--template", action="append", default=[], metavar="TEXT",
+                   help='a --validate template with one {} for the source word (repeatable; default: '
+                        '"This is a document about {}" and two more)')
+    p.add_argument("--causal", type=int, default=None, metavar="M",
+                   help="also ablate the top 1..M heads of each relation against M random heads (causal LMs only)")
+    p.add_argument("--causal-template", action="append", default=[], metavar="TEXT",
+                   help='a --causal prompt with one {} for the source, followed by the target (repeatable)')
+    p.add_argument("--ablation", default="zero", choices=["zero", "mean"], help="--causal ablation (default: zero)")
+    p.add_argument("--n-random", type=int, default=5, help="--causal random draws (default: 5)")
+    p.add_argument("--max-pairs", type=int, default=None, help="validate on at most this many pairs per relation")
     _common(p)
     p.set_defaults(run=_maps)
 
@@ -148,12 +250,50 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         p.set_defaults(run=_attention_maps)
 
+    p = commands.add_parser("sinks", help="attention sinks: sink rate per key position, massive activations, frames")
+    p.add_argument("model")
+    p.add_argument("--text", action="append", default=[], help="a prompt (repeat); default: random-token prompts")
+    p.add_argument("--n", type=int, default=32, help="random prompts when no --text (default: 32)")
+    p.add_argument("--length", type=int, default=None,
+                   help="tokens per random prompt besides BOS/CLS/SEP (default: 63, or what the context allows)")
+    p.add_argument("--epsilon", type=float, default=0.3, help="sink threshold on mean attention (default: 0.3)")
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    p.set_defaults(run=_sinks)
+
+    p = commands.add_parser("prune", help="head importance (Michel et al.) and pruning curves")
+    p.add_argument("model")
+    p.add_argument("--task", default="ioi", help="ioi, colored-objects, induction (next-token tasks) or sentence-pairs (encoders)")
+    p.add_argument("--metric", default="logit_diff", choices=["logit_diff", "accuracy"], help="for next-token tasks")
+    p.add_argument("--n", type=int, default=64, help="prompts of a next-token task (default: 64)")
+    p.add_argument("--step", type=float, default=0.1, help="fraction of all heads pruned per step (default: 0.1)")
+    p.add_argument("--orders", nargs="+", default=["once", "exact", "random"], help="once, exact, random")
+    p.add_argument("--n-random", type=int, default=3, help="random orders averaged (default: 3)")
+    p.add_argument("--seed", type=int, default=0)
+    _common(p)
+    p.set_defaults(run=_prune)
+
     p = commands.add_parser("attribution-compare",
                             help="raw attention, rollout and flow vs blank-out and gradient importance (Abnar & Zuidema, Table 1)")
     p.add_argument("model", nargs="?", default="minilm")
     p.add_argument("--blank-out", choices=["drop", "abs"], default="drop")
+    p.add_argument("--task", default=None,
+                   help="take the prompts from a task's clean prompts (e.g. ioi for zoo/ioi-small); default: 120 topic sentences")
+    p.add_argument("--n", type=int, default=120, help="prompts from --task (default: 120)")
+    p.add_argument("--seed", type=int, default=0)
     _common(p)
     p.set_defaults(run=_attribution_compare)
+
+    p = commands.add_parser("dashboard", help="serve the local dashboard over a folder of result bundles")
+    p.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="folder of result bundles, e.g. runs/")
+    _serving(p)
+    p.set_defaults(run=_dashboard)
+
+    p = commands.add_parser("demo", help="run every analysis on the embedded models into --out, then serve the dashboard")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="folder of result bundles (default: runs/)")
+    p.add_argument("--no-serve", action="store_true", help="only run the analyses (for CI and scripts)")
+    _serving(p)
+    p.set_defaults(run=_demo)
     return parser
 
 

@@ -185,6 +185,21 @@ def test_minilm_sinks_on_cls(minilm):
     assert result.model_frame == "centralized"
 
 
+def test_ioi_small_sinks_at_bos_on_its_own_prompts():
+    """zoo/ioi-small on IOI prompts: BOS is where sinks gather (measured 22.3% of all heads;
+    L1H2, L1H5 and L2H5 in every prompt), above every later key."""
+    from circuits.tasks import ioi_task
+
+    model = load_model("zoo/ioi-small", device="cpu")
+    result = sink_analysis(model, ioi_task(model, n=32, seed=0).clean_prompts)
+    assert result.bos_prepended is True and result.str_tokens[0][0] == "<bos>"
+    later = torch.nanmean(result.prompt_rates()[:, 1:], dim=0)
+    assert result.rate_at(0) > 15 and result.rate_at(0) > float(later.max()) + 5  # next highest: 11.8% at key 6
+    always = result.head_rate_at(0) == 1.0
+    assert always[1, 2] and always[1, 5] and always[2, 5]
+    assert not result.head_rate_at(0)[0].any()  # layer 0 has no sink
+
+
 def test_bad_input_is_rejected(minilm, tiny_gpt2):
     good = _encoder_heads()
     with pytest.raises(ValueError, match="row-stochastic"):
