@@ -1,15 +1,17 @@
 # Two user-facing commands on a fresh machine:
-#   make demo   set up .venv, then run the main job on the embedded default model
+#   make demo   set up .venv, run every analysis on the embedded models into runs/, serve the
+#               dashboard (make demo SERVE=0: analyses only; PORT=8050 to choose the port)
 #   make test   set up .venv, then run the whole test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 # A CPU build of torch; pyproject keeps a wide range for users with GPUs.
 TORCH_PIN ?= torch==2.13.0
-MODEL ?= zoo/ioi-small
 RUNS ?= runs
+SERVE ?= 1
+PORT ?= 8050
 
-.PHONY: demo test setup clean
+.PHONY: demo test setup clean chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +23,18 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/headlab heads $(MODEL) --out $(RUNS)
+	$(VENV)/bin/headlab demo --out $(RUNS) --port $(PORT) $(if $(filter 0,$(SERVE)),--no-serve,)
 
-test: setup
+test: setup chromium
 	$(PY) -m pytest -q
+
+# The dashboard's browser tests drive Debian's chromium (never `playwright install`, which
+# downloads a browser). Installed here when missing and we are root; otherwise they skip.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -q && apt-get install -y -q chromium; \
+	  else echo "chromium is missing and we are not root: the dashboard's browser tests will skip"; fi; }
 
 clean:
 	rm -rf $(VENV) $(RUNS)

@@ -183,6 +183,17 @@ def _prune(args: argparse.Namespace) -> None:
     print(f"bundle: {result.save(args.out)}")
 
 
+def _patterns(args: argparse.Namespace) -> None:
+    from analyses.head_patterns import head_patterns
+
+    from .models import load_model
+
+    result = head_patterns(load_model(args.model, device=args.device), args.text or None)
+    top = result.circuits.sort_values("ov_copying", ascending=False).head(3)
+    print("highest OV copying scores: " + ", ".join(f"L{r.layer}H{r.head} {r.ov_copying:.2f}" for r in top.itertuples()))
+    print(f"bundle: {result.save(args.out)}")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs"), help="folder of result bundles (default: runs/)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
@@ -249,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--text", action="append", required=True, help="a prompt (repeat for several)")
         _common(p)
         p.set_defaults(run=_attention_maps)
+
+    p = commands.add_parser("patterns", help="every head's attention on a few prompts, with QK/OV norms and OV copying scores")
+    p.add_argument("model")
+    p.add_argument("--text", action="append", default=[], help="a prompt (repeat, at most 8); default: 4 repeated-span probes")
+    _common(p)
+    p.set_defaults(run=_patterns)
 
     p = commands.add_parser("sinks", help="attention sinks: sink rate per key position, massive activations, frames")
     p.add_argument("model")

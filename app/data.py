@@ -1,0 +1,198 @@
+"""The dashboard's only way to the result bundles: list them, find one by name, load its
+tables and figures (cached), and gather every per-head number the bundles hold.
+
+Everything goes through `interp.results`; nothing is recomputed, and no tensor is loaded
+(so torch is never imported by a page load). A bundle name from a URL is only ever
+compared with the names `list_bundles` returns, never joined onto a path.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from interp.results import BundleEntry, BundleError, list_bundles
+from interp.results.layout import is_safe_name, part_file
+
+_CACHE_SIZE = 256
+
+
+class _PartCache:
+    """Loaded tables and figures keyed by (file path, mtime, size): a part rewritten or
+    replaced on disk is read again, an unchanged one is read once."""
+
+    def __init__(self, size: int = _CACHE_SIZE):
+        self._items: OrderedDict[tuple, Any] = OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, entry: BundleEntry, kind: str, name: str, load: Callable[[], Any]) -> Any:
+        path = entry.path / part_file(kind, name)
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise BundleError(entry.path, f"{kind[:-1]} {name!r} cannot be read: {error}") from error
+        key = (str(path), stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = load()  # outside the lock: a slow read must not block other requests
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
+
+
+@dataclass(frozen=True)
+class HeadMetric:
+    """One number per head from one bundle, for the heads grid and the head page.
+
+    `values` has columns layer, head, value and detail (text shown on hover, may be "").
+    `signed` metrics (patching effects) are drawn diverging around 0 and ranked by size.
+    """
+
+    key: str
+    label: str
+    bundle: str
+    analysis: str
+    values: pd.DataFrame
+    signed: bool = False
+
+
+class Runs:
+    """The bundles of one runs folder, as the dashboard sees them."""
+
+    def __init__(self, runs_dir: str | Path):
+        self.root = Path(runs_dir).resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"runs folder {self.root} does not exist or is not a folder")
+        self._parts = _PartCache()
+
+    def entries(self) -> list[BundleEntry]:
+        """Every bundle folder, newest first; broken ones carry `.error`."""
+        return list_bundles(self.root)
+
+    def entry(self, name: str) -> BundleEntry | None:
+        """The bundle called `name`, or None when there is none: `name` is matched against
+        the listed folder names only, so '..', '/etc' or 'a/b' can never reach the disk."""
+        if not is_safe_name(name):
+            return None
+        return next((e for e in self.entries() if e.path.name == name), None)
+
+    def table(self, entry: BundleEntry, name: str) -> pd.DataFrame:
+        """Table `name` of a readable bundle (shared with the cache: do not modify it)."""
+        return self._parts.get(entry, "tables", name, lambda: entry.bundle.table(name))
+
+    def figure(self, entry: BundleEntry, name: str) -> go.Figure:
+        """A fresh copy of figure `name`, safe to restyle."""
+        return go.Figure(self._parts.get(entry, "figures", name, lambda: entry.bundle.figure(name)))
+
+    def models(self) -> list[str]:
+        """Names of the models that readable bundles were made with, sorted."""
+        return sorted({e.bundle.meta["model"] for e in self.entries() if e.ok})
+
+    def head_metrics(self, model: str) -> tuple[list[HeadMetric], list[tuple[str, str]]]:
+        """Every per-head metric in the readable bundles of `model`, newest bundle first,
+        and (bundle name, error) for each bundle whose tables failed to load."""
+        metrics: list[HeadMetric] = []
+        errors: list[tuple[str, str]] = []
+        for entry in self.entries():
+            if not entry.ok or entry.bundle.meta["model"] != model:
+                continue
+            try:
+                metrics.extend(bundle_metrics(self, entry))
+            except Exception as error:  # one damaged bundle must not hide the others' numbers
+                errors.append((entry.path.name, f"{type(error).__name__}: {error}"))
+        metrics.sort(key=lambda m: _ORDER.index(_family(m.analysis)))  # stable: newest first within a kind
+        return metrics, errors
+
+
+def bundle_metrics(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
+    """The per-head metrics of one readable bundle ([] for analyses without any). Raises
+    BundleError (damaged part), KeyError (missing table) or ValueError (unexpected columns)."""
+    extract = _EXTRACTORS.get(_family(entry.bundle.meta["analysis"]))
+    return [] if extract is None else extract(runs, entry)
+
+
+def _family(analysis: str) -> str:
+    """"patching-exact", "patching-atp", ... are all "patching"."""
+    return "patching" if analysis.startswith("patching") else analysis
+
+
+def _frame(values: pd.DataFrame, column: str, detail: pd.Series | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame({"layer": values["layer"].astype(int), "head": values["head"].astype(int),
+                          "value": values[column].astype(float)})
+    frame["detail"] = "" if detail is None else detail.astype(str).to_numpy()
+    return frame.reset_index(drop=True)
+
+
+def _metrics_heads(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
+    scores = runs.table(entry, "scores")
+    name = entry.path.name
+    return [HeadMetric(f"{name}:{kind}", f"{kind.replace('_', '-')} score (heads)", name, "heads",
+                       _frame(group, "score"))
+            for kind, group in scores.groupby("kind", sort=False)]
+
+
+def _metrics_sinks(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
+    heads = runs.table(entry, "heads")
+    first = heads[heads["key"] == 0]
+    epsilon = entry.bundle.meta.get("parameters", {}).get("epsilon")
+    return [HeadMetric(f"{entry.path.name}:sink_rate", f"sink rate at key 0 (share of prompts with α > {epsilon})",
+                       entry.path.name, "sinks", _frame(first, "sink_fraction", first["frame"]))]
+
+
+def _metrics_pruning(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
+    if "importance" not in entry.bundle.table_names:  # only random orders were run
+        return []
+    importance = runs.table(entry, "importance")
+    task = entry.bundle.meta.get("task")
+    return [HeadMetric(f"{entry.path.name}:importance", f"pruning importance ({task})", entry.path.name,
+                       "pruning", _frame(importance, "importance"))]
+
+
+def _metrics_maps(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
+    scores = runs.table(entry, "scores").dropna(subset=["score"])
+    best = scores.loc[scores.groupby(["layer", "head"])["score"].idxmax()].sort_values(["layer", "head"])
+    return [HeadMetric(f"{entry.path.name}:maps_top", "MAPS top relation score", entry.path.name, "maps",
+                       _frame(best, "score", best["relation"]))]
+
+
+def patching_baseline(meta: dict) -> float:
+    """The value a patch that changes nothing gets, so that effect = value - baseline (as
+    `PatchResult.effects`)."""
+    parameters = meta.get("parameters", {})
+    denoise = parameters.get("direction", "denoise") == "denoise"
+    if parameters.get("normalized", True):
+        return 0.0 if denoise else 1.0
+    return float(meta["corrupt_metric"] if denoise else meta["clean_metric"])
+
+
+def _metrics_patching(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
+    meta = entry.bundle.meta
+    parameters = meta.get("parameters", {})
+    if list(parameters.get("axes", [])) != ["layer", "head"]:
+        return []
+    values = runs.table(entry, "values").copy()
+    values["effect"] = values["value"] - patching_baseline(meta)
+    label = f"patching effect of {parameters.get('component')} ({parameters.get('direction')}, {meta.get('task')})"
+    return [HeadMetric(f"{entry.path.name}:effect", label, entry.path.name, meta["analysis"],
+                       _frame(values, "effect"), signed=True)]
+
+
+_ORDER = ("heads", "sinks", "pruning", "maps", "patching")  # the grid's first choice is the first here
+_EXTRACTORS: dict[str, Callable[[Runs, BundleEntry], list[HeadMetric]]] = {
+    "heads": _metrics_heads,
+    "sinks": _metrics_sinks,
+    "pruning": _metrics_pruning,
+    "maps": _metrics_maps,
+    "patching": _metrics_patching,
+}

@@ -1,0 +1,1 @@
+"""Pages of the dashboard, one module per kind of page."""

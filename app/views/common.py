@@ -1,0 +1,99 @@
+"""Building blocks shared by the pages: links, cards, tables and heatmaps."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from dash import dcc, html
+from dash.development.base_component import Component
+
+MAX_ROWS = 200
+
+
+def head_href(model: str, layer: int, head: int) -> str:
+    return "/head?" + urlencode({"model": model, "layer": int(layer), "head": int(head)})
+
+
+def grid_href(model: str) -> str:
+    return "/heads?" + urlencode({"model": model})
+
+
+def bundle_href(name: str) -> str:
+    return f"/bundle/{name}"
+
+
+def error_card(title: str, message: str) -> html.Div:
+    """A red card: `title` names what failed (usually the bundle), `message` says why."""
+    return html.Div([html.Strong(title), html.Pre(message)], className="card error-card")
+
+
+def notice(text: str) -> html.Div:
+    return html.Div(text, className="card notice")
+
+
+def section(title: str, *children) -> html.Section:
+    return html.Section([html.H3(title), *children])
+
+
+def when(created: str | None) -> str:
+    """ISO time as 'YYYY-MM-DD HH:MM:SS UTC'."""
+    if not created:
+        return ""
+    return created[:19].replace("T", " ") + " UTC"
+
+
+def compact(value) -> str:
+    """A parameter value on one short line."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def frame_table(frame: pd.DataFrame, max_rows: int = MAX_ROWS, table_id: str | None = None) -> html.Div:
+    """A DataFrame as an HTML table (floats to 4 significant digits), cut at `max_rows`."""
+    shown = frame.head(max_rows)
+    header = html.Tr([html.Th(str(c)) for c in shown.columns])
+    rows = [html.Tr([html.Td(_cell(v)) for v in row]) for row in shown.itertuples(index=False)]
+    kwargs = {"id": table_id} if table_id else {}
+    children = [html.Table([html.Thead(header), html.Tbody(rows)], className="data", **kwargs)]
+    if len(frame) > max_rows:
+        children.append(html.P(f"first {max_rows} of {len(frame)} rows", className="muted"))
+    return html.Div(children, className="table-wrap")
+
+
+def _cell(value):
+    if isinstance(value, Component):  # e.g. a link
+        return value
+    if isinstance(value, (float, np.floating)):
+        return "" if np.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def heatmap(z, x, y, *, title: str = "", signed: bool = False, colorbar: str = "",
+            customdata=None, hovertemplate: str | None = None, height: int | None = None) -> go.Figure:
+    """A heatmap with the first row on top; `signed` data diverge around 0 (red/blue)."""
+    z = np.asarray(z, dtype=float)
+    trace = dict(z=z, x=x, y=y, colorbar={"title": colorbar}, customdata=customdata)
+    if hovertemplate:
+        trace["hovertemplate"] = hovertemplate
+    if signed:
+        finite = np.abs(z[np.isfinite(z)])
+        limit = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+        trace.update(colorscale="RdBu", zmid=0, zmin=-limit, zmax=limit)
+    else:
+        trace.update(colorscale="Viridis")
+    fig = go.Figure(go.Heatmap(**trace))
+    fig.update_layout(title=title, yaxis={"autorange": "reversed"}, margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    if height:
+        fig.update_layout(height=height)
+    return fig
+
+
+def graph(fig: go.Figure, graph_id: str | None = None) -> dcc.Graph:
+    kwargs = {"id": graph_id} if graph_id else {}
+    return dcc.Graph(figure=fig, config={"displaylogo": False}, **kwargs)

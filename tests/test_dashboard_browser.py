@@ -1,0 +1,224 @@
+"""The dashboard in a real browser (Debian's chromium driven by Playwright) against the real
+server over a runs folder made by the real analyses. What a figure shows is read from the
+page's plotly data and compared with the bundle's tables read through interp.results.
+
+Screenshots of each page go to test-artifacts/dashboard/.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import quote
+
+import numpy as np
+
+from interp.results import list_bundles, read_bundle
+
+pytest_plugins = ["tests.dashboard_fixtures"]
+
+# The plotted numbers of the first trace of the graph `graph_id`; `field` "z" comes back as
+# rows (plotly.js keeps the decoded typed array in `_inputArray`).
+PLOTTED = """([graphId, field, trace]) => {
+    const gd = document.querySelector('#' + graphId + ' .js-plotly-plot');
+    if (!gd || !gd.data || !gd.data[trace]) return null;
+    let v = gd.data[trace][field];
+    if (v && !Array.isArray(v) && v._inputArray) v = v._inputArray;
+    if (!v) return null;
+    return Array.from(v, row => (row && typeof row === 'object' && row.length !== undefined) ? Array.from(row) : row);
+}"""
+
+
+def plotted(page, graph_id: str, field: str = "z", trace: int = 0):
+    return page.evaluate(PLOTTED, [graph_id, field, trace])
+
+
+def bundle(runs, analysis: str, model: str | None = None, **parameters):
+    """The readable bundle of `analysis` (and `model`, and these parameters)."""
+    for entry in list_bundles(runs):
+        meta = entry.bundle.meta if entry.ok else None
+        if meta and meta["analysis"] == analysis and model in (None, meta["model"]) and all(
+                meta["parameters"].get(k) == v for k, v in parameters.items()):
+            return entry.bundle
+    raise LookupError(f"no {analysis} bundle of {model} with {parameters}")
+
+
+def grid_values(frame, column: str = "score") -> np.ndarray:
+    """A long (layer, head, value) table as the [layer, head] grid the heatmap shows."""
+    return frame.pivot(index="layer", columns="head", values=column).to_numpy()
+
+
+def open_page(page, url: str, ready: str):
+    page.goto(url)
+    page.wait_for_selector(ready)
+    page.wait_for_load_state("networkidle")
+
+
+def test_run_list_shows_every_bundle(page, dashboard_url, dashboard_runs, screenshots):
+    open_page(page, dashboard_url + "/", "#run-list")
+    entries = list_bundles(dashboard_runs)
+    listed = page.locator("#run-list tbody tr td:first-child a").all_inner_texts()
+    assert sorted(listed) == sorted(e.path.name for e in entries if e.ok)
+    cards = page.locator(".error-card").all_inner_texts()
+    for entry in entries:
+        if not entry.ok:
+            assert any(f"bundle {entry.path.name}" in card for card in cards), entry.path.name
+    assert len(cards) == 2  # garbled meta.json, deleted file; the zeroed table only fails when read
+    page.screenshot(path=screenshots / "runs.png", full_page=True)
+
+
+def test_grid_dropdown_changes_the_plotted_metric(page, dashboard_url, dashboard_runs, screenshots):
+    open_page(page, f"{dashboard_url}/heads?model={quote('zoo/ioi-small')}", "#heads-grid .js-plotly-plot")
+    heads = read_bundle(bundle(dashboard_runs, "heads", "zoo/ioi-small").path).table("scores")
+    first = np.array(plotted(page, "heads-grid"), dtype=float)
+    np.testing.assert_allclose(first, grid_values(heads[heads["kind"] == "previous_token"]), rtol=1e-6)
+
+    page.click("#grid-metric")
+    page.get_by_role("option", name=re.compile("^induction score")).click()
+    page.wait_for_function("document.querySelector('#heads-grid .js-plotly-plot').layout.title.text"
+                           ".startsWith('induction')")
+    np.testing.assert_allclose(np.array(plotted(page, "heads-grid"), dtype=float),
+                               grid_values(heads[heads["kind"] == "induction"]), rtol=1e-6)
+
+    page.click("#grid-metric")
+    page.get_by_role("option", name=re.compile("^pruning importance")).click()
+    page.wait_for_function("document.querySelector('#heads-grid .js-plotly-plot').layout.title.text"
+                           ".startsWith('pruning')")
+    importance = read_bundle(bundle(dashboard_runs, "pruning", "zoo/ioi-small").path).table("importance")
+    np.testing.assert_allclose(np.array(plotted(page, "heads-grid"), dtype=float),
+                               grid_values(importance, "importance"), rtol=1e-6)
+    # The damaged copy is named on the page; the grid above still works.
+    assert "bundle broken-table" in page.locator(".error-card").first.inner_text()
+    page.screenshot(path=screenshots / "heads-grid.png", full_page=True)
+
+
+def test_clicking_a_grid_cell_opens_that_heads_page(page, dashboard_url, dashboard_runs, screenshots):
+    open_page(page, f"{dashboard_url}/heads?model={quote('zoo/induction-2l')}", "#heads-grid .js-plotly-plot")
+    layer, head = 1, 2
+    x, y = page.evaluate("""([layer, head]) => {
+        const gd = document.querySelector('#heads-grid .js-plotly-plot');
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+        return [box.left + xa._offset + xa.l2p(head), box.top + ya._offset + ya.l2p(layer)];
+    }""", [layer, head])
+    page.mouse.click(x, y)
+    page.wait_for_url(re.compile(r"/head\?model=zoo%2Finduction-2l&layer=1&head=2$"))
+    page.wait_for_selector("#head-numbers")
+    assert page.locator("h2").first.inner_text() == "Head L1H2 of zoo/induction-2l"
+    scores = read_bundle(bundle(dashboard_runs, "heads", "zoo/induction-2l").path).table("scores")
+    induction = scores[(scores["kind"] == "induction") & (scores["layer"] == 1) & (scores["head"] == 2)]
+    row = page.locator("#head-numbers tr", has_text="induction score").inner_text()
+    assert f"{induction['score'].iloc[0]:.4g}" in row
+    # Stored patterns of this head, from the patterns bundle, and its QK/OV norms.
+    assert page.locator("text=Attention patterns on stored prompts").count() == 1
+    assert page.locator("text=qk_ov — patterns-zoo_induction-2l").count() == 1
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2")
+    page.screenshot(path=screenshots / "head-induction-L1H2.png", full_page=True)
+
+
+def test_head_page_shows_maps_sinks_and_patching(page, dashboard_url, dashboard_runs, screenshots):
+    open_page(page, f"{dashboard_url}/head?model={quote('zoo/ioi-small')}&layer=0&head=2", "#head-numbers")
+    numbers = page.locator("#head-numbers").inner_text()
+    for label in ("previous-token score", "sink rate at key 0", "pruning importance", "MAPS top relation score",
+                  "patching effect of z"):
+        assert label in numbers, label
+    salient = read_bundle(bundle(dashboard_runs, "maps", "zoo/ioi-small").path).table("salient_L0H2")
+    assert page.locator("#salient tbody tr").count() == len(salient)
+    assert salient["token"].iloc[0] in page.locator("#salient tbody tr").first.inner_text()
+    for title in ("Attention received per key position (sinks)", "Patching effect per position"):
+        assert page.locator(f"h3:text-is('{title}')").count() == 1
+    page.screenshot(path=screenshots / "head-ioi-L0H2.png", full_page=True)
+
+
+def test_rollout_page_follows_prompt_and_layer(page, dashboard_url, dashboard_runs, screenshots):
+    rollout = bundle(dashboard_runs, "rollout", "zoo/induction-2l")
+    maps = read_bundle(rollout.path).table("maps")
+    open_page(page, f"{dashboard_url}/bundle/{rollout.path.name}", "#tokmap-graph .js-plotly-plot")
+
+    def expected(prompt, layer):
+        rows = maps[(maps["prompt"] == prompt) & (maps["layer"] == layer)]
+        return rows.pivot(index="query", columns="key", values="value").to_numpy()
+
+    np.testing.assert_allclose(plotted(page, "tokmap-graph"), expected(0, 1), rtol=1e-6)
+    page.click("#tokmap-prompt")
+    page.get_by_role("option", name=re.compile("^1: ")).click()
+    page.wait_for_function("document.querySelector('#tokmap-graph .js-plotly-plot').layout.title.text"
+                           ".endsWith('prompt 1')")
+    np.testing.assert_allclose(plotted(page, "tokmap-graph"), expected(1, 1), rtol=1e-6)
+    page.locator("#tokmap-layer [role=slider]").press("Home")  # the slider's thumb, to its first layer
+    page.wait_for_function("document.querySelector('#tokmap-graph .js-plotly-plot').layout.title.text"
+                           ".includes('after layer 0')")
+    np.testing.assert_allclose(plotted(page, "tokmap-graph"), expected(1, 0), rtol=1e-6)
+    assert plotted(page, "tokmap-graph", "x")[0] == "0:<bos>"
+    page.screenshot(path=screenshots / "rollout.png", full_page=True)
+
+
+def test_pruning_page_plots_the_curves(page, dashboard_url, dashboard_runs, screenshots):
+    pruning = bundle(dashboard_runs, "pruning", "zoo/ioi-small")
+    curve = read_bundle(pruning.path).table("curve")
+    open_page(page, f"{dashboard_url}/bundle/{pruning.path.name}", "#pruning-curve .js-plotly-plot")
+    names = page.evaluate("[...document.querySelector('#pruning-curve .js-plotly-plot').data].map(t => t.name)")
+    assert names == list(dict.fromkeys(curve["order"]))
+    for trace, order in enumerate(names):
+        rows = curve[curve["order"] == order].sort_values("fraction")
+        np.testing.assert_allclose(plotted(page, "pruning-curve", "y", trace), rows["metric"], rtol=1e-6)
+        np.testing.assert_allclose(plotted(page, "pruning-curve", "x", trace), rows["fraction"], rtol=1e-6)
+    assert "logit_diff" in page.locator("#pruning-curve").inner_text()
+    page.screenshot(path=screenshots / "pruning.png", full_page=True)
+
+
+def test_patching_pages_draw_layer_by_head_and_layer_by_position(page, dashboard_url, dashboard_runs, screenshots):
+    for axes, shot in ((["layer", "head"], "patching-heads.png"), (["layer", "pos"], "patching-positions.png")):
+        sweep = bundle(dashboard_runs, "patching-exact", "zoo/ioi-small", axes=axes)
+        values = read_bundle(sweep.path).table("values")
+        open_page(page, f"{dashboard_url}/bundle/{sweep.path.name}", "#patching-heatmap .js-plotly-plot")
+        np.testing.assert_allclose(np.array(plotted(page, "patching-heatmap"), dtype=float),
+                                   values.pivot(index="layer", columns=axes[1], values="value").to_numpy(),
+                                   rtol=1e-6)
+        labels = plotted(page, "patching-heatmap", "x")
+        assert labels[0] == ("H0" if axes[1] == "head" else "0:<bos>")
+        page.screenshot(path=screenshots / shot, full_page=True)
+
+
+def test_maps_page_has_the_heads_by_relations_table(page, dashboard_url, dashboard_runs, screenshots):
+    maps = bundle(dashboard_runs, "maps", "zoo/ioi-small")
+    scores = read_bundle(maps.path).table("scores")
+    open_page(page, f"{dashboard_url}/bundle/{maps.path.name}", "#maps-table")
+    rows = page.locator("#maps-table tbody tr")
+    assert rows.count() == len(scores.groupby(["layer", "head"]))
+    best = scores.loc[scores["score"].idxmax()]
+    cells = page.locator("#maps-table tbody tr", has_text=f"L{best['layer']}H{best['head']}").first.inner_text()
+    assert f"{best['score']:.2f}" in cells
+    page.screenshot(path=screenshots / "maps.png", full_page=True)
+
+
+def test_broken_bundles_show_an_error_card_and_the_rest_works(page, dashboard_url, screenshots):
+    for name, problem in (("broken-meta", "meta.json"), ("broken-missing", "is missing"),
+                          ("broken-table", "cannot be read")):
+        open_page(page, f"{dashboard_url}/bundle/{name}", ".error-card")
+        card = page.locator(".error-card").first.inner_text()
+        assert f"bundle {name}" in card and problem in card, card
+        if name == "broken-meta":
+            page.screenshot(path=screenshots / "broken-bundle.png", full_page=True)
+    # The same tab goes on to a working page.
+    page.click("header >> text=runs")
+    page.wait_for_selector("#run-list")
+    assert page.locator("#run-list tbody tr").count() >= 10
+
+
+def test_every_bundle_page_renders(page, dashboard_url, dashboard_runs, screenshots):
+    """Each readable bundle's page draws its figures without an error card (the zeroed copy
+    excepted); the kinds not checked above are saved as screenshots too."""
+    shot = {"sinks", "flow", "heads", "attention-patterns"}
+    for entry in list_bundles(dashboard_runs):
+        if not entry.ok:
+            continue
+        open_page(page, f"{dashboard_url}/bundle/{entry.path.name}", "#bundle-meta")
+        assert page.locator("#bundle-meta").inner_text().startswith("bundle\t" + entry.path.name)
+        cards = page.locator(".error-card").count()
+        assert cards == (1 if entry.path.name == "broken-table" else 0), entry.path.name
+        analysis = entry.bundle.meta["analysis"]
+        if analysis in shot and entry.path.name != "broken-table":
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0 || "
+                                   "document.querySelectorAll('table.data').length > 0")
+            page.screenshot(path=screenshots / f"bundle-{analysis}.png", full_page=True)
+            shot.discard(analysis)
+    assert not shot, f"no bundle page of {shot}"
