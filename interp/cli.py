@@ -32,18 +32,14 @@ def _heads(args: argparse.Namespace) -> None:
 
 
 def _patch(args: argparse.Namespace) -> None:
-    from circuits.tasks import TASKS
-
     from .models import load_model
     from .patching import attribution_patch, patch
 
     model = load_model(args.model, device=args.device)
-    if args.task not in TASKS:
-        raise ValueError(f"unknown task {args.task!r}; tasks: {', '.join(TASKS)}")
     options = {"n": args.n, "seed": args.seed}
     if args.template:
         options["template"] = args.template
-    task = TASKS[args.task](model, **options)
+    task = _task(args.task, model, **options)
     kwargs = {"per_position": args.per_position, "direction": args.direction}
     if args.method == "exact":
         result = patch(model, task, args.component, memory_budget=args.memory_budget, progress=not args.quiet, **kwargs)
@@ -112,11 +108,7 @@ def _attribution_compare(args: argparse.Namespace) -> None:
     model = load_model(args.model, device=args.device)
     texts = None
     if args.task:
-        from circuits.tasks import TASKS
-
-        if args.task not in TASKS:
-            raise ValueError(f"unknown task {args.task!r}; tasks: {', '.join(TASKS)}")
-        texts = TASKS[args.task](model, n=args.n, seed=args.seed).clean_prompts
+        texts = _task(args.task, model, n=args.n, seed=args.seed).clean_prompts
     result = attribution_compare(model, texts, blank_out=args.blank_out, progress=not args.quiet)
     print(result.table().round(2).to_string())
     print(f"bundle: {result.save(args.out)}")
@@ -169,11 +161,7 @@ def _prune(args: argparse.Namespace) -> None:
 
         task = sentence_pair_task(model)
     else:
-        from circuits.tasks import TASKS
-
-        if args.task not in TASKS:
-            raise ValueError(f"unknown task {args.task!r}; tasks: sentence-pairs, {', '.join(TASKS)}")
-        task = next_token_task(TASKS[args.task](model, n=args.n, seed=args.seed), metric=args.metric)
+        task = next_token_task(_task(args.task, model, n=args.n, seed=args.seed), metric=args.metric)
     result = pruning_curve(model, task, step=args.step, orders=args.orders, n_random=args.n_random,
                            seed=args.seed, progress=not args.quiet)
     print(result.to_frame().pivot(index="fraction", columns="order", values="metric").round(3).to_string())
@@ -192,6 +180,15 @@ def _patterns(args: argparse.Namespace) -> None:
     top = result.circuits.sort_values("ov_copying", ascending=False).head(3)
     print("highest OV copying scores: " + ", ".join(f"L{r.layer}H{r.head} {r.ov_copying:.2f}" for r in top.itertuples()))
     print(f"bundle: {result.save(args.out)}")
+
+
+def _task(name: str, model, **options):
+    """A patching task of `circuits.tasks` by name (clean/corrupted prompts with answers)."""
+    from circuits.tasks import TASKS
+
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    return TASKS[name](model, **options)
 
 
 def _common(p: argparse.ArgumentParser) -> None:

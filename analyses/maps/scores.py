@@ -36,6 +36,19 @@ def unembedding_note(model: HookedModel) -> str:
     return "W_U" if model.cfg.has_lm_head else "tied W_E (encoder without LM head)"
 
 
+def resolve_relations(model: HookedModel, relations, min_pairs: int = MIN_PAIRS) -> list[Relation]:
+    """`relations` as loaded `Relation`s for `model`'s tokenizer: a list of `Relation`s is kept
+    as is; names, a {name: pairs} mapping or None (all built-in relations) are loaded. Raises
+    when none has `min_pairs` usable single-token pairs."""
+    if relations is not None and len(relations) > 0 and all(isinstance(r, Relation) for r in relations):
+        rels = list(relations)
+    else:
+        rels = load_relations(model.tokenizer, relations, min_pairs=min_pairs)
+    if not rels:
+        raise ValueError(f"no relation has at least {min_pairs} usable single-token pairs for {model.cfg.name}")
+    return rels
+
+
 def source_embeddings(model: HookedModel, token_ids: Int[torch.Tensor, "n"], layer: int,
                       embedding: str = "E") -> Float[torch.Tensor, "n d_model"]:
     """The rows of E a head at `layer` reads for `token_ids` (float32, on the model's device).
@@ -130,12 +143,7 @@ def maps_scores(
     """
     from .salient import salient_operations
 
-    if relations is not None and len(relations) > 0 and all(isinstance(r, Relation) for r in relations):
-        rels = list(relations)
-    else:
-        rels = load_relations(model.tokenizer, relations, min_pairs=min_pairs)
-    if not rels:
-        raise ValueError(f"no relation has at least {min_pairs} usable single-token pairs for {model.cfg.name}")
+    rels = resolve_relations(model, relations, min_pairs)
     if embedding not in EMBEDDINGS:
         raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
     n_layers, n_heads, device = model.cfg.n_layers, model.cfg.n_heads, model.device

@@ -54,8 +54,8 @@ from tqdm.auto import tqdm
 from interp.models import HookedModel
 from interp.patching import Task
 
-from .relations import MIN_PAIRS, Pairs, Relation, load_relation, load_relations
-from .scores import EMBEDDINGS, hit_rate, maps_scores, unembedding_note
+from .relations import MIN_PAIRS, Pairs, Relation, load_relation
+from .scores import EMBEDDINGS, hit_rate, maps_scores, resolve_relations, unembedding_note
 from .validation_result import CausalValidation, DynamicValidation
 
 DEFAULT_TEMPLATES = ("This is a document about {}", "This text is about {}", "Here is a short note about {}")
@@ -85,12 +85,7 @@ def _relations(model: HookedModel, relations: RelationsArg, min_pairs: int, max_
                seed: int) -> list[Relation]:
     """Load relations as `maps_scores` does; keep at most `max_pairs` pairs of each (a seeded
     random subset, in the original order)."""
-    if relations is not None and len(relations) > 0 and all(isinstance(r, Relation) for r in relations):
-        rels = list(relations)
-    else:
-        rels = load_relations(model.tokenizer, relations, min_pairs=min_pairs)
-    if not rels:
-        raise ValueError(f"no relation has at least {min_pairs} usable single-token pairs for {model.cfg.name}")
+    rels = resolve_relations(model, relations, min_pairs)
     if max_pairs is None:
         return rels
     if max_pairs < 1:
