@@ -146,14 +146,15 @@ def _cut_gpt2(block, keep: list[int], silent: bool) -> None:
     width = len(keep) * d_head
     cols = torch.cat([torch.arange(h * d_head, (h + 1) * d_head) for h in keep])
     qkv = torch.cat([cols + part * d_model for part in range(3)])
-    c_attn = Conv1D(3 * width, d_model)
-    c_proj = Conv1D(d_model, width)
+    like = attn.c_attn.weight  # new modules take the old ones' dtype and device before any copy
+    c_attn = Conv1D(3 * width, d_model).to(like)
+    c_proj = Conv1D(d_model, width).to(like)
     with torch.no_grad():
         c_attn.weight.copy_(attn.c_attn.weight[:, qkv])
         c_attn.bias.copy_(attn.c_attn.bias[qkv])
         c_proj.weight.copy_(attn.c_proj.weight[cols] * (0.0 if silent else 1.0))
         c_proj.bias.copy_(attn.c_proj.bias)
-    attn.c_attn, attn.c_proj = c_attn.to(attn.c_attn.weight.device), c_proj.to(attn.c_proj.weight.device)
+    attn.c_attn, attn.c_proj = c_attn, c_proj
     attn.num_heads, attn.split_size = len(keep), width
 
 
@@ -164,20 +165,20 @@ def _cut_bert(layer, keep: list[int], silent: bool) -> None:
     for name in ("query", "key", "value"):
         setattr(self_attn, name, _linear_rows(getattr(self_attn, name), rows))
     dense = output.dense
-    new_dense = torch.nn.Linear(len(rows), dense.out_features)
+    new_dense = torch.nn.Linear(len(rows), dense.out_features).to(dense.weight)
     with torch.no_grad():
         new_dense.weight.copy_(dense.weight[:, rows] * (0.0 if silent else 1.0))
         new_dense.bias.copy_(dense.bias)
-    output.dense = new_dense.to(dense.weight.device)
+    output.dense = new_dense
     self_attn.num_attention_heads, self_attn.all_head_size = len(keep), len(rows)
 
 
 def _linear_rows(linear: torch.nn.Linear, rows: torch.Tensor) -> torch.nn.Linear:
-    new = torch.nn.Linear(linear.in_features, len(rows))
+    new = torch.nn.Linear(linear.in_features, len(rows)).to(linear.weight)
     with torch.no_grad():
         new.weight.copy_(linear.weight[rows])
         new.bias.copy_(linear.bias[rows])
-    return new.to(linear.weight.device)
+    return new
 
 
 # ---------------------------------------------------------------- architecture lookup
