@@ -79,6 +79,10 @@ def tl_sweep(model, task, per_position: bool, sample: int | None, seed: int = 0)
 
 
 def run_case(label, model, task, per_position, tl_sample, budget, device):
+    # One plain forward first: weights loaded from safetensors are memory-mapped, and their
+    # first touch would otherwise count as memory the sweep used.
+    with torch.no_grad():
+        model(task.clean[:1])
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
