@@ -142,6 +142,18 @@ class FusedGPT2:
         w = self.layers[layer]
         return self._linear(self.act(self._linear(self._ln(resid_mid, w.ln2), w.w_in, w.b_in)), w.w_out, w.b_out)
 
+    def _mlp_where_changed(self, layer: int, x: torch.Tensor, base_mid: torch.Tensor,
+                           base_out: torch.Tensor) -> torch.Tensor:
+        """`mlp(layer, x)` for `x [N, B, P, d_model]`, computed only at the rows that differ
+        from the unpatched run's `base_mid [B, P, d_model]`: the MLP acts on each position
+        alone, so every other row keeps the cached `base_out`. A patch at one position leaves
+        the rest of its layer unchanged, which makes this most of the layer's MLP work saved."""
+        changed = (x != base_mid).any(dim=-1)  # [N, B, P]
+        out = base_out.expand_as(x).clone()
+        if changed.any():
+            out[changed] = self.mlp(layer, x[changed])
+        return out
+
     def final(self, resid: torch.Tensor) -> torch.Tensor:
         """The last residual `[..., d_model]` through ln_f (ready to unembed)."""
         return self._ln(resid, self.ln_f)
@@ -192,7 +204,7 @@ class FusedGPT2:
             if layer == n_layers - 1:
                 x = x[:, rows, answer_pos - p0]
                 return self.final(x + self.mlp(layer, x))
-            x = x + self.mlp(layer, x)
+            x = x + self._mlp_where_changed(layer, x, base.resid_mid[layer][:, p0:], base.mlp_out[layer][:, p0:])
             layer += 1
         elif site == "post":
             layer += 1
