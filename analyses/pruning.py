@@ -145,9 +145,12 @@ def head_importance(model: HookedModel, task: HeadTask, pruned: Iterable[tuple[i
     importance = (total / n_batches).detach()
     for layer, head in pruned:
         importance[layer, head] = 0.0
-    if normalize:
-        importance = importance / importance.norm(dim=1, keepdim=True).clamp_min(torch.finfo(importance.dtype).tiny)
-    return importance
+    return normalize_per_layer(importance) if normalize else importance
+
+
+def normalize_per_layer(importance: Float[torch.Tensor, "n_layers n_heads"]) -> Float[torch.Tensor, "n_layers n_heads"]:
+    """Each layer's importances divided by their L2 norm (a layer of zeros stays zero)."""
+    return importance / importance.norm(dim=1, keepdim=True).clamp_min(torch.finfo(importance.dtype).tiny)
 
 
 def least_important(importance: torch.Tensor, exclude: Iterable[tuple[int, int]] = ()) -> list[tuple[int, int]]:
@@ -187,8 +190,8 @@ def pruning_curve(model: HookedModel, task: HeadTask, step: float = 0.1, orders:
     bar = tqdm(total=len(counts) * (len(orders) - ("random" in orders) + n_random * ("random" in orders)),
                desc=f"pruning {task.name}", disable=not progress)
 
-    importance = head_importance(model, task) if {"once", "exact"} & set(orders) else None
-    raw = head_importance(model, task, normalize=False) if importance is not None else None
+    raw = head_importance(model, task, normalize=False) if {"once", "exact"} & set(orders) else None
+    importance = None if raw is None else normalize_per_layer(raw)
     rows, pruning_orders = [], {}
     if "once" in orders:
         pruning_orders["once"] = least_important(importance)
