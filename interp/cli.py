@@ -58,9 +58,6 @@ def _maps(args: argparse.Namespace) -> None:
 
     from .models import load_model
 
-    if args.causal is not None and not args.causal_template:
-        raise ValueError('--causal needs at least one --causal-template after which the target is the next '
-                         'token, e.g. --causal-template "The capital of {} is"')
     model = load_model(args.model, device=args.device)
     if args.causal is not None and not (model.cfg.is_causal and model.cfg.has_lm_head):
         raise ValueError(f"--causal needs a causal language model; {model.cfg.name} is an encoder "
@@ -80,7 +77,7 @@ def _maps(args: argparse.Namespace) -> None:
         print(dynamic.to_frame().round(3).to_string(index=False))
         print(f"bundle: {dynamic.save(args.out)}")
     if args.causal is not None:
-        causal = causal_validation(model, relations, args.causal_template, m=args.causal, n_random=args.n_random,
+        causal = causal_validation(model, relations, args.causal_template or None, m=args.causal, n_random=args.n_random,
                                    ablation=args.ablation, **common)
         print(causal.to_frame().round(3).to_string(index=False))
         print(f"bundle: {causal.save(args.out)}")
@@ -244,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--causal", type=int, default=None, metavar="M",
                    help="also ablate the top 1..M heads of each relation against M random heads (causal LMs only)")
     p.add_argument("--causal-template", action="append", default=[], metavar="TEXT",
-                   help='a --causal prompt with one {} for the source, followed by the target (repeatable)')
+                   help='a --causal prompt with one {} for the source, followed by the target (repeatable; '
+                        'default: one built-in prompt per relation, analyses.maps.CAUSAL_TEMPLATES)')
     p.add_argument("--ablation", default="zero", choices=["zero", "mean"], help="--causal ablation (default: zero)")
     p.add_argument("--n-random", type=int, default=5, help="--causal random draws (default: 5)")
     p.add_argument("--max-pairs", type=int, default=None, help="validate on at most this many pairs per relation")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from analyses.maps import (DEFAULT_TEMPLATES, causal_validation, copying_relation, dynamic_validation,
-                           head_ablation_effects, load_relations, maps_scores, rank_agreement, template_tokens,
-                           top_heads)
+from analyses.maps import (CAUSAL_TEMPLATES, DEFAULT_TEMPLATES, RELATIONS, causal_validation, copying_relation,
+                           dynamic_validation, head_ablation_effects, load_relations, maps_scores, rank_agreement,
+                           template_tokens, top_heads)
 from analyses.maps.validation import last_position_z
 from circuits.tasks import ioi_task
 from interp import load_model
@@ -303,4 +303,10 @@ def test_cli_validate_and_causal(tmp_path, capsys):
                    for e in list_bundles(tmp_path))
     assert kinds == [("maps", None), ("maps-validation", "causal"), ("maps-validation", "dynamic")]
     assert main(["maps", "zoo/induction-2l", "--vocab-copying", "--causal", "2", "--out", str(tmp_path)]) == 2
-    assert "--causal needs at least one --causal-template" in capsys.readouterr().err
+    assert "no template for relation 'vocab_copying'" in capsys.readouterr().err
+
+
+def test_built_in_causal_templates_cover_every_relation():
+    assert set(CAUSAL_TEMPLATES) == set(RELATIONS)
+    for name, templates in CAUSAL_TEMPLATES.items():
+        assert templates and all(t.count("{}") == 1 and not t.endswith(" ") for t in templates), name

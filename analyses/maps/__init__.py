@@ -12,18 +12,18 @@
     result.save("runs")                             # a bundle, analysis="maps"
 
     dynamic_validation(model).to_frame()            # static vs dynamic Pearson r per relation
-    causal_validation(gpt2, ["country_to_capital"], ["The capital of {} is"], m=5).to_frame()
+    causal_validation(gpt2, ["country_to_capital"], m=5).to_frame()   # built-in prompt per relation
 """
 
 from .relations import COPYING, MIN_PAIRS, RELATIONS, Relation, load_relation, load_relations, read_pairs
 from .result import MapsResult
 from .salient import salient_operations
 from .scores import map_rows, maps_scores, source_embeddings, top_targets
-from .validation import (DEFAULT_TEMPLATES, copying_relation, causal_validation, dynamic_validation,
+from .validation import (CAUSAL_TEMPLATES, DEFAULT_TEMPLATES, copying_relation, causal_validation, dynamic_validation,
                          head_ablation_effects, rank_agreement, template_tokens, top_heads)
 from .validation_result import CausalValidation, DynamicValidation
 
-__all__ = ["COPYING", "DEFAULT_TEMPLATES", "MIN_PAIRS", "RELATIONS", "CausalValidation", "DynamicValidation",
+__all__ = ["CAUSAL_TEMPLATES", "COPYING", "DEFAULT_TEMPLATES", "MIN_PAIRS", "RELATIONS", "CausalValidation", "DynamicValidation",
            "MapsResult", "Relation", "causal_validation", "copying_relation", "dynamic_validation",
            "head_ablation_effects", "load_relation", "load_relations", "map_rows", "maps_scores", "rank_agreement",
            "read_pairs", "salient_operations", "source_embeddings", "template_tokens", "top_heads", "top_targets"]

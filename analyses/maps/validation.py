@@ -60,6 +60,30 @@ from .validation_result import CausalValidation, DynamicValidation
 
 DEFAULT_TEMPLATES = ("This is a document about {}", "This text is about {}", "Here is a short note about {}")
 ABLATIONS = ("zero", "mean")
+# Prompts after which a relation's target is the right next token, one per built-in relation,
+# for `causal_validation` on language models (written for this project).
+CAUSAL_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "adj_antonym": ("The opposite of {} is",),
+    "adj_comparative": ("The comparative form of {} is",),
+    "adj_superlative": ("The superlative form of {} is",),
+    "country_to_capital": ("The capital of {} is",),
+    "country_to_official_language": ("The official language of {} is",),
+    "english_to_french": ("The French word for {} is",),
+    "english_to_spanish": ("The Spanish word for {} is",),
+    "entity_to_pronoun": ("The {} said that",),
+    "general_copying": ("The word is {}. Again, the word is",),
+    "name_copying": ("My name is {}. Again, my name is",),
+    "object_superclass": ("A {} is a kind of",),
+    "product_by_company": ("The {} is a product made by",),
+    "verb_past_tense": ("Today I {}. Yesterday I",),
+    "word_first_letter": ("The word {} begins with the letter",),
+    "word_last_letter": ("The word {} ends with the letter",),
+    "word_to_compound": ("Compound word: {}",),
+    "word_to_homophone": ("The word {} sounds the same as",),
+    "word_to_synonym": ("Another word for {} is",),
+    "work_location": ("A {} works in a",),
+    "year_to_following": ("The year after {} is",),
+}
 RelationsArg = Sequence[str] | Mapping[str, Pairs] | Sequence[Relation] | None
 TemplatesArg = Sequence[str] | Mapping[str, Sequence[str]]
 
@@ -349,7 +373,7 @@ def _accuracy(model: HookedModel, batches: Sequence[TemplateBatch], targets: Int
 def causal_validation(
     model: HookedModel,
     relations: RelationsArg,
-    templates: TemplatesArg,
+    templates: TemplatesArg | None = None,
     *,
     m: int = 5,
     n_random: int = 5,
@@ -370,7 +394,7 @@ def causal_validation(
         relations: as for `maps_scores`.
         templates: prompts with one "{}" for the source, after which the target is the right
             next token ("The capital of {} is"): one list for every relation, or a dict
-            relation -> list.
+            relation -> list; default `CAUSAL_TEMPLATES` (one prompt per built-in relation).
         m: ablate 1, 2, ..., m heads (cumulatively, best first).
         n_random: random draws; draw d ablates the first 1 ... m heads of a seeded random
             permutation of all heads.
@@ -388,6 +412,7 @@ def causal_validation(
     n_total = model.cfg.n_layers * model.cfg.n_heads
     if not 1 <= m <= n_total:
         raise ValueError(f"m must be between 1 and the number of heads ({n_total}), got {m}")
+    templates = CAUSAL_TEMPLATES if templates is None else templates
     rels = _relations(model, relations, min_pairs, max_pairs, seed)
     static = maps_scores(model, rels, embedding=embedding, progress=False)
 
