@@ -109,13 +109,18 @@ def make_probe(model: HookedModel, n_sequences: int, span: int, seed: int = 0) -
     return Probe(tokens=torch.cat([around[0], spans, spans, around[1]], dim=1), start=len(prefix), span=span)
 
 
-def random_prompts(model: HookedModel, n_sequences: int, length: int, seed: int = 0) -> Int[torch.Tensor, "batch pos"]:
+def random_prompts(model: HookedModel, n_sequences: int, length: int | None = None,
+                   seed: int = 0) -> Int[torch.Tensor, "batch pos"]:
     """`n_sequences` prompts of `length` random plain tokens each (drawn with replacement),
     wrapped like `make_probe`'s (BOS first for a causal model, [CLS] ... [SEP] for an encoder):
-    text-free probes for analyses such as attention sinks. Same seed, same prompts."""
+    text-free probes for analyses such as attention sinks. `length=None`: 63 tokens (64
+    positions with BOS, the sink-rate reference setting), or as many as the context leaves.
+    Same seed, same prompts."""
     _check_int("n_sequences", n_sequences, 1)
-    _check_int("length", length, 1)
     prefix, suffix = _specials_around(model)
+    if length is None:
+        length = min(63, model.cfg.n_ctx - len(prefix) - len(suffix))
+    _check_int("length", length, 1)
     if len(prefix) + length + len(suffix) > model.cfg.n_ctx:
         raise ValueError(f"length must be at most {model.cfg.n_ctx - len(prefix) - len(suffix)} for "
                          f"{model.cfg.name}, got {length}")

@@ -137,8 +137,7 @@ def _sinks(args: argparse.Namespace) -> None:
     from .models import load_model
 
     model = load_model(args.model, device=args.device)
-    length = args.length or min(63, model.cfg.n_ctx - (1 if model.cfg.is_causal else 2))
-    prompts = args.text or random_prompts(model, args.n, length, seed=args.seed)
+    prompts = args.text or random_prompts(model, args.n, args.length, seed=args.seed)
     result = sink_analysis(model, prompts, epsilon=args.epsilon)
     rates = result.summary()
     print(f"sink rate at key 0 ({rates['token'][0] or 'mixed'}): {result.rate_at(0):.1f}% of heads; "

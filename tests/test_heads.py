@@ -6,7 +6,7 @@ import torch
 from transformers import BertModel, GPT2LMHeadModel
 
 from analyses.heads import (KINDS, HeadScores, detect_heads, make_probe, pattern_scores,
-                            probe_positions)
+                            probe_positions, random_prompts)
 from interp import load_model
 from interp.results import read_bundle
 from interp.zoo.registry import get_embedded
@@ -120,6 +120,23 @@ def test_probe_layout_causal(small_gpt2):
     assert not set(span.flatten().tolist()) & set(tok.all_special_ids)
     assert torch.equal(probe.tokens, make_probe(small_gpt2, 6, 9, seed=1).tokens)
     assert not torch.equal(probe.tokens, make_probe(small_gpt2, 6, 9, seed=2).tokens)
+
+
+def test_random_prompts_layout_and_bad_input(small_gpt2, minilm):
+    tok = small_gpt2.tokenizer
+    prompts = random_prompts(small_gpt2, 5, 7, seed=3)
+    assert prompts.shape == (5, 8) and (prompts[:, 0] == tok.bos_token_id).all()
+    assert not set(prompts[:, 1:].flatten().tolist()) & set(tok.all_special_ids)
+    assert torch.equal(prompts, random_prompts(small_gpt2, 5, 7, seed=3))
+    assert random_prompts(small_gpt2, 1).shape == (1, 32)  # context 32: BOS + 31 tokens
+    encoder = random_prompts(minilm, 2)
+    assert encoder.shape == (2, 65)  # [CLS] + 63 tokens + [SEP]
+    assert (encoder[:, 0] == minilm.tokenizer.cls_token_id).all()
+    assert (encoder[:, -1] == minilm.tokenizer.sep_token_id).all()
+    with pytest.raises(ValueError, match="length must be at most 31"):
+        random_prompts(small_gpt2, 2, 32)
+    with pytest.raises(ValueError, match="length must be an int >= 1, got 0"):
+        random_prompts(small_gpt2, 2, 0)
 
 
 @pytest.fixture(scope="module")
