@@ -51,6 +51,7 @@ from jaxtyping import Float, Int
 from scipy import stats
 from tqdm.auto import tqdm
 
+from analyses.pruning import mask_hooks
 from interp.models import HookedModel
 from interp.patching import Task
 
@@ -328,16 +329,17 @@ def _heads_by_layer(heads: Sequence[int], n_heads: int) -> dict[int, list[int]]:
     return by_layer
 
 
-def ablation_hooks(heads: Sequence[int], n_heads: int,
+def ablation_hooks(model: HookedModel, heads: Sequence[int],
                    means: Sequence[Float[torch.Tensor, "pos head d_head"]] | None = None) -> list:
-    """hook_z hooks that zero (means=None) or mean-ablate the given flat heads; `means[layer]`
-    is the replacement z of every head at every position."""
+    """hook_z hooks that zero (means=None, `analyses.pruning.mask_hooks`) or mean-ablate the
+    given flat heads; `means[layer]` is the replacement z of every head at every position."""
+    n_heads = model.cfg.n_heads
+    if means is None:
+        return mask_hooks(model, [divmod(int(flat), n_heads) for flat in heads])
+
     def ablate(z, hook, layer, picked):
         z = z.clone()
-        if means is None:
-            z[:, :, picked] = 0.0
-        else:
-            z[:, :, picked] = means[layer][None, : z.shape[1], picked].to(z.dtype)
+        z[:, :, picked] = means[layer][None, : z.shape[1], picked].to(z.dtype)
         return z
 
     return [(f"blocks.{layer}.attn.hook_z", partial(ablate, layer=layer, picked=picked))
@@ -360,7 +362,7 @@ def _accuracy(model: HookedModel, batches: Sequence[TemplateBatch], targets: Int
     """Fraction of (pair, template) instances whose target is in the top-k next tokens."""
     hits, count = 0, 0
     for b, batch in enumerate(batches):
-        hooks = ablation_hooks(heads, model.cfg.n_heads, None if means is None else means[b])
+        hooks = ablation_hooks(model, heads, None if means is None else means[b])
         for rows in _chunks(batch.tokens.shape[0], batch_size):
             with torch.no_grad():
                 logits = model.run_with_hooks(batch.tokens[rows], fwd_hooks=hooks)[:, batch.last_pos]
@@ -453,7 +455,7 @@ def head_ablation_effects(model: HookedModel, task: Task, *, ablation: str = "ze
     metric = task.metric_fn()
 
     def mean_metric(heads: Sequence[int]) -> float:
-        hooks, picked = ablation_hooks(heads, model.cfg.n_heads, means), []
+        hooks, picked = ablation_hooks(model, heads, means), []
         for rows in _chunks(task.batch, batch_size):
             with torch.no_grad():
                 logits = model.run_with_hooks(task.clean[rows], fwd_hooks=hooks)
