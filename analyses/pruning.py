@@ -187,8 +187,8 @@ def pruning_curve(model: HookedModel, task: HeadTask, step: float = 0.1, orders:
     total = model.cfg.n_layers * model.cfg.n_heads
     counts = sorted({round(k * step * total) for k in range(int(max_fraction / step + 1e-9) + 1)})
     metric = _MetricCache(model, task)
-    bar = tqdm(total=len(counts) * (len(orders) - ("random" in orders) + n_random * ("random" in orders)),
-               desc=f"pruning {task.name}", disable=not progress)
+    n_curves = sum(n_random if order == "random" else 1 for order in orders)
+    bar = tqdm(total=len(counts) * n_curves, desc=f"pruning {task.name}", disable=not progress)
 
     raw = head_importance(model, task, normalize=False) if {"once", "exact"} & set(orders) else None
     importance = None if raw is None else normalize_per_layer(raw)

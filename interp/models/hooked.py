@@ -55,10 +55,11 @@ class HookedModel:
 
     def hf_copy(self):
         """A plain Hugging Face model (the checkpoint's own class, eager attention, eval mode,
-        on CPU, this model's dtype) holding this model's current weights, free of the bridge's wrappers: what
-        `save_pretrained` and weight surgery such as head removal need. The bridge wraps the
-        Hugging Face modules in place, so its state dict names every weight with
-        `._original_component` segments; a fresh model reads its weights from those names."""
+        on CPU, this model's dtype) holding this model's current weights, free of the
+        bridge's wrappers: what `save_pretrained` and weight surgery such as head removal
+        need. The bridge wraps the Hugging Face modules in place, so its state dict names
+        every weight with `._original_component` segments; a fresh model reads its weights
+        from those names."""
         original = self.hf_model
         fresh = type(original)._from_config(copy.deepcopy(original.config), attn_implementation="eager")
         fresh.to(self.dtype)
