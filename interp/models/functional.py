@@ -1,0 +1,185 @@
+"""A plain-tensor forward pass of any described causal architecture, in pieces.
+
+`Functional(arch, weights)` computes each sublayer from the neutral weights of
+`interp.models.architectures`, in the model's dtype and on its device, with the same
+arithmetic as the Hugging Face modules (RMSNorm in fp32, softmax in fp32, soft-capping in
+Hugging Face's order). The patching engine composes these pieces into cached full runs and
+suffix runs; `logits(tokens)` composes them into a whole forward, which the engine compares
+with the model's own logits before every sweep.
+
+Shapes carry any leading axes `...` (the engine puts a variant axis before the batch).
+Queries and keys leave `qkv` already rotated (rotary positions are per position, so
+patching a rotated key at a position equals patching the unrotated one).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.activations import ACT2FN
+
+from .architectures import Architecture, ModelWeights, Norm, UnsupportedArchitecture
+
+Tensor = torch.Tensor
+
+# The tanh GELU as one fused kernel: the same formula as transformers' "gelu_new".
+_ACTIVATIONS = {"gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+                "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+                "gelu": F.gelu, "silu": F.silu, "swish": F.silu, "relu": F.relu}
+
+
+class Functional:
+    """Sublayers of one causal model as functions of plain tensors."""
+
+    def __init__(self, arch: Architecture, weights: ModelWeights):
+        if not arch.is_causal:
+            raise UnsupportedArchitecture(f"the plain-tensor forward runs causal models; {arch.family} is an encoder")
+        if weights.w_u is None:
+            raise UnsupportedArchitecture("the plain-tensor forward needs a language-model head (unembedding)")
+        self.arch, self.weights = arch, weights
+        self.act = _ACTIVATIONS.get(arch.act) or ACT2FN[arch.act]
+        self.dtype, self.device = weights.w_e.dtype, weights.w_e.device
+
+    # ------------------------------------------------------------------ pieces
+
+    def norm(self, x: Tensor, p: Norm) -> Tensor:
+        a = self.arch
+        if a.norm == "layernorm":
+            return F.layer_norm(x, (x.shape[-1],), p.weight, p.bias, a.norm_eps)
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + a.norm_eps)
+        if a.norm_offset:  # Gemma: scale in fp32, then cast
+            return (h * (a.norm_offset + p.weight.float())).to(x.dtype)
+        return p.weight * h.to(x.dtype)
+
+    def embed(self, tokens: Tensor) -> Tensor:
+        """`tokens [..., pos]` -> the residual entering block 0 `[..., pos, d_model]`."""
+        w = self.weights
+        x = w.w_e[tokens]
+        if w.embed_scale != 1.0:
+            x = x * torch.tensor(w.embed_scale, dtype=x.dtype)
+        if w.w_pos is not None:
+            x = x + w.w_pos[torch.arange(tokens.shape[-1], device=tokens.device)]
+        return x
+
+    def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor] | None:
+        """cos and sin `[pos, rotary_dim]` at absolute `positions`, or None without rotary."""
+        w = self.weights
+        if w.inv_freq is None:
+            return None
+        freqs = positions[:, None].float() * w.inv_freq.to(positions.device).float()
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return (emb.cos() * w.rotary_scaling).to(self.dtype), (emb.sin() * w.rotary_scaling).to(self.dtype)
+
+    @staticmethod
+    def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotary embedding of the leading `rotary_dim` dims of `x [..., pos, head, d_head]`."""
+        r = cos.shape[-1]
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        rot, rest = x[..., :r], x[..., r:]
+        half = r // 2
+        rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
+        out = rot * cos + rotated * sin
+        return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+
+    def qkv(self, layer: int, resid: Tensor, rotary: tuple[Tensor, Tensor] | None
+            ) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries `[..., pos, head, d_head]`, keys and values `[..., pos, kv_head, d_head]` of
+        the residual `[..., pos, d_model]` entering `layer` (rotary applied with `rotary`,
+        the cos/sin of these positions)."""
+        a, w = self.arch, self.weights.layers[layer]
+        x = self.norm(resid, w.attn_norm)
+        q = F.linear(x, w.w_q, w.b_q).unflatten(-1, (a.n_heads, a.d_head))
+        k = F.linear(x, w.w_k, w.b_k).unflatten(-1, (a.n_kv_heads, a.d_head))
+        v = F.linear(x, w.w_v, w.b_v).unflatten(-1, (a.n_kv_heads, a.d_head))
+        if rotary is not None:
+            q, k = self._rotate(q, *rotary), self._rotate(k, *rotary)
+        return q, k, v
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Causal attention of queries at absolute positions `q_pos` over keys at 0..K-1.
+
+        q `[..., Q, H, d_head]`, k/v `[..., K, H_kv, d_head]` with H a multiple of H_kv (query
+        head h reads key/value head h // (H / H_kv)); q_pos `[Q]` or broadcastable `[..., Q]`.
+        Returns z `[..., Q, H, d_head]` and pattern `[..., H, Q, K]`.
+        """
+        a = self.arch
+        n_q, n_heads, d_head = q.shape[-3:]
+        n_k, n_kv = k.shape[-3], k.shape[-2]
+        group = n_heads // n_kv
+        lead = q.shape[:-3]
+        qh = q.transpose(-3, -2).reshape(*lead, n_kv, group * n_q, d_head)  # [..., H_kv, G*Q, d]
+        kh, vh = k.transpose(-3, -2), v.transpose(-3, -2)                     # [..., H_kv, K, d]
+        scores = (torch.matmul(qh, kh.transpose(-1, -2)) * a.attn_scale[layer]).view(*lead, n_heads, n_q, n_k)
+        if a.attn_softcap is not None:
+            scores = torch.tanh(scores / a.attn_softcap) * a.attn_softcap
+        keys = torch.arange(n_k, device=k.device)
+        hidden = keys > q_pos.unsqueeze(-1)  # [..., Q, K]
+        window = a.sliding_window[layer]
+        if window is not None:
+            hidden = hidden | (keys <= q_pos.unsqueeze(-1) - window)
+        if hidden.ndim > 2:
+            hidden = hidden.unsqueeze(-3)  # broadcast over heads
+        scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
+        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        z = torch.matmul(pattern.view(*lead, n_kv, group * n_q, n_k), vh)
+        return z.view(*lead, n_heads, n_q, d_head).transpose(-3, -2), pattern
+
+    def attn_out(self, layer: int, z: Tensor) -> Tensor:
+        """`z [..., pos, head, d_head]` -> the attention sublayer's output `[..., pos, d_model]`
+        (W_O, b_O, and the post-attention norm where the block has one)."""
+        w = self.weights.layers[layer]
+        out = F.linear(z.flatten(-2), w.w_o, w.b_o)
+        return out if w.attn_post_norm is None else self.norm(out, w.attn_post_norm)
+
+    def mlp(self, layer: int, x: Tensor) -> Tensor:
+        """The MLP sublayer's output for the residual `x [..., pos, d_model]` it reads."""
+        w = self.weights.layers[layer]
+        h = self.norm(x, w.mlp_norm)
+        if w.w_gate is None:
+            hidden = self.act(F.linear(h, w.w_in, w.b_in))
+        else:
+            hidden = self.act(F.linear(h, w.w_gate, w.b_gate)) * F.linear(h, w.w_in, w.b_in)
+        out = F.linear(hidden, w.w_out, w.b_out)
+        return out if w.mlp_post_norm is None else self.norm(out, w.mlp_post_norm)
+
+    @property
+    def parallel(self) -> bool:
+        """Attention and MLP both read the block's input (GPT-NeoX): no residual between them."""
+        return self.arch.block == "parallel"
+
+    def final(self, resid: Tensor) -> Tensor:
+        """The last residual `[..., d_model]` through the final norm (ready to unembed)."""
+        return self.norm(resid, self.weights.final_norm)
+
+    def unembed(self, final: Tensor, columns: Tensor | None = None) -> Tensor:
+        """Logits `[..., d_vocab]` of final-normed residuals (soft-capped where the model is);
+        with `columns [...]`-shaped token ids, only those logits `[...]`, one per row."""
+        w, cap = self.weights, self.arch.final_softcap
+        if columns is None:
+            out = F.linear(final, w.w_u, w.b_u)
+        else:
+            out = (final * w.w_u[columns]).sum(-1)
+            if w.b_u is not None:
+                out = out + w.b_u[columns]
+        if cap is not None:
+            out = torch.tanh(out / cap) * cap
+        return out
+
+    # ------------------------------------------------------------------ whole forward
+
+    def logits(self, tokens: Tensor) -> Tensor:
+        """A whole forward pass: `tokens [batch, pos]` -> logits `[batch, pos, d_vocab]`."""
+        positions = torch.arange(tokens.shape[-1], device=tokens.device)
+        rotary = self.rotary(positions)
+        x = self.embed(tokens)
+        for layer in range(self.arch.n_layers):
+            q, k, v = self.qkv(layer, x, rotary)
+            z, _ = self.attend(layer, q, k, v, positions)
+            attn = self.attn_out(layer, z)
+            if self.parallel:
+                x = x + attn + self.mlp(layer, x)
+            else:
+                mid = x + attn
+                x = mid + self.mlp(layer, mid)
+        return self.unembed(self.final(x))
