@@ -1,12 +1,15 @@
 """Exact patching sweeps against TransformerLens's own `transformer_lens.patching` functions,
 run on the same bridge and inputs."""
 
+import dataclasses
+
 import pytest
 import torch
 from transformer_lens import patching as tlp
 
+from interp.models import Patch, sites
 from interp.patching import COMPONENTS, Task, patch
-from tests.helpers import random_gpt2, random_task
+from tests.helpers import random_model, random_task
 
 TL_SWEEPS = [
     ("resid_pre", True, tlp.get_act_patch_resid_pre),
@@ -27,9 +30,30 @@ TL_SWEEPS = [
 ]
 
 
+# Shapes and seeds differ between families; weights are large enough for sizeable effects.
+FAMILY_SHAPES = {
+    "gpt2": dict(n_layers=3, n_heads=4, d_model=32, seed=21),
+    "gpt_neox": dict(n_layers=2, n_heads=4, d_model=32, d_mlp=48, seed=22),
+    "llama": dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, seed=23),
+    "qwen2": dict(n_layers=2, n_heads=6, n_kv_heads=3, d_model=48, seed=24),
+    "gemma2": dict(n_layers=2, n_heads=4, n_kv_heads=1, d_model=32, d_head=16, seed=25),
+    "mistral": dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, seed=26),
+}
+
+
+def bridge(model):
+    """TransformerLens's bridge under the lens backend: the reference these tests hold to."""
+    return model._backend.bridge
+
+
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return random_gpt2(tmp_path_factory.mktemp("gpt2"), n_layer=3, n_head=4, n_embd=32)
+    return random_model(tmp_path_factory.mktemp("gpt2"), "gpt2", **FAMILY_SHAPES["gpt2"])
+
+
+@pytest.fixture(scope="module", params=list(FAMILY_SHAPES))
+def family_model(request, tmp_path_factory):
+    return random_model(tmp_path_factory.mktemp(request.param), request.param, **FAMILY_SHAPES[request.param])
 
 
 def tl_metric(task):
@@ -41,27 +65,73 @@ def tl_metric(task):
     return metric
 
 
-@pytest.mark.parametrize("component,per_position,tl_fn", TL_SWEEPS,
-                         ids=[f"{c}-{p}" for c, p, _ in TL_SWEEPS])
-def test_sweep_equals_transformer_lens(model, component, per_position, tl_fn):
-    task = random_task(model)
-    _, clean_cache = model.bridge.run_with_cache(task.clean)
-    with torch.no_grad():
-        expected = tl_fn(model.bridge, task.corrupt, clean_cache, tl_metric(task))
-    ours = patch(model, task, component, per_position=per_position, normalize=False, progress=False)
-    assert ours.values.shape == expected.shape
-    assert torch.allclose(ours.values, expected, atol=1e-5, rtol=0)
+def test_every_transformer_lens_sweep_equals_ours_on_every_family(family_model):
+    model = family_model
+    task = random_task(model, batch=2, n_pos=6)
+    _, clean_cache = bridge(model).run_with_cache(task.clean)
+    checked = 0
+    for component, per_position, tl_fn in TL_SWEEPS:
+        if component == "resid_mid" and model.cfg.parallel:
+            continue  # parallel blocks have no resid_mid (tested below)
+        with torch.no_grad():
+            expected = tl_fn(bridge(model), task.corrupt, clean_cache, tl_metric(task))
+        ours = patch(model, task, component, per_position=per_position, normalize=False, progress=False)
+        label = f"{model.cfg.family} {component} per_position={per_position}"
+        assert ours.values.shape == expected.shape, label
+        scale = max(1.0, abs(ours.clean_metric), abs(ours.corrupt_metric))
+        assert torch.allclose(ours.values, expected, atol=1e-5 * scale, rtol=0), label
+        checked += 1
+    spread = (ours.values.max() - ours.values.min()).item()
+    assert spread > 0.05 * scale, "the patches have sizeable effects"
     # Chunked into batches of a few variants by a small budget: the same numbers.
-    tiny = patch(model, task, component, per_position=per_position, normalize=False, progress=False,
-                 memory_budget=150_000)
-    assert torch.allclose(tiny.values, expected, atol=1e-5, rtol=0)
+    tiny = patch(model, task, "z", per_position=True, normalize=False, progress=False, memory_budget=200_000)
+    full = patch(model, task, "z", per_position=True, normalize=False, progress=False)
+    assert torch.equal(tiny.values, full.values) or torch.allclose(tiny.values, full.values, atol=1e-6 * scale)
+    assert checked >= 14
+
+
+def test_mlp_in_patches_only_what_the_mlp_reads_on_every_family(family_model):
+    """Held against the model layer's Patch intervention at mlp_in (tested against a
+    reference forward in test_interventions): the residual stream that skips the MLP keeps
+    its base value, unlike resid_mid."""
+    model = family_model
+    task = random_task(model, seed=7, batch=2, n_pos=6)
+    _, clean = model.run_with_cache(task.clean, sites=[sites.mlp_in(l) for l in range(model.cfg.n_layers)])
+    rows = torch.arange(task.batch)
+    expected = torch.zeros(model.cfg.n_layers, task.n_pos)
+    with torch.no_grad():
+        for layer in range(model.cfg.n_layers):
+            for pos in range(task.n_pos):
+                logits, _ = model.run(task.corrupt, [Patch(sites.mlp_in(layer), positions=pos, source=clean)])
+                final = logits[rows, task.answer_pos]
+                expected[layer, pos] = (final[rows, task.answer] - final[rows, task.wrong]).mean()
+    ours = patch(model, task, "mlp_in", per_position=True, normalize=False, progress=False)
+    scale = max(1.0, abs(ours.clean_metric))
+    assert torch.allclose(ours.values, expected, atol=1e-5 * scale)
+    if model.cfg.parallel:
+        with pytest.raises(ValueError, match="no residual stream between them"):
+            patch(model, task, "resid_mid", progress=False)
+    else:
+        resid_mid = patch(model, task, "resid_mid", per_position=True, normalize=False, progress=False)
+        assert not torch.allclose(ours.values, resid_mid.values, atol=1e-3), "mlp_in and resid_mid differ"
+
+
+def test_engine_refuses_when_its_logits_differ_from_the_models(family_model, monkeypatch):
+    from interp.patching.engine import EngineMismatch
+
+    model = family_model
+    task = random_task(model, seed=8)
+    scale = model.arch.attn_scale
+    monkeypatch.setattr(model.functional(), "arch", dataclasses.replace(model.arch, attn_scale=tuple(2 * s for s in scale)))
+    with pytest.raises(EngineMismatch, match=rf"differ from the model's by up to .* on .* \({model.cfg.family}\)"):
+        patch(model, task, "z", progress=False)
 
 
 def test_noising_equals_transformer_lens_with_roles_swapped(model):
     task = random_task(model, seed=1)
-    _, corrupt_cache = model.bridge.run_with_cache(task.corrupt)
+    _, corrupt_cache = bridge(model).run_with_cache(task.corrupt)
     with torch.no_grad():
-        expected = tlp.get_act_patch_attn_head_out_by_pos(model.bridge, task.clean, corrupt_cache, tl_metric(task))
+        expected = tlp.get_act_patch_attn_head_out_by_pos(bridge(model), task.clean, corrupt_cache, tl_metric(task))
     ours = patch(model, task, "z", per_position=True, direction="noise", normalize=False, progress=False)
     assert torch.allclose(ours.values, expected, atol=1e-5, rtol=0)
 
@@ -77,20 +147,21 @@ def test_patching_everything_gives_the_other_run(model):
     normalized = patch(model, task, "resid_pre", per_position=True, progress=False)
     expected = (per_pos.values - result.corrupt_metric) / (result.clean_metric - result.corrupt_metric)
     assert torch.allclose(normalized.values, expected, atol=1e-4)
+    assert (per_pos.values[:, 1] - result.corrupt_metric).abs().max() > 0.1, "sizeable effects"
 
 
 def test_answer_positions_before_the_end(model):
     task = random_task(model, seed=3)
     task = Task(task.clean, task.corrupt, task.answer, task.wrong, answer_pos=torch.tensor([3, 5, 4]))
     rows = torch.arange(3)
-    _, clean_cache = model.bridge.run_with_cache(task.clean)
+    _, clean_cache = bridge(model).run_with_cache(task.clean)
 
     def metric(logits):
         final = logits[rows, task.answer_pos]
         return (final[rows, task.answer] - final[rows, task.wrong]).mean()
 
     with torch.no_grad():
-        expected = tlp.get_act_patch_attn_head_out_by_pos(model.bridge, task.corrupt, clean_cache, metric)
+        expected = tlp.get_act_patch_attn_head_out_by_pos(bridge(model), task.corrupt, clean_cache, metric)
     ours = patch(model, task, "z", per_position=True, normalize=False, progress=False)
     assert torch.allclose(ours.values, expected, atol=1e-5, rtol=0)
 
@@ -99,11 +170,11 @@ def test_a_custom_metric_gets_full_logits(model):
     task = random_task(model, seed=4)
     log_prob = lambda logits, t: torch.log_softmax(logits, -1)[..., torch.arange(t.batch), t.answer]  # noqa: E731
     task = Task(task.clean, task.corrupt, task.answer, task.wrong, metric=log_prob)
-    _, clean_cache = model.bridge.run_with_cache(task.clean)
+    _, clean_cache = bridge(model).run_with_cache(task.clean)
     rows = torch.arange(task.batch)
     with torch.no_grad():
         expected = tlp.get_act_patch_mlp_out(
-            model.bridge, task.corrupt, clean_cache,
+            bridge(model), task.corrupt, clean_cache,
             lambda logits: torch.log_softmax(logits[:, -1], -1)[rows, task.answer].mean())
     ours = patch(model, task, "mlp_out", per_position=True, normalize=False, progress=False)
     assert torch.allclose(ours.values, expected, atol=1e-5, rtol=0)
@@ -111,9 +182,9 @@ def test_a_custom_metric_gets_full_logits(model):
 
 def test_bf16_model_gives_fp32_results_close_to_fp32(tmp_path):
     from interp import load_model
-    from tests.helpers import random_gpt2_folder
+    from tests.helpers import random_model_folder
 
-    folder = random_gpt2_folder(tmp_path / "m", n_layer=2, n_head=2, n_embd=16)
+    folder = random_model_folder(tmp_path / "m", "llama", n_layers=2, n_heads=2, n_kv_heads=1, d_model=16, seed=9)
     full, half = load_model(folder, device="cpu"), load_model(folder, device="cpu", dtype=torch.bfloat16)
     task = random_task(full, seed=5)
     a = patch(full, task, "z", per_position=False, normalize=False, progress=False)
@@ -201,9 +272,9 @@ def test_zoo_ioi_sweeps_equal_transformer_lens(ioi_model, component, per_positio
     from circuits.tasks import ioi_task
 
     task = ioi_task(ioi_model, n=6, split="test", seed=3, template="when-went")
-    _, clean_cache = ioi_model.bridge.run_with_cache(task.clean)
+    _, clean_cache = bridge(ioi_model).run_with_cache(task.clean)
     with torch.no_grad():
-        expected = tl_fn(ioi_model.bridge, task.corrupt, clean_cache, tl_metric(task))
+        expected = tl_fn(bridge(ioi_model), task.corrupt, clean_cache, tl_metric(task))
     ours = patch(ioi_model, task, component, per_position=per_position, normalize=False, progress=False)
     assert torch.allclose(ours.values, expected, atol=1e-4, rtol=1e-5)
     assert ours.clean_metric > 5 and ours.corrupt_metric < 2, "the model solves IOI; ABC corruption removes it"
@@ -216,9 +287,9 @@ def test_zoo_induction_sweep_equals_transformer_lens():
 
     model = load_model("zoo/induction-2l", device="cpu")
     task = induction_task(model, n=8, span=8, seed=5)
-    _, clean_cache = model.bridge.run_with_cache(task.clean)
+    _, clean_cache = bridge(model).run_with_cache(task.clean)
     with torch.no_grad():
-        expected = tlp.get_act_patch_attn_head_out_by_pos(model.bridge, task.corrupt, clean_cache, tl_metric(task))
+        expected = tlp.get_act_patch_attn_head_out_by_pos(bridge(model), task.corrupt, clean_cache, tl_metric(task))
     ours = patch(model, task, "z", per_position=True, normalize=False, progress=False)
     assert torch.allclose(ours.values, expected, atol=1e-4, rtol=1e-5)
     # The induction task runs through the card's circuit: the head whose clean output (all

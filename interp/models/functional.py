@@ -73,9 +73,10 @@ class Functional:
 
     @staticmethod
     def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        """Rotary embedding of the leading `rotary_dim` dims of `x [..., pos, head, d_head]`."""
+        """Rotary embedding of the leading `rotary_dim` dims of `x [..., pos, head, d_head]`,
+        with cos/sin `[..., pos, rotary_dim]` broadcastable to x's leading axes."""
         r = cos.shape[-1]
-        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # broadcast over heads
         rot, rest = x[..., :r], x[..., r:]
         half = r // 2
         rotated = torch.cat((-rot[..., half:], rot[..., :half]), dim=-1)
@@ -153,15 +154,14 @@ class Functional:
         return self.norm(resid, self.weights.final_norm)
 
     def unembed(self, final: Tensor, columns: Tensor | None = None) -> Tensor:
-        """Logits `[..., d_vocab]` of final-normed residuals (soft-capped where the model is);
-        with `columns [...]`-shaped token ids, only those logits `[...]`, one per row."""
+        """Logits `[..., d_vocab]` of final-normed residuals `[..., d_model]` (soft-capped where
+        the model is), in the residuals' dtype; with token ids `columns` broadcastable to the
+        residuals' leading axes, only the logit of each row's own column `[...]`."""
         w, cap = self.weights, self.arch.final_softcap
-        if columns is None:
-            out = F.linear(final, w.w_u, w.b_u)
-        else:
-            out = (final * w.w_u[columns]).sum(-1)
-            if w.b_u is not None:
-                out = out + w.b_u[columns]
+        w_u = w.w_u if columns is None else w.w_u[columns]
+        b_u = w.b_u if w.b_u is None or columns is None else w.b_u[columns]
+        w_u, b_u = w_u.to(final.dtype), None if b_u is None else b_u.to(final.dtype)
+        out = F.linear(final, w_u, b_u) if columns is None else (final * w_u).sum(-1) + (0 if b_u is None else b_u)
         if cap is not None:
             out = torch.tanh(out / cap) * cap
         return out

@@ -13,13 +13,10 @@ from __future__ import annotations
 import torch
 
 from ..models import HookedModel
-from .fused import FusedGPT2, RunCache
+from .engine import Engine, RunCache
 from .result import PatchResult
-from .sweep import _final, _metric, check_sweep
+from .sweep import _final, _metric, check_normalizable, check_sweep
 from .task import Task
-
-ATTENTION_ACTIVATIONS = ("q", "k", "v", "pattern", "z")
-
 
 def attribution_patch(
     model: HookedModel,
@@ -34,25 +31,32 @@ def attribution_patch(
     `attention_fix=True`); same arguments, same result shape, `method` "atp" / "atp*"."""
     axes = check_sweep(model, task, component, per_position, direction)
     cfg = model.cfg
-    fused = FusedGPT2(model)
+    engine = Engine(model)
+    if component == "resid_mid" and cfg.parallel:
+        raise ValueError(f"{cfg.name} runs attention and MLP in parallel, so it has no residual stream between "
+                         f"them: estimate resid_pre, attn_out, mlp_in or mlp_out")
     task = task.to(model.device)
     base_tokens, src_tokens = (task.corrupt, task.clean) if direction == "denoise" else (task.clean, task.corrupt)
 
     with torch.no_grad():
-        src = fused.run(src_tokens)
+        src = engine.run(src_tokens)
+        engine.check(src_tokens, src, task.answer_pos)
     with torch.enable_grad():
-        base = fused.run(base_tokens, track_grad=True)
-        for name in ("resid_pre", "resid_mid", "attn_out", "mlp_out", *ATTENTION_ACTIVATIONS):
-            for t in getattr(base, name):
+        base = engine.run(base_tokens, track_grad=True)
+        for t in getattr(base, component):
+            t.retain_grad()
+        if attention_fix and component in ("q", "k"):
+            for t in base.pattern:
                 t.retain_grad()
-        m_base_prompts = _metric(fused, _final(fused, base, task), task)
+        m_base_prompts = _metric(engine, _final(engine, base, task), task)
         m_base_prompts.mean().backward()
     with torch.no_grad():
         m_base = m_base_prompts.mean().detach()
-        m_src = _metric(fused, _final(fused, src, task), task).mean()
-        values = torch.stack([_layer_estimate(fused, component, per_position, base, src, layer, attention_fix)
-                              for layer in range(cfg.n_layers)]).float().cpu() + m_base.cpu()
+        m_src = _metric(engine, _final(engine, src, task), task).mean()
         m_clean, m_corrupt = (m_src, m_base) if direction == "denoise" else (m_base, m_src)
+        check_normalizable(normalize, m_clean, m_corrupt)
+        values = torch.stack([_layer_estimate(engine, component, per_position, base, src, layer, attention_fix)
+                              for layer in range(cfg.n_layers)]).float().cpu() + m_base.cpu()
         if normalize:
             values = (values - m_corrupt.cpu()) / (m_clean - m_corrupt).cpu()
 
@@ -64,11 +68,11 @@ def attribution_patch(
     )
 
 
-def _layer_estimate(fused: FusedGPT2, component: str, per_position: bool | str, base: RunCache, src: RunCache,
+def _layer_estimate(engine: Engine, component: str, per_position: bool | str, base: RunCache, src: RunCache,
                     layer: int, attention_fix: bool) -> torch.Tensor:
     """The first-order change of the (prompt-averaged) metric for every patch of one layer."""
     if attention_fix and component in ("q", "k"):
-        return _attention_fixed(fused, component, per_position, base, src, layer)
+        return _attention_fixed(engine, component, per_position, base, src, layer)
     act = getattr(base, component)[layer]
     change = (getattr(src, component)[layer] - act.detach()) * act.grad  # summed over prompts below
     if component == "pattern":  # [B, head, dest, src]
@@ -80,22 +84,26 @@ def _layer_estimate(fused: FusedGPT2, component: str, per_position: bool | str, 
     return change.sum((0, 2)) if per_position else change.sum()  # [B, pos, d_model]
 
 
-def _attention_fixed(fused: FusedGPT2, component: str, per_position: bool, base: RunCache, src: RunCache,
+def _attention_fixed(engine: Engine, component: str, per_position: bool, base: RunCache, src: RunCache,
                      layer: int) -> torch.Tensor:
-    """AtP* for q or k: the exact new pattern of each patch, linearised from the pattern on."""
+    """AtP* for q or k: the exact new pattern of each patch, linearised from the pattern on.
+    A key/value head's estimate sums the query heads that read it."""
     q, k, v = (t[layer].detach() for t in (base.q, base.k, base.v))
     pattern, grad = base.pattern[layer].detach(), base.pattern[layer].grad  # [B, head, dest, src]
     n_pos = q.shape[1]
     positions = torch.arange(n_pos, device=q.device)
     new = src.q[layer] if component == "q" else src.k[layer]
+    n_heads = q.shape[2] if component == "q" else k.shape[2]
+
+    def estimate(q2: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:  # one number per head patched
+        _, patched = engine.f.attend(layer, q2, k2, v, positions)
+        per_query_head = ((patched - pattern) * grad).sum((0, 2, 3))
+        return per_query_head.view(n_heads, -1).sum(-1)
     if not per_position:
-        q2, k2 = (new, k) if component == "q" else (q, new)
-        _, patched = fused.attend(q2, k2, v, positions)
-        return ((patched - pattern) * grad).sum((0, 2, 3))
-    out = torch.zeros(n_pos, q.shape[2], dtype=grad.dtype, device=grad.device)
+        return estimate(new, k) if component == "q" else estimate(q, new)
+    out = torch.zeros(n_pos, n_heads, dtype=grad.dtype, device=grad.device)
     for p in range(n_pos):
         q2, k2 = q.clone(), k.clone()
         (q2 if component == "q" else k2)[:, p] = new[:, p]
-        _, patched = fused.attend(q2, k2, v, positions)
-        out[p] = ((patched - pattern) * grad).sum((0, 2, 3))
+        out[p] = estimate(q2, k2)
     return out

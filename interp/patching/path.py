@@ -10,6 +10,8 @@ For each sender head `s`:
    measure the metric. For "resid", step 1's final residual gives the metric directly.
 
 Senders of one layer are stacked on a variant axis and run together, like the sweeps.
+Under grouped-query attention a receiver's k or v input is its own (ungrouped) copy: only
+the receiver query head sees the patched keys or values, not the other heads of its group.
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from tqdm.auto import tqdm
 
 from ..models import HookedModel
 from ..models.errors import check_head, check_layer
-from .fused import FusedGPT2, RunCache
+from .engine import Engine, RunCache
 from .result import PatchResult
-from .sweep import _bytes_per_variant, _default_budget, _final, _metric, check_run
+from .sweep import _bytes_per_variant, _default_budget, _final, _metric, check_normalizable, check_run
 from .task import Task
 
 
@@ -58,16 +60,18 @@ def path_patch(
             raise ValueError(f"receiver_input must be 'q', 'k' or 'v', got {receiver_input!r}")
         receiver_heads = [(check_layer(l, cfg.n_layers), check_head(h, cfg.n_heads)) for l, h in receivers]
         last_layer = max(l for l, _ in receiver_heads)
-    fused = FusedGPT2(model)
+    engine = Engine(model)
     task = task.to(model.device)
     by_layer: dict[int, list[int]] = {}
     for l, h in receiver_heads:
         by_layer.setdefault(l, []).append(h)
 
     with torch.no_grad():
-        clean_run, corrupt_run = fused.run(task.clean), fused.run(task.corrupt)
-        m_clean = _metric(fused, _final(fused, clean_run, task), task).mean()
-        m_corrupt = _metric(fused, _final(fused, corrupt_run, task), task).mean()
+        clean_run, corrupt_run = engine.run(task.clean), engine.run(task.corrupt)
+        engine.check(task.clean, clean_run, task.answer_pos)
+        m_clean = _metric(engine, _final(engine, clean_run, task), task).mean()
+        m_corrupt = _metric(engine, _final(engine, corrupt_run, task), task).mean()
+        check_normalizable(normalize, m_clean, m_corrupt)
         base, src = (corrupt_run, clean_run) if direction == "denoise" else (clean_run, corrupt_run)
         per_variant = 2 * _bytes_per_variant(model, task)
         budget = _default_budget(model.device) if memory_budget is None else int(memory_budget)
@@ -79,11 +83,11 @@ def path_patch(
         jobs = [(layer, list(range(h, min(h + chunk, cfg.n_heads))))
                 for layer in range(min(last_layer, cfg.n_layers)) for h in range(0, cfg.n_heads, chunk)]
         for layer, senders in tqdm(jobs, desc="path patch", disable=not progress):
-            final, captured = _frozen_run(fused, base, src, layer, senders, by_layer, receiver_input, task)
+            final, captured = _frozen_run(engine, base, src, layer, senders, by_layer, receiver_input, task)
             if receivers != "resid":
                 first = min(l for l in by_layer if l > layer) if any(l > layer for l in by_layer) else None
-                final = _receiver_run(fused, base, first, by_layer, captured, receiver_input, task, len(senders))
-            values[layer, senders] = _metric(fused, final, task).mean(dim=1).cpu()
+                final = _receiver_run(engine, base, first, by_layer, captured, receiver_input, task, len(senders))
+            values[layer, senders] = _metric(engine, final, task).mean(dim=1).cpu()
         if normalize:
             values = (values - m_corrupt.cpu()) / (m_clean - m_corrupt).cpu()
 
@@ -95,44 +99,54 @@ def path_patch(
     )
 
 
-def _frozen_run(fused: FusedGPT2, base: RunCache, src: RunCache, layer: int, senders: list[int],
+def _frozen_run(engine: Engine, base: RunCache, src: RunCache, layer: int, senders: list[int],
                 by_layer: dict[int, list[int]], receiver_input: str, task: Task):
     """Step 1 for senders (`layer`, h) of `senders`: other heads frozen, MLPs recomputed.
 
     Returns the final residual at the answer positions `[N, B, d_model]` and, per receiver
     layer after `layer`, the receivers' inputs `[N, B, pos, n_receivers, d_head]`.
     """
+    f, group = engine.f, engine.cfg.n_heads // engine.cfg.n_kv_heads
+    n_pos = task.n_pos
+    rot = engine.rotary(n_pos, torch.arange(n_pos, device=task.clean.device))
     heads = torch.tensor(senders)
     z = base.z[layer].unsqueeze(0).repeat(len(senders), 1, 1, 1, 1)
     z[torch.arange(len(senders)), :, :, heads] = src.z[layer][:, :, heads].permute(2, 0, 1, 3)
-    mid = base.resid_pre[layer] + fused.attn_out(layer, z)
-    x = mid + fused.mlp(layer, mid)
+    x = engine.block_output(layer, base.resid_pre[layer], f.attn_out(layer, z))
     captured: dict[int, torch.Tensor] = {}
-    for j in range(layer + 1, len(fused.layers)):
+    for j in range(layer + 1, engine.n_layers):
         if j in by_layer:
-            q, k, v = fused.qkv(j, x)
-            captured[j] = {"q": q, "k": k, "v": v}[receiver_input][:, :, :, by_layer[j]]
-        mid = x + base.attn_out[j]
-        x = mid + fused.mlp(j, mid)
+            q, k, v = f.qkv(j, x, rot)
+            receivers = torch.tensor(by_layer[j])
+            if receiver_input == "q":
+                captured[j] = q[:, :, :, receivers]
+            else:  # the key/value head each receiver reads
+                captured[j] = {"k": k, "v": v}[receiver_input][:, :, :, receivers // group]
+        x = engine.block_output(j, x, base.attn_out[j])
     rows = torch.arange(task.batch, device=x.device)
-    return fused.final(x[:, rows, task.answer_pos]), captured
+    return f.final(x[:, rows, task.answer_pos]), captured
 
 
-def _receiver_run(fused: FusedGPT2, base: RunCache, first: int | None, by_layer: dict[int, list[int]],
+def _receiver_run(engine: Engine, base: RunCache, first: int | None, by_layer: dict[int, list[int]],
                   captured: dict[int, torch.Tensor], receiver_input: str, task: Task, n: int) -> torch.Tensor:
     """Step 2: the base run with the receivers' inputs replaced, from the first receiver layer."""
+    f, group = engine.f, engine.cfg.n_heads // engine.cfg.n_kv_heads
     rows = torch.arange(task.batch, device=task.clean.device)
     if first is None:  # no receiver after these senders: nothing changes
-        return fused.final(base.resid_post[-1][rows, task.answer_pos]).expand(n, -1, -1)
+        return f.final(base.resid_post[-1][rows, task.answer_pos]).expand(n, -1, -1)
     x = base.resid_pre[first].unsqueeze(0).expand(n, -1, -1, -1)
     positions = torch.arange(task.n_pos, device=x.device)
-    for j in range(first, len(fused.layers)):
-        q, k, v = fused.qkv(j, x)
+    rot = engine.rotary(task.n_pos, positions)
+    for j in range(first, engine.n_layers):
+        q, k, v = f.qkv(j, x, rot)
         if j in captured:
-            patched = {"q": q, "k": k, "v": v}[receiver_input].clone()
-            patched[:, :, :, by_layer[j]] = captured[j]
-            q, k, v = {"q": (patched, k, v), "k": (q, patched, v), "v": (q, k, patched)}[receiver_input]
-        z, _ = fused.attend(q, k, v, positions)
-        mid = x + fused.attn_out(j, z)
-        x = mid + fused.mlp(j, mid)
-    return fused.final(x[:, rows, task.answer_pos])
+            if receiver_input == "q":
+                q = q.clone()
+                q[:, :, :, by_layer[j]] = captured[j]
+            else:  # ungroup: one copy of the keys/values per query head, the receivers' replaced
+                k, v = k.repeat_interleave(group, dim=3), v.repeat_interleave(group, dim=3)
+                patched = {"k": k, "v": v}[receiver_input]
+                patched[:, :, :, by_layer[j]] = captured[j]
+        z, _ = f.attend(j, q, k, v, positions)
+        x = engine.block_output(j, x, f.attn_out(j, z))
+    return f.final(x[:, rows, task.answer_pos])

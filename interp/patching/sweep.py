@@ -1,8 +1,9 @@
 """Exact activation-patching sweeps: `patch(model, task, component, ...) -> PatchResult`.
 
 Every patch becomes a patched residual stream at one point of one layer, followed by a
-suffix run (see `fused.py`). Patches of one layer are stacked on a variant axis and run
-together, in chunks sized to a memory budget.
+suffix run (see `engine.py`). Patches of one layer are stacked on a variant axis and run
+together, in chunks sized to a memory budget. Any causal model of a described family runs
+(GPT-2, GPT-NeoX/Pythia, Llama, Mistral, Qwen2, Gemma2); encoders are refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..models import HookedModel
 from ..models.errors import check_layer
-from .fused import FusedGPT2, RunCache
+from .engine import Engine, RunCache
 from .result import PatchResult
 from .task import Task
 
@@ -24,11 +25,12 @@ COMPONENTS = {
     "resid_pre": ("residual stream entering each block", ("layer",), ("layer", "pos")),
     "resid_mid": ("residual stream between attention and MLP", ("layer",), ("layer", "pos")),
     "attn_out": ("attention layer output", ("layer",), ("layer", "pos")),
+    "mlp_in": ("the MLP's input only (the residual stream that skips the MLP unchanged)", ("layer",), ("layer", "pos")),
     "mlp_out": ("MLP output", ("layer",), ("layer", "pos")),
     "z": ("each head's output (hook_z, before W_O)", ("layer", "head"), ("layer", "pos", "head")),
     "q": ("each head's queries", ("layer", "head"), ("layer", "pos", "head")),
-    "k": ("each head's keys", ("layer", "head"), ("layer", "pos", "head")),
-    "v": ("each head's values", ("layer", "head"), ("layer", "pos", "head")),
+    "k": ("each key/value head's keys", ("layer", "head"), ("layer", "pos", "head")),
+    "v": ("each key/value head's values", ("layer", "head"), ("layer", "pos", "head")),
     "pattern": ("each head's attention pattern", ("layer", "head"), ("layer", "head", "dest_pos")),
 }
 HEAD_COMPONENTS = ("z", "q", "k", "v", "pattern")
@@ -37,7 +39,8 @@ HEAD_COMPONENTS = ("z", "q", "k", "v", "pattern")
 @dataclass(frozen=True)
 class Variant:
     """One patch within a layer: `index` is its place in the result (without the layer),
-    `pos` the first position it changes (None: every position)."""
+    `pos` the first position it changes (None: every position). `head` is a key/value head
+    for k and v patches."""
 
     index: tuple[int, ...]
     pos: int | None = None
@@ -59,10 +62,11 @@ def patch(
     """Patch one component everywhere and measure the task metric after each patch.
 
     Args:
-        model: a GPT-2-architecture `HookedModel`.
+        model: a causal `HookedModel` of a described family.
         task: clean/corrupted tokens, answers, metric.
-        component: one of `COMPONENTS` ("resid_pre", "resid_mid", "attn_out", "mlp_out", "z",
-            "q", "k", "v", "pattern").
+        component: one of `COMPONENTS` ("resid_pre", "resid_mid", "attn_out", "mlp_in",
+            "mlp_out", "z", "q", "k", "v", "pattern"). Under grouped-query attention k and v
+            are patched per key/value head (axis "kv_head"), as their activations are.
         per_position: False: patch all positions at once; True: one position at a time;
             "dest_src" (pattern only): one (destination, source) entry at a time.
         direction: "denoise" (clean activation into the corrupted run) or "noise" (corrupted
@@ -76,19 +80,25 @@ def patch(
 
     Returns:
         `PatchResult` whose `values` has axes `result.axes`: `[layer]` or `[layer, pos]` for
-        residual/attn_out/mlp_out, `[layer, head]` or `[layer, pos, head]` for z/q/k/v,
-        `[layer, head, dest_pos]` or `[layer, head, dest_pos, src_pos]` for the pattern.
+        residual/attn_out/mlp_in/mlp_out, `[layer, head]` or `[layer, pos, head]` for z/q/k/v
+        (`kv_head` for k/v under grouped-query attention), `[layer, head, dest_pos]` or
+        `[layer, head, dest_pos, src_pos]` for the pattern.
     """
     axes = check_sweep(model, task, component, per_position, direction)
     cfg = model.cfg
-    layers = list(range(cfg.n_layers)) if layers is None else [check_layer(l, cfg.n_layers) for l in layers]
-    fused = FusedGPT2(model)
+    layers = check_layers(layers, cfg.n_layers)
+    engine = Engine(model)
+    if component == "resid_mid" and cfg.parallel:
+        raise ValueError(f"{cfg.name} runs attention and MLP in parallel, so it has no residual stream between "
+                         f"them: patch resid_pre, attn_out, mlp_in or mlp_out")
     task = task.to(model.device)
 
     with torch.no_grad():
-        clean_run, corrupt_run = fused.run(task.clean), fused.run(task.corrupt)
-        m_clean = _metric(fused, _final(fused, clean_run, task), task).mean()
-        m_corrupt = _metric(fused, _final(fused, corrupt_run, task), task).mean()
+        clean_run, corrupt_run = engine.run(task.clean), engine.run(task.corrupt)
+        engine.check(task.clean, clean_run, task.answer_pos)
+        m_clean = _metric(engine, _final(engine, clean_run, task), task).mean()
+        m_corrupt = _metric(engine, _final(engine, corrupt_run, task), task).mean()
+        check_normalizable(normalize, m_clean, m_corrupt)
         base, src = (corrupt_run, clean_run) if direction == "denoise" else (clean_run, corrupt_run)
 
         per_variant = _bytes_per_variant(model, task)
@@ -98,13 +108,14 @@ def patch(
                              f"needs about {per_variant:,} bytes for this model and task")
         chunk = max(1, budget // per_variant)
 
-        sizes = {"layer": cfg.n_layers, "pos": task.n_pos, "head": cfg.n_heads,
+        n_heads = cfg.n_kv_heads if component in ("k", "v") else cfg.n_heads
+        sizes = {"layer": cfg.n_layers, "pos": task.n_pos, "head": n_heads, "kv_head": n_heads,
                  "dest_pos": task.n_pos, "src_pos": task.n_pos}
         values = torch.full([sizes[a] for a in axes], float("nan"))
         m_base = m_corrupt if direction == "denoise" else m_clean
         jobs = []
         for layer in layers:
-            for group in _by_position(_variants(component, per_position, cfg.n_heads, task.n_pos)):
+            for group in _by_position(_variants(component, per_position, n_heads, task.n_pos)):
                 live = [v for v in group if not _is_noop(component, base, src, layer, v)]
                 for v in group:
                     if v not in live:  # the patched run is the base run itself
@@ -112,9 +123,9 @@ def patch(
                 jobs += [(layer, live[i:i + chunk]) for i in range(0, len(live), chunk)]
         for layer, variants in tqdm(jobs, desc=f"patch {component}", disable=not progress):
             p0 = min(min(v.pos if v.pos is not None else 0 for v in variants), int(task.answer_pos.min()))
-            site, x = _patched_residual(fused, component, base, src, layer, variants, p0)
-            final = fused.suffix(base, layer, site, x, p0, task.answer_pos)
-            metric = _metric(fused, final, task).mean(dim=1).cpu()
+            site, x = _patched_residual(engine, component, base, src, layer, variants, p0)
+            final = engine.suffix(base, layer, site, x, p0, task.answer_pos)
+            metric = _metric(engine, final, task).mean(dim=1).cpu()
             for variant, value in zip(variants, metric):
                 values[(layer, *variant.index)] = value
         if normalize:
@@ -130,12 +141,38 @@ def patch(
 
 
 def check_run(model: HookedModel, task: Task, direction: str) -> None:
-    """Checks every patching method shares: the task, its tokens for this model, the direction."""
+    """Checks every patching method shares: the task, its tokens and answers for this model,
+    the direction."""
     if not isinstance(task, Task):
         raise TypeError(f"task must be an interp.patching.Task, got {type(task).__name__}")
     model._tokens(task.clean), model._tokens(task.corrupt)  # vocabulary / context checks
+    for label in ("answer", "wrong"):
+        ids = getattr(task, label)
+        bad = ids[(ids < 0) | (ids >= model.cfg.d_vocab)]
+        if len(bad):
+            raise ValueError(f"Task.{label} holds token ids outside this model's vocabulary [0, "
+                             f"{model.cfg.d_vocab - 1}]: {bad.tolist()}")
     if direction not in ("denoise", "noise"):
         raise ValueError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+
+
+def check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
+    """All layers when None; otherwise a non-empty list of valid layer indices."""
+    if layers is None:
+        return list(range(n_layers))
+    layers = list(layers)
+    if not layers:
+        raise ValueError(f"layers must name at least one layer (0..{n_layers - 1}); None means all of them")
+    return [check_layer(layer, n_layers) for layer in layers]
+
+
+def check_normalizable(normalize: bool, m_clean: torch.Tensor, m_corrupt: torch.Tensor) -> None:
+    """Normalising divides by m_clean - m_corrupt: refuse when that is (numerically) zero."""
+    gap = float((m_clean - m_corrupt).abs())
+    if normalize and not gap > 1e-6 * max(1.0, float(m_clean.abs()), float(m_corrupt.abs())):
+        raise ValueError(f"cannot normalise: the clean and corrupted runs give the same metric ({float(m_clean):.6g} "
+                         f"and {float(m_corrupt):.6g}), so every patch would be 0/0. The corruption does not change "
+                         f"the behaviour this metric measures; pick other prompts, or pass normalize=False")
 
 
 def check_sweep(model: HookedModel, task: Task, component: str, per_position: bool | str, direction: str) -> tuple[str, ...]:
@@ -149,7 +186,10 @@ def check_sweep(model: HookedModel, task: Task, component: str, per_position: bo
     check_run(model, task, direction)
     if per_position == "dest_src":
         return ("layer", "head", "dest_pos", "src_pos")
-    return COMPONENTS[component][2 if per_position else 1]
+    axes = COMPONENTS[component][2 if per_position else 1]
+    if component in ("k", "v") and model.cfg.n_kv_heads != model.cfg.n_heads:
+        axes = tuple("kv_head" if a == "head" else a for a in axes)
+    return axes
 
 
 def _variants(component: str, per_position: bool | str, n_heads: int, n_pos: int) -> list[Variant]:
@@ -188,9 +228,10 @@ def _is_noop(component: str, base: RunCache, src: RunCache, layer: int, v: Varia
     return torch.equal(a[index], b[index])
 
 
-def _patched_residual(fused: FusedGPT2, component: str, base: RunCache, src: RunCache, layer: int,
+def _patched_residual(engine: Engine, component: str, base: RunCache, src: RunCache, layer: int,
                       variants: list[Variant], p0: int) -> tuple[str, torch.Tensor]:
-    """The residual stream `[N, B, pos - p0, d_model]` of each patched run, and where it stands."""
+    """The residual stream `[N, B, pos - p0, d_model]` of each patched run, and where it
+    stands: "pre" (entering block `layer`) or "post" (leaving it)."""
     n = len(variants)
 
     def stacked(t: torch.Tensor) -> torch.Tensor:  # [B, pos, ...] -> [N, B, pos - p0, ...], a copy
@@ -204,18 +245,35 @@ def _patched_residual(fused: FusedGPT2, component: str, base: RunCache, src: Run
                 target[i, :, v.pos - p0] = source[:, v.pos]
         return target
 
-    if component in ("resid_pre", "resid_mid"):
-        site = component.removeprefix("resid_")
-        return site, replace(stacked(getattr(base, component)[layer]), getattr(src, component)[layer])
+    pre = base.resid_pre[layer][:, p0:]
+    if component == "resid_pre":
+        return "pre", replace(stacked(base.resid_pre[layer]), src.resid_pre[layer])
+    if component == "resid_mid":
+        mid = replace(stacked(base.resid_mid[layer]), src.resid_mid[layer])
+        return "post", mid + engine.mlp_where_changed(layer, mid, base.mlp_in[layer][:, p0:], base.mlp_out[layer][:, p0:])
+    if component == "mlp_in":
+        mlp_in = replace(stacked(base.mlp_in[layer]), src.mlp_in[layer])
+        mlp_out = engine.mlp_where_changed(layer, mlp_in, base.mlp_in[layer][:, p0:], base.mlp_out[layer][:, p0:])
+        return "post", pre + base.attn_out[layer][:, p0:] + mlp_out
+    if component == "mlp_out":
+        mlp_out = replace(stacked(base.mlp_out[layer]), src.mlp_out[layer])
+        return "post", pre + base.attn_out[layer][:, p0:] + mlp_out
     if component == "attn_out":
         attn = replace(stacked(base.attn_out[layer]), src.attn_out[layer])
-        return "mid", base.resid_pre[layer][:, p0:] + attn
-    if component == "mlp_out":
-        mlp = replace(stacked(base.mlp_out[layer]), src.mlp_out[layer])
-        return "post", base.resid_mid[layer][:, p0:] + mlp
-    z = stacked(base.z[layer])
+        return "post", engine.block_output(layer, pre, attn, base, p0)
+    return "post", engine.block_output(layer, pre, _patched_attention(engine, component, base, src, layer, variants, p0),
+                                       base, p0)
+
+
+def _patched_attention(engine: Engine, component: str, base: RunCache, src: RunCache, layer: int,
+                       variants: list[Variant], p0: int) -> torch.Tensor:
+    """The attention output `[N, B, pos - p0, d_model]` after each head-level patch."""
+    n, cfg = len(variants), engine.cfg
+    group = cfg.n_heads // cfg.n_kv_heads
+    z = base.z[layer][:, p0:].unsqueeze(0).repeat(n, 1, 1, 1, 1)  # [N, B, pos - p0, head, d_head]
     idx = torch.arange(n)
     heads = torch.tensor([v.head for v in variants])
+    positions = torch.arange(p0, z.shape[2] + p0, device=z.device)
     if component == "z":
         for i, v in enumerate(variants):
             if v.pos is None:
@@ -231,40 +289,44 @@ def _patched_residual(fused: FusedGPT2, component: str, base: RunCache, src: Run
                 pattern[i, :, v.pos] = src.pattern[layer][:, v.head, v.pos]
             else:
                 pattern[i, :, v.pos, v.src_pos] = src.pattern[layer][:, v.head, v.pos, v.src_pos]
-        values = base.v[layer][:, :, heads].permute(2, 0, 1, 3)  # [N, B, k, d_head]
+        values = base.v[layer][:, :, heads // group].permute(2, 0, 1, 3)  # [N, B, k, d_head]
         z[idx, :, :, heads] = torch.matmul(pattern[:, :, p0:], values)
-    else:  # q, k or v: recompute the one patched head's attention
-        q, k, v_ = (getattr(base, name)[layer][:, :, heads].permute(2, 0, 1, 3).clone() for name in "qkv")
-        patched = {"q": q, "k": k, "v": v_}[component]
+    elif component == "q":  # recompute the patched query head's attention
+        q, k, v_ = (getattr(base, name)[layer] for name in "qkv")
+        q = q[:, :, heads].permute(2, 0, 1, 3).clone()  # [N, B, pos, d_head]
         for i, v in enumerate(variants):
-            source = getattr(src, component)[layer]
-            if v.pos is None:
-                patched[i] = source[:, :, v.head]
-            else:
-                patched[i, :, v.pos] = source[:, v.pos, v.head]
-        positions = torch.arange(p0, q.shape[2], device=q.device)
-        head_z, _ = fused.attend(q[:, :, p0:, None], k[:, :, :, None], v_[:, :, :, None], positions)
+            rows = slice(None) if v.pos is None else v.pos
+            q[i, :, rows] = src.q[layer][:, rows, v.head]
+        k_h, v_h = (t[:, :, heads // group].permute(2, 0, 1, 3) for t in (k, v_))
+        head_z, _ = engine.f.attend(layer, q[:, :, p0:, None], k_h[:, :, :, None], v_h[:, :, :, None], positions)
         z[idx, :, :, heads] = head_z[:, :, :, 0]
-    return "mid", base.resid_pre[layer][:, p0:] + fused.attn_out(layer, z)
+    else:  # k or v of a key/value head: recompute the attention of every query head reading it
+        q, k, v_ = (getattr(base, name)[layer] for name in "qkv")
+        patched = {"k": k, "v": v_}[component][:, :, heads].permute(2, 0, 1, 3).clone()  # [N, B, pos, d_head]
+        for i, v in enumerate(variants):
+            rows = slice(None) if v.pos is None else v.pos
+            patched[i, :, rows] = getattr(src, component)[layer][:, rows, v.head]
+        readers = heads[:, None] * group + torch.arange(group)  # [N, group] query heads
+        q_g = q[:, p0:].permute(2, 0, 1, 3)[readers].permute(0, 2, 3, 1, 4)  # [N, B, pos - p0, group, d_head]
+        other = {"k": v_, "v": k}[component][:, :, heads].permute(2, 0, 1, 3)
+        k_h, v_h = (patched, other) if component == "k" else (other, patched)
+        group_z, _ = engine.f.attend(layer, q_g, k_h[:, :, :, None], v_h[:, :, :, None], positions)
+        for g in range(group):
+            z[idx, :, :, readers[:, g]] = group_z[:, :, :, g]
+    return engine.f.attn_out(layer, z)
 
 
-def _final(fused: FusedGPT2, run: RunCache, task: Task) -> torch.Tensor:
+def _final(engine: Engine, run: RunCache, task: Task) -> torch.Tensor:
     rows = torch.arange(task.batch, device=task.clean.device)
-    return fused.final(run.resid_post[-1][rows, task.answer_pos])[None]
+    return engine.f.final(run.resid_post[-1][rows, task.answer_pos])[None]
 
 
-def _metric(fused: FusedGPT2, final: torch.Tensor, task: Task) -> torch.Tensor:
-    """The task metric `[N, B]` in fp32 from ln_f'd residuals `[N, B, d_model]`."""
+def _metric(engine: Engine, final: torch.Tensor, task: Task) -> torch.Tensor:
+    """The task metric `[N, B]` in fp32 from final-normed residuals `[N, B, d_model]`."""
     final = final.float()
     if task.metric == "logit_diff":  # two columns of W_U are all it reads
-        direction = (fused.w_u[:, task.answer] - fused.w_u[:, task.wrong]).float()  # [d_model, B]
-        out = torch.einsum("nbd,db->nb", final, direction)
-        if fused.b_u is not None:
-            out = out + (fused.b_u[task.answer] - fused.b_u[task.wrong]).float()
-        return out
-    logits = final @ fused.w_u.float()
-    if fused.b_u is not None:
-        logits = logits + fused.b_u.float()
+        return engine.f.unembed(final, task.answer) - engine.f.unembed(final, task.wrong)
+    logits = engine.f.unembed(final)
     out = task.metric_fn()(logits, task)
     if not isinstance(out, torch.Tensor) or out.shape != final.shape[:2]:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -277,11 +339,11 @@ def _bytes_per_variant(model: HookedModel, task: Task) -> int:
     """Peak extra memory of one patched run (one variant, every prompt), in bytes. The two
     cached runs (clean and corrupted) come on top and are not part of the budget."""
     c = model.cfg
-    d_mlp = model.hf_model.config.n_inner or 4 * c.d_model
     elem = torch.finfo(model.dtype).bits // 8
     # Activations alive at once in a suffix run; the MLP's hidden layer and its activation
     # function's temporaries dominate (a budget from the smaller 8*d + 2*d_mlp was overrun 2x).
-    per_token = 10 * c.d_model + 5 * d_mlp + 3 * c.n_heads * task.n_pos
+    hidden = 7 if model.arch.mlp == "gated" else 5
+    per_token = 10 * c.d_model + hidden * c.d_mlp + 3 * c.n_heads * task.n_pos
     logits = 0 if task.metric == "logit_diff" else 4 * c.d_vocab
     return task.batch * (elem * task.n_pos * per_token + logits)
 

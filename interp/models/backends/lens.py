@@ -4,12 +4,12 @@ Face module underneath, classic hook names).
 Sites map to hook names (`interp.models.sites.hook_name`). Where a bridge hook does not
 mean what its name says, the site is computed from hooks that do:
 
-* `resid_mid`: on TransformerLens 4.3's bridge `hook_resid_mid` is the MLP's *input* hook
-  (`ln2.hook_in`): editing it changes what the MLP reads but not the residual stream that
-  skips the MLP. A resid_mid edit is therefore applied at `hook_attn_out`, as
-  `attn_out := new_mid - resid_pre`, which changes both, as the residual stream does.
-  `mlp_in` is the MLP-input-only edit (and what `transformer_lens.patching`'s resid_mid
-  functions patch on the bridge).
+* `resid_mid`: on TransformerLens 4.3's bridge `hook_resid_mid` is the same hook point as
+  the MLP's input `ln2.hook_in`: a hook that *returns* a new tensor there changes what the
+  MLP reads but not the residual stream that skips the MLP (one that edits the tensor in
+  place, as `transformer_lens.patching` does, changes both). A resid_mid edit is therefore
+  applied at `hook_attn_out`, as `attn_out := new_mid - resid_pre`, which changes both, as
+  the residual stream does; `mlp_in` is the MLP-input-only edit at `ln2.hook_in`.
 * `head_out` (one head's write, z W_O): read from `hook_z`, edited at `attn.hook_out`
   (the attention output before any post-attention norm) by adding the change.
 * `q_in/k_in/v_in`: every head reads the block's input, so capturing gives `resid_pre`

@@ -1,0 +1,187 @@
+"""Cached runs and suffix runs of any described causal architecture, built for patching.
+
+Three ideas make sweeps fast without changing a single number:
+
+* **Suffix runs.** A patch at layer `l` changes nothing before `l`, so a patched run starts
+  from the cached residual stream at `l` and runs only layers `l..L-1`.
+* **Causal prefixes.** In a causal model a patch at position `p` changes nothing at positions
+  before `p`, so a patched run recomputes only positions `p0..` (`p0 <= p`); queries there read
+  the earlier positions' keys and values straight from the cached base run. The last layer
+  is computed only at the answer positions, the only ones a metric reads.
+* **Batching.** Patched runs carry a leading variant axis `N` before the batch axis `B`:
+  `x [N, B, pos, d_model]`, while cached base runs are `[B, ...]` and broadcast across variants.
+
+The arithmetic is `interp.models.functional.Functional`, which reads the model's
+architecture description, so one engine serves every described family. Before a sweep,
+`check` compares the engine's clean logits with the model's own and refuses on a mismatch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ..models import HookedModel, UnsupportedArchitecture
+from ..models.functional import Functional
+from ..models.loading import PARITY_TOLERANCE
+
+
+class EngineMismatch(RuntimeError):
+    """The engine's clean run disagrees with the model's own forward pass."""
+
+
+@dataclass
+class RunCache:
+    """Every activation a sweep reads, per layer, for one batch of prompts (no variant axis).
+
+    Shapes: resid_pre/attn_out/resid_mid/mlp_out/resid_post `[B, pos, d_model]` (resid_mid
+    empty for parallel blocks); q, z `[B, pos, head, d_head]`; k, v `[B, pos, kv_head, d_head]`
+    (q and k after rotary embeddings); pattern `[B, head, q, k]`.
+    """
+
+    resid_pre: list[torch.Tensor] = field(default_factory=list)
+    q: list[torch.Tensor] = field(default_factory=list)
+    k: list[torch.Tensor] = field(default_factory=list)
+    v: list[torch.Tensor] = field(default_factory=list)
+    pattern: list[torch.Tensor] = field(default_factory=list)
+    z: list[torch.Tensor] = field(default_factory=list)
+    attn_out: list[torch.Tensor] = field(default_factory=list)
+    resid_mid: list[torch.Tensor] = field(default_factory=list)
+    mlp_in: list[torch.Tensor] = field(default_factory=list)
+    mlp_out: list[torch.Tensor] = field(default_factory=list)
+    resid_post: list[torch.Tensor] = field(default_factory=list)
+
+
+class Engine:
+    """Forward passes of a causal `HookedModel` from plain tensors, cached or from a layer on."""
+
+    def __init__(self, model: HookedModel):
+        if not model.cfg.is_causal:
+            raise ValueError(f"the patching engine needs a causal model; {model.cfg.name} is an encoder "
+                             f"({model.cfg.architecture}), whose every position sees every other")
+        try:
+            self.f: Functional = model.functional()
+        except UnsupportedArchitecture as err:
+            raise ValueError(f"the patching engine cannot run {model.cfg.name}: {err}") from err
+        self.model = model
+        self.cfg = model.cfg
+        self.n_layers = model.cfg.n_layers
+        self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
+
+    # ------------------------------------------------------------ positions
+
+    def rotary(self, n_pos: int, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """cos/sin at `positions` (any shape), from a table of the first `n_pos` positions."""
+        if n_pos not in self._rotary:
+            self._rotary[n_pos] = self.f.rotary(torch.arange(n_pos, device=self.model.device))
+        table = self._rotary[n_pos]
+        return None if table is None else (table[0][positions], table[1][positions])
+
+    # ------------------------------------------------------------ blocks
+
+    def block_output(self, layer: int, resid_pre: torch.Tensor, attn_out: torch.Tensor,
+                     base: RunCache | None = None, p0: int = 0) -> torch.Tensor:
+        """The residual leaving block `layer` given its input and attention output `[..., pos,
+        d_model]` (positions `p0..`). With `base`, the MLP runs only at the rows whose input
+        differs from `base`'s (it acts on each position alone, so the others keep `base`'s output)."""
+        mlp_in = resid_pre if self.f.parallel else resid_pre + attn_out
+        if base is None:
+            mlp_out = self.f.mlp(layer, mlp_in)
+        else:
+            mlp_out = self.mlp_where_changed(layer, mlp_in, base.mlp_in[layer][:, p0:], base.mlp_out[layer][:, p0:])
+        return resid_pre + attn_out + mlp_out if self.f.parallel else mlp_in + mlp_out
+
+    def mlp_where_changed(self, layer: int, x: torch.Tensor, base_in: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """`mlp(layer, x)` for `x [N, B, P, d_model]`, computed only at the rows that differ from
+        the unpatched run's MLP input `base_in [B, P, d_model]`; every other row keeps `base_out`.
+        A patch at one position changes one row of its own layer: most of that MLP's work saved."""
+        changed = (x != base_in).any(dim=-1)  # [N, B, P]
+        out = base_out.expand_as(x).clone()
+        if changed.any():
+            out[changed] = self.f.mlp(layer, x[changed])
+        return out
+
+    # ------------------------------------------------------------ whole runs
+
+    def run(self, tokens: torch.Tensor, track_grad: bool = False) -> RunCache:
+        """A full forward of `tokens [B, pos]`, keeping every activation a sweep reads.
+
+        With `track_grad`, activations join an autograd graph rooted at the embeddings (the
+        weights themselves stay constants), so gradients with respect to them can be read.
+        """
+        n_pos = tokens.shape[1]
+        positions = torch.arange(n_pos, device=tokens.device)
+        rot = self.rotary(n_pos, positions)
+        x = self.f.embed(tokens)
+        if track_grad:
+            x.requires_grad_(True)
+        cache = RunCache()
+        for layer in range(self.n_layers):
+            q, k, v = self.f.qkv(layer, x, rot)
+            z, pattern = self.f.attend(layer, q, k, v, positions)
+            attn = self.f.attn_out(layer, z)
+            mid = x if self.f.parallel else x + attn
+            # A node of its own under autograd, so its gradient is the MLP path's alone.
+            mlp_in = mid.clone() if track_grad else mid
+            out = self.f.mlp(layer, mlp_in)
+            for name, value in (("resid_pre", x), ("q", q), ("k", k), ("v", v), ("pattern", pattern), ("z", z),
+                                ("attn_out", attn), ("mlp_in", mlp_in), ("mlp_out", out)):
+                getattr(cache, name).append(value)
+            if not self.f.parallel:
+                cache.resid_mid.append(mid)
+            x = x + attn + out if self.f.parallel else mid + out
+            cache.resid_post.append(x)
+        return cache
+
+    def suffix(self, base: RunCache, layer: int, site: str, x: torch.Tensor, p0: int,
+               answer_pos: torch.Tensor) -> torch.Tensor:
+        """Continue a patched run to the end; return the final-normed residual at the answer
+        positions.
+
+        Args:
+            base: the unpatched run whose positions `< p0` the patched run shares.
+            layer, site: where `x` stands: "pre" (entering block `layer`) or "post" (leaving it).
+            x: `[N, B, pos - p0, d_model]`, the patched residual at positions `p0..`.
+            answer_pos: `[B]` absolute positions the metric reads (all `>= p0`).
+        Returns:
+            `[N, B, d_model]`.
+        """
+        rows = torch.arange(x.shape[1], device=x.device)
+        n_pos = base.resid_pre[0].shape[1]
+        new_pos = torch.arange(p0, p0 + x.shape[2], device=x.device)
+        if site == "post":
+            layer += 1
+        if layer == self.n_layers:
+            return self.f.final(x[:, rows, answer_pos - p0])
+        rot = self.rotary(n_pos, new_pos)
+        for j in range(layer, self.n_layers):
+            q, k, v = self.f.qkv(j, x, rot)
+            keys = torch.cat([base.k[j][:, :p0].expand(*k.shape[:2], p0, *k.shape[3:]), k], dim=2)
+            values = torch.cat([base.v[j][:, :p0].expand(*v.shape[:2], p0, *v.shape[3:]), v], dim=2)
+            if j == self.n_layers - 1:  # only the answer positions matter from here on
+                x = x[:, rows, answer_pos - p0].unsqueeze(2)
+                q = q[:, rows, answer_pos - p0].unsqueeze(2)
+                # each prompt's answer query sees its own keys; later positions are masked
+                z, _ = self.f.attend(j, q, keys, values, answer_pos.view(1, -1, 1))
+                return self.f.final(self.block_output(j, x, self.f.attn_out(j, z)).squeeze(2))
+            z, _ = self.f.attend(j, q, keys, values, new_pos)
+            x = self.block_output(j, x, self.f.attn_out(j, z))
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------ the self-check
+
+    def check(self, tokens: torch.Tensor, run: RunCache, answer_pos: torch.Tensor) -> None:
+        """Refuse when this engine's logits at the answer positions differ from the model's own
+        forward pass beyond the dtype's tolerance (an architecture described wrongly)."""
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        ours = self.f.unembed(self.f.final(run.resid_post[-1][rows, answer_pos])).float()
+        theirs = self.model(tokens)[rows, answer_pos].float()
+        scale = max(1.0, float(theirs.abs().max()))
+        diff = float((ours - theirs).abs().max())
+        tolerance = PARITY_TOLERANCE[self.model.dtype] * scale
+        if not diff <= tolerance:
+            raise EngineMismatch(
+                f"the patching engine's logits differ from the model's by up to {diff:.3g} (tolerance {tolerance:.3g}) "
+                f"on {self.cfg.name} ({self.cfg.family}): its architecture description does not match this model, "
+                f"so no patching result would be right. Please report this model's config.")
