@@ -94,8 +94,9 @@ class EdgeForward:
             heads = {}
             for h in range(self.n_heads):
                 name = f"a{layer}.h{h}"
-                q, k, v = (self.ln(receive(f"{name}<{x}>"), f"{p}.ln_1") @ w_qkv[:, i * d + h * dh: i * d + (h + 1) * dh]
-                           + b_qkv[i * d + h * dh: i * d + (h + 1) * dh] for i, x in enumerate("qkv"))
+                cols = [slice(i * d + h * dh, i * d + (h + 1) * dh) for i in range(3)]  # this head's q, k, v
+                q, k, v = (self.ln(receive(f"{name}<{x}>"), f"{p}.ln_1") @ w_qkv[:, c] + b_qkv[c]
+                           for x, c in zip("qkv", cols))
                 scores = (q @ k.transpose(1, 2) / math.sqrt(dh)).masked_fill(~causal, -math.inf)
                 patterns[name] = scores.softmax(-1)
                 heads[name] = patterns[name] @ v @ w_o[h * dh:(h + 1) * dh]
@@ -103,7 +104,8 @@ class EdgeForward:
             senders += list(heads)
             resid = resid + sum(heads.values()) + sd[f"{p}.attn.c_proj.bias"]
             name = f"m{layer}"
-            hidden = torch.relu(self.ln(receive(name), f"{p}.ln_2") @ sd[f"{p}.mlp.c_fc.weight"] + sd[f"{p}.mlp.c_fc.bias"])
+            pre = self.ln(receive(name), f"{p}.ln_2") @ sd[f"{p}.mlp.c_fc.weight"] + sd[f"{p}.mlp.c_fc.bias"]
+            hidden = torch.relu(pre)
             out[name] = hidden @ sd[f"{p}.mlp.c_proj.weight"]
             senders.append(name)
             resid = resid + out[name] + sd[f"{p}.mlp.c_proj.bias"]
@@ -385,7 +387,8 @@ def test_task_prompts_layout():
     for tokens, answer in ((p.clean, p.answer), (p.corrupt, p.wrong)):
         words = tokens[:, 1:-1]
         assert all(len(set(r)) == 6 for r in words.tolist())
-        assert torch.equal(tokens[:, -1], tokens[rows, p.repeat_pos]) and torch.equal(answer, tokens[rows, p.repeat_pos + 1])
+        assert torch.equal(tokens[:, -1], tokens[rows, p.repeat_pos])
+        assert torch.equal(answer, tokens[rows, p.repeat_pos + 1])
     assert all(not set(a) & set(b) for a, b in zip(p.clean[:, 1:].tolist(), p.corrupt[:, 1:].tolist()))
     assert ((p.repeat_pos >= 1) & (p.repeat_pos <= 5)).all() and len(set(p.repeat_pos.tolist())) == 5
     assert torch.equal(constructed.task_prompts(50, 6, seed=5).clean, p.clean)

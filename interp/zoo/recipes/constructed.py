@@ -35,8 +35,10 @@ heads do, several of them read circuit slots, but they write only into `two_back
 every variance, so each LayerNorm is the affine map (x - mean(x)) * w / sqrt(eps) with
 w = sqrt(eps); every reading direction (W_Q, W_K, W_V, W_in columns, W_U rows) lies in one
 slot and sums to zero, so the mean subtraction changes nothing it reads, and nothing leaks
-from a slot into a reader of another. Attention score margins are >= 150 and ReLU margins
-are >= 1, so the intended patterns are one-hot to floating-point precision.
+from a slot into a reader of another. That, not sharpness, makes the off-reference effects
+zero. Sharpness (attention score margins >= 150, ReLU margins >= 1) makes the intended
+patterns one-hot to floating-point precision, so the reference edges' effects are round
+numbers (`REFERENCE_EFFECTS`).
 
     build(Path("interp/zoo/checkpoints/constructed"))
 """
@@ -547,12 +549,13 @@ another.
 
 **Distractors** (nine heads, m0 and m2) are as busy as the circuit: at the answer position each
 attends (one-hot) to a content token, none to `<bos>` (from 3 words on; with 2, the three-back
-head reaches `<bos>`), and writes a word code of the same norm as the circuit heads' outputs. Several read circuit slots (a1.h2 and a1.h3 read `prev_token`,
-a2.h1 and a2.h3 read `answer`, a2.h2 reads `induced`; m2 reads `answer`), so their inputs change
-a lot under corruption. a2.h2 attends exactly where the mover does and copies the same word;
-a1.h3 has the previous-token head's pattern; a1.h1 is an induction head shifted by one. But
-they write only into `two_back` and `junk`, which nothing in the circuit and not the
-unembedding reads (`two_back` is read only by the distractor a1.h1).
+head reaches `<bos>`), and writes a word code of the same norm as the circuit heads' outputs.
+Several read circuit slots (a1.h2 and a1.h3 read `prev_token`, a2.h1 and a2.h3 read `answer`,
+a2.h2 reads `induced`; m2 reads `answer`), so their inputs change a lot under corruption.
+a2.h2 attends exactly where the mover does and copies the same word; a1.h3 has the
+previous-token head's pattern; a1.h1 is an induction head shifted by one. But they write
+only into `two_back` and `junk`, which nothing in the circuit and not the unembedding reads
+(`two_back` is read only by the distractor a1.h1).
 
 ## Reference circuit
 
@@ -569,9 +572,10 @@ other edge changes it by exactly zero, and each reference edge by:
 Reference nodes: {', '.join(f'`{n}`' for n in card['reference']['nodes'])}. Seven edges leave the run with
 no exact match somewhere (every logit 0, the metric half-way); the mover's value and its
 output carry the corrupted answer itself. The mechanism also uses
-{', '.join(f'`{e}`' for e in STRUCTURAL_EDGES)} (positions and the `<bos>` marker), but the corruption never
-changes what they carry, so their patch has zero effect and they are not in the reference;
-they would matter under mean or zero ablation. The circuit alone (every other edge corrupted)
+{', '.join(f'`{e}`' for e in STRUCTURAL_EDGES)}
+(positions and the `<bos>` marker), but the corruption never changes what they carry, so
+their patch has zero effect and they are not in the reference; they would matter under mean
+or zero ablation. The circuit alone (every other edge corrupted)
 gives the clean metric (faithfulness 1); the complement gives the corrupted one.
 
 The zero effects off the reference follow from which slots each component reads, not from
@@ -604,7 +608,7 @@ m = load_model("{NAME}")
 task = constructed_task(m, n=32, n_words=8, seed=0)
 ```
 
-Rebuild (deterministic, a second): `python -m interp.zoo.train constructed`.
+Rebuild (deterministic, no training; about a second after imports): `python -m interp.zoo.train constructed`.
 """
 
 
@@ -626,7 +630,8 @@ def check_ground_truth(measured: dict) -> list[str]:
     problems = []
     for n_words, r in measured.items():
         if r["accuracy"] < 1.0 or r["corrupt_accuracy"] < 1.0:
-            problems.append(f"n_words={n_words}: accuracy {r['accuracy']}, on corrupted prompts {r['corrupt_accuracy']}")
+            problems.append(f"n_words={n_words}: accuracy {r['accuracy']}, "
+                            f"on corrupted prompts {r['corrupt_accuracy']}")
         if r["logit_diff_min"] < LOGIT_SCALE - 1e-3:
             problems.append(f"n_words={n_words}: smallest logit difference {r['logit_diff_min']} < {LOGIT_SCALE}")
     return problems
