@@ -15,6 +15,7 @@ from .registry import CHECKPOINTS
 RECIPES = {
     "induction-2l": "interp.zoo.recipes.induction",
     "ioi-small": "interp.zoo.recipes.ioi",
+    "constructed": "interp.zoo.recipes.constructed",
 }
 
 
