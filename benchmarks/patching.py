@@ -1,10 +1,12 @@
 """Exact activation patching: headlab's engine against TransformerLens's patching functions.
 
-    python benchmarks/patching.py            # both models, CPU (about 15-25 minutes on 2 cores)
+    python benchmarks/patching.py            # every model, CPU (about 30-45 minutes on 2 cores)
     python benchmarks/patching.py --device cuda
 
-(a) a random GPT-2-small-shaped model (12 layers x 12 heads, d_model 768, vocab 50257), 8
-prompt pairs of 16 tokens; (b) the zoo IOI model on 16 held-out IOI prompts of one template.
+(a) a random GPT-2-small-shaped model (12 layers x 12 heads, d_model 768, vocab 50257) and
+(b) a random Llama-shaped model (12 layers, 12 query heads sharing 4 key/value heads, d_model
+768, gated SiLU MLP of 2048, vocab 32000), 8 prompt pairs of 16 tokens each; (c) the zoo IOI
+model on 16 held-out IOI prompts of one template.
 Sweeps: each head's output (z) per position, and at all positions. Both libraries run on the
 same bridge and inputs in this process; results are checked for equality on every patch both
 computed. When TransformerLens's full sweep would take too long, it runs on a random sample of
@@ -42,6 +44,20 @@ def gpt2_small_shaped(folder: Path):
     tok.save_pretrained(folder)
 
 
+def llama_shaped(folder: Path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from interp.zoo.recipes.common import build_word_tokenizer
+
+    tok = build_word_tokenizer([f"w{i}" for i in range(32000 - 3)])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
+                         num_attention_heads=12, num_key_value_heads=4, max_position_embeddings=256,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
 def random_task(model, first_diff: int, batch: int = 8, n_pos: int = 16, seed: int = 0) -> Task:
     """Random prompts; the corrupted twin differs in the one token at `first_diff` (like a
     name swap), so positions before it are identical in both runs."""
@@ -72,8 +88,9 @@ def tl_sweep(model, task, per_position: bool, sample: int | None, seed: int = 0)
     index = index.rename(columns={"head": "head_index"}) if per_position else index
     setter = tlp.layer_pos_head_vector_patch_setter if per_position else tlp.layer_head_vector_patch_setter
     with torch.no_grad():
-        _, clean_cache = model.bridge.run_with_cache(task.clean.to(model.device))
-        values, seconds = timed(tlp.generic_activation_patch, model.bridge, task.corrupt.to(model.device),
+        bridge = model._backend.bridge  # the peer runs on TransformerLens's own bridge of this model
+        _, clean_cache = bridge.run_with_cache(task.clean.to(model.device))
+        values, seconds = timed(tlp.generic_activation_patch, bridge, task.corrupt.to(model.device),
                                 clean_cache, metric, setter, "z", index_df=index)
     return values.cpu(), index.to_numpy(), seconds, len(full)
 
@@ -120,16 +137,16 @@ def main():
     budget = args.budget_mib << 20
     print(f"machine: {machine()}")
     rows = []
-    if not args.skip_big:
+    for name, build in ([] if args.skip_big else [("gpt2-small-shaped", gpt2_small_shaped), ("llama-shaped", llama_shaped)]):
         with tempfile.TemporaryDirectory() as tmp:
-            gpt2_small_shaped(Path(tmp))
+            build(Path(tmp))
             big = load_model(tmp, device=args.device, dtype=dtype)
         for first_diff in (8, 1):
             task = random_task(big, first_diff)
-            rows.append(run_case(f"gpt2-small-shaped, diff at {first_diff}", big, task, True, args.tl_sample, budget, args.device))
+            rows.append(run_case(f"{name}, diff at {first_diff}", big, task, True, args.tl_sample, budget, args.device))
             print(rows[-1], flush=True)
         task = random_task(big, 8)
-        rows.append(run_case("gpt2-small-shaped, diff at 8", big, task, False, 36, budget, args.device))
+        rows.append(run_case(f"{name}, diff at 8", big, task, False, 36, budget, args.device))
         print(rows[-1], flush=True)
         del big
     from circuits.tasks import ioi_task
