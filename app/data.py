@@ -1,6 +1,11 @@
 """The dashboard's only way to the result bundles: list them, find one by name, load its
 tables and figures (cached), and gather every per-head number the bundles hold.
 
+Pages are built by many request threads at once. Cached tables are only read; figures are
+cached as JSON text and every request gets its own Figure built from it, because plotly
+objects are not thread-safe (building a Figure from a shared one, or from a shared dict,
+briefly removes each trace's "type" from it, so another thread builds the wrong trace).
+
 Everything goes through `interp.results`; nothing is recomputed, and no tensor is loaded
 (so torch is never imported by a page load). A bundle name from a URL is only ever
 compared with the names `list_bundles` returns, never joined onto a path.
@@ -8,6 +13,7 @@ compared with the names `list_bundles` returns, never joined onto a path.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -92,8 +98,9 @@ class Runs:
         return self._parts.get(entry, "tables", name, lambda: entry.bundle.table(name))
 
     def figure(self, entry: BundleEntry, name: str) -> go.Figure:
-        """A fresh copy of figure `name`, safe to restyle."""
-        return go.Figure(self._parts.get(entry, "figures", name, lambda: entry.bundle.figure(name)))
+        """Figure `name` of a readable bundle, this caller's own (safe to restyle)."""
+        text = self._parts.get(entry, "figures", name, lambda: entry.bundle.figure(name).to_json())
+        return go.Figure(json.loads(text))
 
     def models(self) -> list[str]:
         """Names of the models that readable bundles were made with, sorted."""

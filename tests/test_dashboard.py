@@ -53,6 +53,38 @@ def page_content(url: str, pathname: str, search: str = "") -> str:
         return response.read().decode()
 
 
+def components(content: str) -> list[dict]:
+    """Every Dash component (dict with "type" and "props") in a page-content response."""
+    found: list[dict] = []
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            if "type" in value and "props" in value:
+                found.append(value)
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(json.loads(content)["response"])
+    return found
+
+
+def error_cards(content: str) -> list[str]:
+    """The titles of the red error cards in a page-content response."""
+    titles = []
+    for component in components(content):
+        if component["props"].get("className") == "card error-card":
+            strong = component["props"]["children"][0]
+            titles.append(strong["props"]["children"])
+    return titles
+
+
+def graphs(content: str) -> list[dict]:
+    return [c for c in components(content) if c["type"] == "Graph"]
+
+
 def test_dashboard_refuses_a_missing_runs_folder(tmp_path, capsys):
     assert main(["dashboard", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -114,38 +146,103 @@ def test_csv_download_returns_the_bundle_table(dashboard_url, dashboard_runs):
     assert status == 500 and "broken-table" in body
 
 
-def test_fifty_concurrent_page_loads_all_succeed(dashboard_url, dashboard_runs):
-    """50 threads each load the run list and a heads grid (shell + content) at once."""
-    name = next(e.path.name for e in list_bundles(dashboard_runs) if e.ok)
-    results: list[tuple[int, bool]] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-    start = threading.Barrier(50)
+def every_page(runs: Path) -> list[tuple[str, str]]:
+    """(pathname, search) of one page of every kind: run list, both heads grids, a head page
+    of each model, and the page of every readable bundle (each analysis, stored figures too)."""
+    pages = [("/", ""), ("/heads", "?model=zoo%2Fioi-small"), ("/heads", "?model=zoo%2Finduction-2l"),
+             ("/head", "?model=zoo%2Fioi-small&layer=0&head=2"), ("/head", "?model=zoo%2Finduction-2l&layer=1&head=2")]
+    pages += [(f"/bundle/{e.path.name}", "") for e in list_bundles(runs) if e.ok and e.path.name != "broken-table"]
+    return pages
 
-    def load(i: int) -> None:
-        try:
-            start.wait(timeout=30)
-            status, shell = raw_get(dashboard_url, "/" if i % 2 else "/heads?model=zoo/ioi-small")
-            content = page_content(dashboard_url, "/") if i % 2 else page_content(
-                dashboard_url, "/heads", "?model=zoo/ioi-small")
-            ok = "headlab dashboard" in shell and (name in content if i % 2 else "heads-grid" in content)
-            with lock:
-                results.append((status, ok))
-        except BaseException as error:  # collected and reported below
-            with lock:
-                errors.append(error)
 
-    threads = [threading.Thread(target=load, args=(i,)) for i in range(50)]
+# The analyses whose bundle pages show the figures stored in the bundle.
+STORED_FIGURES = ("sinks", "maps", "attention-patterns")
+# The damaged copies: their own error cards are expected on the pages that list them.
+DAMAGED = {f"bundle {name}" for name in ("broken-meta", "broken-missing", "broken-table")}
+
+
+def test_a_hundred_concurrent_loads_of_every_page_kind(dashboard_url, dashboard_runs):
+    """Each page of every kind (and a CSV download) loaded by 100 threads at once (shell +
+    content): all answer 200 with the figures the page has when loaded alone, and no error
+    card but those of the damaged copies. The bundles with stored figures are among them."""
+    pages = every_page(dashboard_runs)
+    analyses = {e.bundle.meta["analysis"] for e in list_bundles(dashboard_runs) if e.ok}
+    assert set(STORED_FIGURES) <= analyses
+    pruning = next(e.path.name for e in list_bundles(dashboard_runs) if e.ok and e.bundle.meta["analysis"] == "pruning")
+    csv_path = f"/download/{pruning}/importance.csv"
+    alone = {}
+    for pathname, search in pages:
+        content = page_content(dashboard_url, pathname, search)
+        assert set(error_cards(content)) <= DAMAGED, (pathname, error_cards(content))
+        alone[pathname + search] = len(graphs(content))
+    assert sum(alone.values()) > 20
+    csv_alone = raw_get(dashboard_url, csv_path)[1]
+
+    def load(pathname: str, search: str) -> str:
+        """'' when the page loads as it does alone, else what went wrong."""
+        status, shell = raw_get(dashboard_url, pathname + search)
+        if pathname == csv_path:
+            return "" if status == 200 and shell == csv_alone else f"{pathname}: {status}"
+        content = page_content(dashboard_url, pathname, search)
+        cards = set(error_cards(content)) - DAMAGED
+        drawn = len(graphs(content))
+        if status != 200 or "headlab dashboard" not in shell or cards or drawn != alone[pathname + search]:
+            return f"{pathname}{search}: {status}, error cards {cards}, {drawn} graphs"
+        return ""
+
+    problems: list[str] = []
     began = time.perf_counter()
+    for pathname, search in [*pages, (csv_path, "")]:
+        problems += [p for p in at_once(100, lambda: load(pathname, search)) if p]
+    elapsed = time.perf_counter() - began
+    assert not problems, f"{len(problems)} of {100 * (len(pages) + 1)} loads failed: {problems[:3]}"
+    print(f"{len(pages) + 1} pages, each loaded by 100 threads at once: {elapsed:.1f} s")
+
+
+def at_once(n: int, call) -> list:
+    """`call()` in `n` threads started together; their results (or the exceptions' repr)."""
+    results: list = []
+    lock = threading.Lock()
+    start = threading.Barrier(n)
+
+    def run() -> None:
+        try:
+            start.wait(timeout=60)
+            result = call()
+        except BaseException as error:  # collected and reported by the caller
+            result = repr(error)
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=120)
-    elapsed = time.perf_counter() - began
-    assert not errors, errors[:3]
-    assert len(results) == 50 and all(status == 200 and ok for status, ok in results)
-    assert elapsed < 60, f"50 concurrent page loads took {elapsed:.1f} s"
-    print(f"50 concurrent page loads: {elapsed:.2f} s")
+        thread.join(timeout=300)
+    assert len(results) == n, f"{n - len(results)} of {n} threads did not finish"
+    return results
+
+
+def test_stored_figures_load_concurrently_in_one_process(dashboard_runs):
+    """100 threads of one process take the stored figures that pages show from the shared
+    cache, twice each: every one is complete and equal to the bundle's own. (Copying one
+    cached plotly Figure from many threads fails most of the time: plotly briefly pops each
+    trace's "type" while it copies.)"""
+    runs = Runs(dashboard_runs)
+    parts = [(e, name) for e in runs.entries() if e.ok and e.bundle.meta["analysis"] in STORED_FIGURES
+             for name in e.bundle.figure_names]
+    assert len(parts) == 4  # sinks, maps (two), attention patterns
+    expected = {(e.path.name, name): read_bundle(e.path).figure(name).to_json() for e, name in parts}
+
+    def take() -> str:
+        for _ in range(2):
+            for entry, name in parts:
+                if runs.figure(entry, name).to_json() != expected[entry.path.name, name]:
+                    return f"{entry.path.name}/{name} differs"
+        return ""
+
+    failures = [r for r in at_once(100, take) if r]
+    assert not failures, f"{len(failures)} of 100 threads failed, e.g. {failures[0][:300]}"
 
 
 def test_page_loads_do_not_import_torch(dashboard_server, dashboard_runs):
