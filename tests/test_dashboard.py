@@ -11,29 +11,35 @@ import http.client
 import io
 import json
 import os
+import re
+import shutil
 import threading
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pandas as pd
 import pytest
+from werkzeug.test import Client
 
 from app.data import Runs
 from app.demo import run_steps
+from app.server import create_app, guard_host
+from app.views.common import bundle_href, download_href, head_href
 from interp.cli import main
 from interp.results import list_bundles, read_bundle
 
 pytest_plugins = ["tests.dashboard_fixtures"]
 
 
-def raw_get(url: str, path: str) -> tuple[int, str]:
-    """GET `path` exactly as written (no client-side normalisation of '..' or '%2e')."""
+def raw_get(url: str, path: str, host: str | None = None) -> tuple[int, str]:
+    """GET `path` exactly as written (no client-side normalisation of '..' or '%2e'), with
+    `host` as the Host header if given."""
     parts = urlsplit(url)
     connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers={"Host": host} if host else {})
         response = connection.getresponse()
         return response.status, response.read().decode("utf-8", "replace")
     finally:
@@ -112,6 +118,10 @@ def test_server_binds_loopback_and_lists_every_bundle(dashboard_url, dashboard_r
     "/download/%2Fetc%2Fpasswd/x.csv",
     "/_dash-component-suites/../../../../etc/passwd",
     "/bundle/.hidden",
+    "/bundle/a%5Cb",
+    "/bundle/a\\b",
+    "/bundle/a%00b",
+    "/heads/%2e%2e/",
 ])
 def test_path_traversal_is_refused(dashboard_url, path):
     status, body = raw_get(dashboard_url, path)
@@ -144,6 +154,149 @@ def test_csv_download_returns_the_bundle_table(dashboard_url, dashboard_runs):
     assert raw_get(dashboard_url, "/download/broken-meta/scores.csv")[0] == 404
     status, body = raw_get(dashboard_url, "/download/broken-table/scores.csv")
     assert status == 500 and "broken-table" in body
+
+
+@pytest.mark.parametrize("url", [
+    "/bundle/no-such-bundle",
+    "/bundle/no%20such%20bundle",
+    "/heads?model=no%2Fsuch-model",
+    "/head?model=no%2Fsuch-model&layer=0&head=0",
+    "/head?model=zoo%2Fioi-small&layer=99&head=0",
+    "/head?model=zoo%2Fioi-small&layer=0&head=99",
+    "/head?model=zoo%2Fioi-small&layer=-1&head=0",
+    "/head?model=zoo%2Fioi-small&layer=4&head=0",  # 4 layers x 8 heads
+    "/head?model=zoo%2Fioi-small&layer=0&head=8",
+    "/head?model=zoo%2Fioi-small&layer=0&head=1.0",
+    "/head?model=zoo%2Fioi-small&layer=0",
+    "/nowhere",
+])
+def test_a_page_for_something_missing_answers_404_and_says_so(dashboard_url, url):
+    status, shell = raw_get(dashboard_url, url)
+    assert status == 404 and "<title>Not found" in shell, (url, status)
+    pathname, _, search = url.partition("?")
+    heading = components(page_content(dashboard_url, pathname, "?" + search if search else ""))[0]
+    assert heading["type"] == "H2" and heading["props"]["children"].endswith("not found"), heading
+
+
+def test_the_last_head_and_other_pages_that_exist_answer_200(dashboard_url, dashboard_runs):
+    for url in ["/head?model=zoo%2Fioi-small&layer=3&head=7", "/head?model=zoo%2Fioi-small&layer=0&head=0",
+                "/heads", "/", "/bundle/broken-meta"]:  # a listed but unreadable bundle: its error card
+        assert raw_get(dashboard_url, url)[0] == 200, url
+
+
+def test_a_csv_of_a_missing_table_or_bundle_answers_404(dashboard_url, dashboard_runs):
+    pruning = next(e.path.name for e in list_bundles(dashboard_runs) if e.ok and e.bundle.meta["analysis"] == "pruning")
+    for url in [f"/download/{pruning}/no-such-table.csv", "/download/no-such-bundle/curve.csv",
+                "/download/broken-meta/scores.csv"]:
+        status, body = raw_get(dashboard_url, url)
+        assert status == 404 and body.startswith("not found"), (url, status, body)
+
+
+# Characters a URL may carry as they are (RFC 3986 unreserved and reserved), and '%' escapes.
+URL_SAFE = re.compile(r"(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?]|%[0-9A-F]{2})*")
+
+
+def test_every_link_on_every_page_is_url_encoded_and_opens(dashboard_url, dashboard_runs):
+    """Every href on every page is percent-encoded (names as one path segment each) and
+    leads to a page that exists (200, no "not found"), or to a CSV download."""
+    hrefs = set()
+    for pathname, search in every_page(dashboard_runs):
+        hrefs |= {c["props"]["href"] for c in components(page_content(dashboard_url, pathname, search))
+                  if "href" in c["props"]}
+    assert len(hrefs) > 50
+    for href in sorted(hrefs):
+        assert URL_SAFE.fullmatch(href), href
+        path, _, search = href.partition("?")
+        if path.startswith(("/bundle/", "/download/")):
+            for segment in path.split("/")[2:]:
+                assert quote(unquote(segment), safe="") == segment, href
+        status, body = raw_get(dashboard_url, href)
+        assert status == 200, (href, status)
+        if path.startswith("/download/"):
+            bundle, table = (unquote(segment) for segment in path.removeprefix("/download/").split("/"))
+            stored = read_bundle(dashboard_runs / bundle).table(table.removesuffix(".csv"))
+            assert body.splitlines()[0].split(",") == list(map(str, stored.columns)), href
+            continue
+        heading = components(page_content(dashboard_url, path, "?" + search if search else ""))[0]
+        assert not heading["props"]["children"].endswith("not found"), href
+
+
+def test_every_graph_is_configured_without_a_way_to_send_it_anywhere(dashboard_url, dashboard_runs):
+    drawn = 0
+    for pathname, search in every_page(dashboard_runs):
+        for graph in graphs(page_content(dashboard_url, pathname, search)):
+            config = graph["props"].get("config", {})
+            assert config.get("showSendToCloud") is False and config.get("showEditInChartStudio") is False, pathname
+            assert config.get("displaylogo") is False and config.get("showLink") is False, pathname
+            drawn += 1
+    assert drawn > 20
+
+
+def test_a_folder_named_outside_the_naming_rule_is_an_error_card_that_states_it(tmp_path, dashboard_runs):
+    """Such a folder is listed as unreadable, with the rule, and never linked to; its page
+    (reached by typing its encoded name) shows the same card."""
+    source = next(e.path for e in list_bundles(dashboard_runs) if e.ok and e.bundle.meta["analysis"] == "heads")
+    odd = ["run #1 (copy)", "résumé", "a?b&c=d"]
+    for name in [*odd, "good-name"]:
+        shutil.copytree(source, tmp_path / name)
+    client = create_app(tmp_path).server.test_client()
+
+    def content(pathname: str) -> str:
+        body = {"output": "page.children", "outputs": {"id": "page", "property": "children"},
+                "inputs": [{"id": "url", "property": "pathname", "value": pathname},
+                           {"id": "url", "property": "search", "value": ""}],
+                "changedPropIds": ["url.pathname"], "state": []}
+        response = client.post("/_dash-update-component", json=body)
+        assert response.status_code == 200
+        return response.get_data(as_text=True)
+
+    run_list = content("/")
+    cards = {c["props"]["children"][0]["props"]["children"]: c["props"]["children"][1]["props"]["children"]
+             for c in components(run_list) if c["props"].get("className") == "card error-card"}
+    assert set(cards) == {f"bundle {name}" for name in odd}
+    for text in cards.values():
+        assert "letters, digits, '_', '-' or '.'" in text and "Rename the folder" in text, text
+    hrefs = [c["props"]["href"] for c in components(run_list) if "href" in c["props"]]
+    assert "/bundle/good-name" in hrefs and not [h for h in hrefs if "copy" in h or "sum" in h or "%3F" in h]
+    for name in odd:
+        pathname = "/bundle/" + quote(name, safe="")
+        assert client.get(pathname).status_code == 200
+        assert error_cards(content(pathname)) == [f"bundle {name}"]
+    assert client.get("/bundle/good-name").status_code == 200 and error_cards(content("/bundle/good-name")) == []
+
+
+def test_link_builders_encode_names_as_single_segments():
+    assert bundle_href("a b#c?d/e%") == "/bundle/a%20b%23c%3Fd%2Fe%25"
+    assert download_href("a/b", "t&u") == "/download/a%2Fb/t%26u.csv"
+    assert head_href("org/m&n", 1, 2) == "/head?model=org%2Fm%26n&layer=1&head=2"
+
+
+@pytest.mark.parametrize("host, status", [
+    ("127.0.0.1:{port}", 200), ("localhost:{port}", 200), ("LOCALHOST:{port}", 200), ("[::1]:{port}", 200),
+    ("evil.example:{port}", 403), ("evil.example", 403), ("127.0.0.1:{other}", 403), ("127.0.0.1", 403),
+    ("localhost.evil.example:{port}", 403), ("", 403),
+])
+def test_a_loopback_server_refuses_other_host_headers(dashboard_url, host, status):
+    """DNS rebinding: a page from evil.example that re-points its name at 127.0.0.1 sends
+    'Host: evil.example'; the server bound to loopback must not answer it."""
+    port = urlsplit(dashboard_url).port
+    header = host.format(port=port, other=port + 1)
+    for path in ["/", "/bundle/broken-meta", "/_dash-layout"]:
+        got, body = raw_get(dashboard_url, path, host=header or " ")
+        assert got == status, (header, path, got)
+        if status == 403:
+            assert "forbidden" in body and "headlab" not in body
+
+
+def test_a_server_bound_to_all_addresses_accepts_any_host_header(dashboard_runs):
+    app = create_app(dashboard_runs).server
+    assert guard_host(app, "0.0.0.0", 8050) is app
+    for bound, allowed, refused in (("127.0.0.1", "127.0.0.1:8050", "evil.example:8050"),
+                                    ("::1", "[::1]:8050", "evil.example:8050"),
+                                    ("localhost", "localhost:8050", "127.0.0.2:8050")):
+        client = Client(guard_host(app, bound, 8050))
+        assert client.get("/_dash-layout", headers={"Host": allowed}).status_code == 200, bound
+        assert client.get("/_dash-layout", headers={"Host": refused}).status_code == 403, bound
 
 
 def every_page(runs: Path) -> list[tuple[str, str]]:
