@@ -140,6 +140,7 @@ class Runs:
 
 
 def _check_folder_name(entry: BundleEntry) -> BundleEntry:
+    """`entry`, or an unreadable entry stating the naming rule when its folder's name breaks it."""
     try:
         check_name(entry.path.name, "a bundle folder's name")
     except ValueError as error:

@@ -103,15 +103,19 @@ def locate(runs: Runs, pathname: str | None, search: str | None) -> Page:
         return Page(True, partial(runs_page, runs))
     if path in ("/heads", "/head"):
         model = query.get("model")
+        if model is None and path == "/heads":
+            return Page(True, partial(models_page, runs, None))
         if model not in runs.models():
-            return Page(model is None and path == "/heads", partial(models_page, runs, model))
+            return Page(False, partial(models_page, runs, model or ""))
         if path == "/heads":
             return Page(True, partial(grid_page, runs, model))
         return _locate_head(runs, model, query.get("layer"), query.get("head"))
     if path.startswith("/bundle/"):
         name = path.removeprefix("/bundle/")
         entry = runs.entry(name)
-        return Page(False, partial(bundle_not_found, name)) if entry is None else Page(True, partial(bundle_page, runs, entry))
+        if entry is None:
+            return Page(False, partial(bundle_not_found, name))
+        return Page(True, partial(bundle_page, runs, entry))
     return Page(False, lambda: [html.H2("Page not found"), notice(f"No page at {pathname!r}.")])
 
 
@@ -195,7 +199,8 @@ def _answer_missing_pages_with_404(app: dash.Dash, runs: Runs) -> None:
 
     @app.server.before_request
     def not_found():
-        if request.method not in ("GET", "HEAD") or request.url_rule is None or request.url_rule.rule not in pages:
+        rule = request.url_rule
+        if request.method not in ("GET", "HEAD") or rule is None or rule.rule not in pages:
             return None
         raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or ""
         pathname = raw.split("?", 1)[0] if raw.startswith("/") else quote(request.path)

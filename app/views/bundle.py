@@ -205,7 +205,8 @@ def _maps(runs: Runs, entry) -> list:
     table = scores.pivot(index=["layer", "head"], columns="relation", values="score")
     model = entry.bundle.meta["model"]
     salient = [name for name in entry.bundle.table_names if name.startswith("salient_")]
-    parts = [section("Heads × relations (share of pairs whose target is among the head's top-k outputs)",
+    parts = [section("Heads × relations (share of pairs whose target is among the head's top-k outputs; "
+                     "shaded from 0, white, to 1)",
                      _scores_table(table, model)),
              section("Relations", frame_table(runs.table(entry, "relations")))]
     if salient:

@@ -113,10 +113,11 @@ def heatmap(z, x, y, *, quantity: str, scale: str, title: str = "", customdata=N
         fig.update_layout(height=height)
     return fig
 
-# The plotly mode bar without its logo and without any way to send a chart elsewhere:
-# the results may be unpublished.
-GRAPH_CONFIG = {"displaylogo": False, "showSendToCloud": False, "showEditInChartStudio": False,
-                "showLink": False}
+
+# The plotly mode bar without its logo and without plotly.js 4's "Share chart..." button
+# (on by default, it posts the chart to plotlyServerURL, cloud.plotly.com by default): the
+# results may be unpublished. The empty URL keeps any such button inert.
+GRAPH_CONFIG = {"displaylogo": False, "showSendToCloud": False, "plotlyServerURL": ""}
 
 
 def graph(fig: go.Figure, graph_id: str | None = None) -> dcc.Graph:

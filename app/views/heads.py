@@ -17,8 +17,8 @@ MAX_PATTERN_PROMPTS = 6
 
 def models_page(runs: Runs, model: str | None) -> list:
     """The list of models with a heads grid; `model`, if given, is one without readable bundles."""
-    return [html.H2("Model not found" if model else "Heads grids"),
-            notice(f"No readable bundle is for model {model!r}." if model else "Choose a model."),
+    return [html.H2("Heads grids" if model is None else "Model not found"),
+            notice("Choose a model." if model is None else f"No readable bundle is for model {model!r}."),
             html.Ul([html.Li(dcc.Link(m, href=grid_href(m))) for m in runs.models()], className="inline")]
 
 
