@@ -185,5 +185,5 @@ def _patching_positions(runs: Runs, entry, layer: int, head: int) -> list:
     x = [f"{p}:{labels[p]}" if p < len(labels) else str(p) for p in rows[position]]
     fig = go.Figure(go.Bar(x=x, y=rows["value"] - patching_baseline(meta)))
     fig.update_layout(title=f"{meta['parameters'].get('component')} per {position} — {entry.path.name}",
-                      yaxis_title=patching_quantity(meta).replace("<br>", " "), height=320)
+                      yaxis_title=patching_quantity(meta), margin={"l": 90}, height=320)
     return [graph(fig), dcc.Link("whole sweep", href=bundle_href(entry.path.name))]
