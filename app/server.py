@@ -11,12 +11,22 @@ Pages (all built from the bundles on disk at request time):
     /head?model=M&layer=L&head=H       one head in every analysis
     /bundle/NAME                       one bundle, drawn for its analysis
     /download/NAME/TABLE.csv           one table as CSV
+
+Dash draws every page in the browser, from a callback; the HTML shell is the same for all
+URLs. So that a URL naming something the runs folder lacks (a bundle, a model, a head) is
+answered 404, the shell of such a URL is sent with status 404 (the browser still draws the
+"not found" page), decided by the same `locate` the callback draws with.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from urllib.parse import parse_qs, unquote
+from typing import Callable
+from urllib.parse import parse_qs, quote, unquote
 
 import dash
 from dash import Input, Output, State, dcc, html
@@ -25,9 +35,9 @@ from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
 from app.data import Runs
-from app.views.bundle import bundle_page, token_map_figure
+from app.views.bundle import bundle_not_found, bundle_page, token_map_figure
 from app.views.common import error_card, head_href, notice
-from app.views.heads import grid_figure, grid_page, head_page, unknown_model
+from app.views.heads import grid_figure, grid_page, head_not_found, head_page, models_page
 from app.views.runs import runs_page
 
 _CSS = """
@@ -66,35 +76,66 @@ def create_app(runs_dir: str | Path) -> dash.Dash:
         html.Main(id="page"),
     ])
     _refuse_unsafe_paths(server)
+    _answer_missing_pages_with_404(app, runs)
     _add_download_route(server, runs)
     _add_callbacks(app, runs)
     return app
 
 
-def route(runs: Runs, pathname: str | None, search: str | None) -> list:
-    """The page for a URL. Names and numbers from the URL are matched against what the runs
-    folder holds, never used as paths."""
+@dataclass(frozen=True)
+class Page:
+    """What a URL shows: `build()` makes its content; `found` is False when the URL names
+    something the runs folder does not hold (the page then says so, with status 404)."""
+
+    found: bool
+    build: Callable[[], list]
+
+
+_INDEX = re.compile(r"0|[1-9][0-9]{0,5}")  # a layer or head number as written in a URL
+
+
+def locate(runs: Runs, pathname: str | None, search: str | None) -> Page:
+    """The page for a URL (`pathname` percent-encoded, as the browser has it). Names and
+    numbers from the URL are matched against what the runs folder holds, never used as paths."""
     query = {k: v[-1] for k, v in parse_qs((search or "").lstrip("?")).items()}
-    path = (pathname or "/").rstrip("/") or "/"
+    path = unquote(pathname or "/").rstrip("/") or "/"
     if path == "/":
-        return runs_page(runs)
-    if path == "/heads":
+        return Page(True, partial(runs_page, runs))
+    if path in ("/heads", "/head"):
         model = query.get("model")
-        return grid_page(runs, model) if model in runs.models() else unknown_model(runs, model)
-    if path == "/head":
-        model = query.get("model")
+        if model is None and path == "/heads":
+            return Page(True, partial(models_page, runs, None))
         if model not in runs.models():
-            return unknown_model(runs, model)
-        try:
-            layer, head = int(query["layer"]), int(query["head"])
-        except (KeyError, ValueError):
-            return [notice("A head page needs integer layer and head, e.g. /head?model=M&layer=0&head=1.")]
-        if layer < 0 or head < 0:
-            return [notice(f"layer and head must be >= 0, got layer {layer}, head {head}.")]
-        return head_page(runs, model, layer, head)
+            return Page(False, partial(models_page, runs, model or ""))
+        if path == "/heads":
+            return Page(True, partial(grid_page, runs, model))
+        return _locate_head(runs, model, query.get("layer"), query.get("head"))
     if path.startswith("/bundle/"):
-        return bundle_page(runs, unquote(path.removeprefix("/bundle/")))
-    return [html.H2("Page not found"), notice(f"No page at {pathname!r}.")]
+        name = path.removeprefix("/bundle/")
+        entry = runs.entry(name)
+        if entry is None:
+            return Page(False, partial(bundle_not_found, name))
+        return Page(True, partial(bundle_page, runs, entry))
+    return Page(False, lambda: [html.H2("Page not found"), notice(f"No page at {pathname!r}.")])
+
+
+def _locate_head(runs: Runs, model: str, layer: str | None, head: str | None) -> Page:
+    shape = runs.head_shape(model)
+    if shape is None:
+        return Page(False, partial(head_not_found, model, f"No bundle of {model} has per-head numbers or patterns."))
+    n_layers, n_heads = shape
+    valid = (layer is not None and head is not None and _INDEX.fullmatch(layer) and _INDEX.fullmatch(head)
+             and int(layer) < n_layers and int(head) < n_heads)
+    if not valid:
+        why = (f"{model} has layers 0-{n_layers - 1} and heads 0-{n_heads - 1}; this URL asks for layer {layer!r}, "
+               f"head {head!r} (a head page is /head?model=M&layer=L&head=H).")
+        return Page(False, partial(head_not_found, model, why))
+    return Page(True, partial(head_page, runs, model, int(layer), int(head), n_heads))
+
+
+def route(runs: Runs, pathname: str | None, search: str | None) -> list:
+    """The content of the page for a URL."""
+    return locate(runs, pathname, search).build()
 
 
 def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
@@ -152,12 +193,34 @@ def _refuse_unsafe_paths(server: Flask) -> None:
         return None
 
 
+def _answer_missing_pages_with_404(app: dash.Dash, runs: Runs) -> None:
+    """Send the page shell with status 404 for a URL that `locate` does not find."""
+    pages = ("/", "/<path:path>")  # Dash's routes of the shell
+
+    @app.server.before_request
+    def not_found():
+        rule = request.url_rule
+        if request.method not in ("GET", "HEAD") or rule is None or rule.rule not in pages:
+            return None
+        raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or ""
+        pathname = raw.split("?", 1)[0] if raw.startswith("/") else quote(request.path)
+        try:
+            found = locate(runs, pathname, request.query_string.decode("latin-1")).found
+        except Exception:  # noqa: BLE001 - the page itself will show the error card
+            return None
+        if found:
+            return None
+        shell = app.index().replace("<title>headlab dashboard</title>", "<title>Not found — headlab dashboard</title>", 1)
+        return Response(shell, status=404, mimetype="text/html")
+
+
 def _add_download_route(server: Flask, runs: Runs) -> None:
     @server.route("/download/<bundle>/<table>.csv")
     def download(bundle: str, table: str):
         entry = runs.entry(bundle)
         if entry is None or not entry.ok or table not in entry.bundle.table_names:
-            return Response("not found\n", status=404, mimetype="text/plain")
+            return Response(f"not found: no readable bundle {bundle!r} with a table {table!r}\n", status=404,
+                            mimetype="text/plain")
         try:
             csv = runs.table(entry, table).to_csv(index=False)
         except Exception as error:  # a damaged part: say which bundle
@@ -166,10 +229,37 @@ def _add_download_route(server: Flask, runs: Runs) -> None:
                         headers={"Content-Disposition": f'attachment; filename="{bundle}-{table}.csv"'})
 
 
+def guard_host(wsgi_app, host: str, port: int):
+    """`wsgi_app`, answering 403 to any request whose Host header is not this machine at
+    `port` while the server is bound to a loopback `host`: a web page from elsewhere whose
+    name its owner re-points at 127.0.0.1 (DNS rebinding) then cannot read the results.
+    Bound to any other `host` (e.g. --host 0.0.0.0, on purpose), `wsgi_app` is returned as is."""
+    names = {"localhost", "127.0.0.1", "[::1]", f"[{host}]" if ":" in host else host}
+    if host != "localhost" and not _is_loopback(host):
+        return wsgi_app
+    allowed = {f"{name}:{port}" for name in names} | (names if port == 80 else set())
+
+    def guarded(environ, start_response):
+        if environ.get("HTTP_HOST", "").lower() not in allowed:
+            start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+            return [f"forbidden: the dashboard answers only requests for {sorted(allowed)}\n".encode()]
+        return wsgi_app(environ, start_response)
+
+    return guarded
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
 def serve(runs_dir: str | Path, host: str = "127.0.0.1", port: int = 8050) -> None:
     """Serve the dashboard until interrupted; `port` 0 picks a free one. Prints the URL."""
     app = create_app(runs_dir)
     httpd = make_server(host, port, app.server, threaded=True)
+    httpd.app = guard_host(app.server, host, httpd.server_port)  # the port is known once bound
     shown = f"[{host}]" if ":" in host else host
     print(f"headlab dashboard: {Path(runs_dir).resolve()} at http://{shown}:{httpd.server_port}/  (Ctrl+C stops)",
           flush=True)

@@ -66,11 +66,28 @@ def test_run_list_shows_every_bundle(page, dashboard_url, dashboard_runs, screen
     page.screenshot(path=screenshots / "runs.png", full_page=True)
 
 
+# How the first trace of graph `graphId` is coloured, as plotly.js has it.
+COLOURING = """graphId => {
+    const trace = document.querySelector('#' + graphId + ' .js-plotly-plot').data[0];
+    return {zmin: trace.zmin, zmax: trace.zmax, zmid: trace.zmid, title: trace.colorbar.title.text};
+}"""
+
+
+def colouring(page, graph_id: str) -> dict:
+    return page.evaluate(COLOURING, graph_id)
+
+
 def test_grid_dropdown_changes_the_plotted_metric(page, dashboard_url, dashboard_runs, screenshots):
+    """The grid follows the dropdown; bounded scores are coloured on a fixed 0-1 range (the
+    IOI model's detector scores all lie below 0.1, which an auto-scaled range would paint up
+    to its top colour), signed effects diverging around 0; every colour bar says what it is."""
     open_page(page, f"{dashboard_url}/heads?model={quote('zoo/ioi-small')}", "#heads-grid .js-plotly-plot")
     heads = read_bundle(bundle(dashboard_runs, "heads", "zoo/ioi-small").path).table("scores")
     first = np.array(plotted(page, "heads-grid"), dtype=float)
     np.testing.assert_allclose(first, grid_values(heads[heads["kind"] == "previous_token"]), rtol=1e-6)
+    assert first.max() < 0.1
+    assert colouring(page, "heads-grid") == {"zmin": 0, "zmax": 1, "zmid": None,
+                                             "title": "previous-token score<br>(share of attention)"}
 
     page.click("#grid-metric")
     page.get_by_role("option", name=re.compile("^induction score")).click()
@@ -78,6 +95,8 @@ def test_grid_dropdown_changes_the_plotted_metric(page, dashboard_url, dashboard
                            ".startsWith('induction')")
     np.testing.assert_allclose(np.array(plotted(page, "heads-grid"), dtype=float),
                                grid_values(heads[heads["kind"] == "induction"]), rtol=1e-6)
+    assert colouring(page, "heads-grid") == {"zmin": 0, "zmax": 1, "zmid": None,
+                                             "title": "induction score<br>(share of attention)"}
 
     page.click("#grid-metric")
     page.get_by_role("option", name=re.compile("^pruning importance")).click()
@@ -86,9 +105,47 @@ def test_grid_dropdown_changes_the_plotted_metric(page, dashboard_url, dashboard
     importance = read_bundle(bundle(dashboard_runs, "pruning", "zoo/ioi-small").path).table("importance")
     np.testing.assert_allclose(np.array(plotted(page, "heads-grid"), dtype=float),
                                grid_values(importance, "importance"), rtol=1e-6)
+    assert colouring(page, "heads-grid")["title"].startswith("importance")
+
+    page.click("#grid-metric")
+    page.get_by_role("option", name=re.compile("^patching effect of z")).click()
+    page.wait_for_function("document.querySelector('#heads-grid .js-plotly-plot').layout.title.text"
+                           ".startsWith('patching')")
+    sweep = bundle(dashboard_runs, "patching-exact", "zoo/ioi-small", axes=["layer", "head"])
+    assert sweep.meta["parameters"]["direction"] == "denoise" and sweep.meta["parameters"]["normalized"]
+    effects = grid_values(read_bundle(sweep.path).table("values"), "value")  # unpatched run: 0 when normalised
+    np.testing.assert_allclose(np.array(plotted(page, "heads-grid"), dtype=float), effects, rtol=1e-6)
+    limit = np.abs(effects).max()
+    shown = colouring(page, "heads-grid")
+    assert shown["zmid"] == 0 and np.isclose(shown["zmax"], limit) and np.isclose(shown["zmin"], -limit)
+    assert shown["title"] == "patching effect<br>(normalised: 1 = clean−corrupted gap)"
     # The damaged copy is named on the page; the grid above still works.
     assert "bundle broken-table" in page.locator(".error-card").first.inner_text()
     page.screenshot(path=screenshots / "heads-grid.png", full_page=True)
+
+
+def test_the_mode_bar_offers_no_way_to_send_a_chart_anywhere(page, dashboard_url, screenshots):
+    open_page(page, f"{dashboard_url}/heads?model={quote('zoo/induction-2l')}", "#heads-grid .js-plotly-plot")
+    page.hover("#heads-grid .js-plotly-plot .nsewdrag")
+    page.wait_for_selector("#heads-grid .modebar-btn", state="visible")
+    buttons = page.locator("#heads-grid .modebar-btn").evaluate_all("bs => bs.map(b => b.getAttribute('data-title'))")
+    assert "Download plot as a PNG" in buttons  # the mode bar is there ...
+    for title in buttons:  # ... without plotly.js's "Share chart..." (to the cloud) or the logo link
+        assert not re.search("share|cloud|chart studio|plotly", title or "", re.IGNORECASE), buttons
+    assert page.locator("#heads-grid .modebar a[href]").count() == 0
+    context = page.evaluate("(() => { const c = document.querySelector('#heads-grid .js-plotly-plot')._context;"
+                            " return [c.showSendToCloud, c.displaylogo, c.plotlyServerURL]; })()")
+    assert context == [False, False, ""]
+    page.screenshot(path=screenshots / "heads-grid-modebar.png")
+
+
+def test_a_missing_bundle_answers_404_with_a_readable_page(page, dashboard_url, screenshots):
+    response = page.goto(f"{dashboard_url}/bundle/no-such-bundle")
+    assert response.status == 404
+    page.wait_for_selector("h2")
+    assert page.locator("h2").first.inner_text() == "Bundle not found"
+    assert "no bundle named 'no-such-bundle'" in page.locator(".notice").first.inner_text()
+    page.screenshot(path=screenshots / "not-found.png", full_page=True)
 
 
 def test_clicking_a_grid_cell_opens_that_heads_page(page, dashboard_url, dashboard_runs, screenshots):
@@ -143,10 +200,21 @@ def test_rollout_page_follows_prompt_and_layer(page, dashboard_url, dashboard_ru
     page.wait_for_function("document.querySelector('#tokmap-graph .js-plotly-plot').layout.title.text"
                            ".endsWith('prompt 1')")
     np.testing.assert_allclose(plotted(page, "tokmap-graph"), expected(1, 1), rtol=1e-6)
-    page.locator("#tokmap-layer [role=slider]").press("Home")  # the slider's thumb, to its first layer
+    thumb = page.locator("#tokmap-layer [role=slider]")
+    thumb.press("Home")  # the slider's thumb, to its first layer
     page.wait_for_function("document.querySelector('#tokmap-graph .js-plotly-plot').layout.title.text"
                            ".includes('after layer 0')")
     np.testing.assert_allclose(plotted(page, "tokmap-graph"), expected(1, 0), rtol=1e-6)
+    thumb.press("ArrowRight")  # one whole layer on
+    page.wait_for_function("document.querySelector('#tokmap-graph .js-plotly-plot').layout.title.text"
+                           ".includes('after layer 1')")
+    assert thumb.get_attribute("aria-valuenow") == "1"
+    np.testing.assert_allclose(plotted(page, "tokmap-graph"), expected(1, 1), rtol=1e-6)
+    assert colouring(page, "tokmap-graph") == {"zmin": 0, "zmax": 1, "zmid": None,
+                                               "title": "attribution<br>(share of the output)"}
+    thumb.press("Home")
+    page.wait_for_function("document.querySelector('#tokmap-graph .js-plotly-plot').layout.title.text"
+                           ".includes('after layer 0')")
     assert plotted(page, "tokmap-graph", "x")[0] == "0:<bos>"
     page.screenshot(path=screenshots / "rollout.png", full_page=True)
 
@@ -168,11 +236,14 @@ def test_pruning_page_plots_the_curves(page, dashboard_url, dashboard_runs, scre
 def test_patching_pages_draw_layer_by_head_and_layer_by_position(page, dashboard_url, dashboard_runs, screenshots):
     for axes, shot in ((["layer", "head"], "patching-heads.png"), (["layer", "pos"], "patching-positions.png")):
         sweep = bundle(dashboard_runs, "patching-exact", "zoo/ioi-small", axes=axes)
-        values = read_bundle(sweep.path).table("values")
+        assert sweep.meta["parameters"]["direction"] == "denoise" and sweep.meta["parameters"]["normalized"]
+        values = read_bundle(sweep.path).table("values")  # normalised denoising: the effect is the value
         open_page(page, f"{dashboard_url}/bundle/{sweep.path.name}", "#patching-heatmap .js-plotly-plot")
-        np.testing.assert_allclose(np.array(plotted(page, "patching-heatmap"), dtype=float),
-                                   values.pivot(index="layer", columns=axes[1], values="value").to_numpy(),
-                                   rtol=1e-6)
+        effects = values.pivot(index="layer", columns=axes[1], values="value").to_numpy()
+        np.testing.assert_allclose(np.array(plotted(page, "patching-heatmap"), dtype=float), effects, rtol=1e-6)
+        shown = colouring(page, "patching-heatmap")
+        assert shown["zmid"] == 0 and np.isclose(shown["zmax"], np.abs(effects).max()) and shown["zmin"] == -shown["zmax"]
+        assert shown["title"] == "patching effect<br>(normalised: 1 = clean−corrupted gap)"
         labels = plotted(page, "patching-heatmap", "x")
         assert labels[0] == ("H0" if axes[1] == "head" else "0:<bos>")
         page.screenshot(path=screenshots / shot, full_page=True)
@@ -185,8 +256,13 @@ def test_maps_page_has_the_heads_by_relations_table(page, dashboard_url, dashboa
     rows = page.locator("#maps-table tbody tr")
     assert rows.count() == len(scores.groupby(["layer", "head"]))
     best = scores.loc[scores["score"].idxmax()]
-    cells = page.locator("#maps-table tbody tr", has_text=f"L{best['layer']}H{best['head']}").first.inner_text()
-    assert f"{best['score']:.2f}" in cells
+    row = page.locator("#maps-table tbody tr", has_text=f"L{best['layer']}H{best['head']}").first
+    assert f"{best['score']:.2f}" in row.inner_text()
+    # Shaded on a fixed 0-1 scale: the best score (0.21 here) is not painted as a full 1.
+    assert 0 < best["score"] < 0.9
+    cell = row.locator("td", has_text=f"{best['score']:.2f}").first
+    colour = cell.evaluate("td => getComputedStyle(td).backgroundColor")
+    assert float(re.fullmatch(r"rgba\(31, 119, 180, ([0-9.]+)\)", colour).group(1)) == round(best["score"], 2)
     page.screenshot(path=screenshots / "maps.png", full_page=True)
 
 

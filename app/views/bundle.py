@@ -9,16 +9,19 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import dcc, html
 
-from app.data import Runs, bundle_metrics
-from app.views.common import (compact, error_card, frame_table, graph, grid_href, head_href, heatmap, notice,
-                              section, when)
+from app.data import Runs, bundle_metrics, patching_baseline, patching_quantity
+from app.views.common import (compact, download_href, error_card, frame_table, graph, grid_href, head_href, heatmap,
+                              notice, section, when)
 from app.views.heads import grid_figure
 
 
-def bundle_page(runs: Runs, name: str) -> list:
-    entry = runs.entry(name)
-    if entry is None:
-        return [html.H2("Bundle not found"), notice(f"There is no bundle named {name!r} in the runs folder.")]
+def bundle_not_found(name: str) -> list:
+    return [html.H2("Bundle not found"), notice(f"There is no bundle named {name!r} in the runs folder.")]
+
+
+def bundle_page(runs: Runs, entry) -> list:
+    """The page of one listed bundle (an error card for an unreadable one)."""
+    name = entry.path.name
     if not entry.ok:
         return [html.H2(f"Bundle {name}"), error_card(f"bundle {name}", entry.error)]
     meta = entry.bundle.meta
@@ -42,7 +45,7 @@ def _meta_block(entry) -> html.Div:
 
 
 def _downloads(entry) -> html.Div:
-    links = [html.A(f"{t}.csv", href=f"/download/{entry.path.name}/{t}.csv") for t in entry.bundle.table_names]
+    links = [html.A(f"{t}.csv", href=download_href(entry.path.name, t)) for t in entry.bundle.table_names]
     return section("Tables as CSV", html.Div(links, className="inline"))
 
 
@@ -105,8 +108,8 @@ def _token_maps(runs: Runs, entry) -> list:
         html.Label("prompt", htmlFor="tokmap-prompt"),
         dcc.Dropdown(id="tokmap-prompt", options=options, value=int(prompts[0]), clearable=False),
         html.Label("after layer"),
-        dcc.Slider(id="tokmap-layer", min=int(layers[0]), max=int(layers[-1]), step=None, value=int(layers[-1]),
-                   marks={int(layer): str(int(layer)) for layer in layers}),
+        dcc.Slider(id="tokmap-layer", min=int(layers[0]), max=int(layers[-1]), step=1, value=int(layers[-1]),
+                   marks={layer: str(layer) for layer in range(int(layers[0]), int(layers[-1]) + 1)}),
         graph(token_map_figure(runs, entry, int(prompts[0]), int(layers[-1])), "tokmap-graph"),
     ]
 
@@ -122,7 +125,7 @@ def token_map_figure(runs: Runs, entry, prompt: int, layer: int) -> go.Figure:
     k_tok = dict(zip(rows["key"], rows.get("key_token", rows["key"])))
     fig = heatmap(z.to_numpy(), [f"{k}:{k_tok[k]}" for k in z.columns], [f"{q}:{q_tok[q]}" for q in z.index],
                   title=f"{entry.bundle.meta['analysis']} after layer {layer}, prompt {prompt}",
-                  colorbar="share", height=520)
+                  quantity="attribution<br>(share of the output)", scale="share", height=520)
     fig.update_xaxes(title="input token (key)")
     fig.update_yaxes(title="output position (query)")
     return fig
@@ -136,7 +139,8 @@ def _patching(runs: Runs, entry) -> list:
     parameters = meta.get("parameters", {})
     axes = tuple(parameters.get("axes", []))
     values = runs.table(entry, "values")
-    grid = _patching_grid(values, axes, meta.get("pos_labels") or [])
+    effects = values.assign(value=values["value"] - patching_baseline(meta))
+    grid = _patching_grid(effects, axes, meta.get("pos_labels") or [])
     summary = html.P(f"clean metric {meta.get('clean_metric', float('nan')):.4g}, corrupted "
                      f"{meta.get('corrupt_metric', float('nan')):.4g}; {parameters.get('direction')} patching of "
                      f"{parameters.get('component')}" + (", normalised (1 = clean behaviour restored)"
@@ -144,7 +148,7 @@ def _patching(runs: Runs, entry) -> list:
     if grid is None:
         return [summary] + _stored_figures(runs, entry)
     z, x, y, x_title, y_title = grid
-    fig = heatmap(z, x, y, signed=True, colorbar="value", height=max(320, 28 * len(y) + 160),
+    fig = heatmap(z, x, y, quantity=patching_quantity(meta), scale="signed", height=max(320, 28 * len(y) + 160),
                   title=f"{meta['analysis']} of {parameters.get('component')} — {meta['model']}, {meta.get('task')}")
     fig.update_xaxes(title=x_title)
     fig.update_yaxes(title=y_title)
@@ -201,7 +205,8 @@ def _maps(runs: Runs, entry) -> list:
     table = scores.pivot(index=["layer", "head"], columns="relation", values="score")
     model = entry.bundle.meta["model"]
     salient = [name for name in entry.bundle.table_names if name.startswith("salient_")]
-    parts = [section("Heads × relations (share of pairs whose target is among the head's top-k outputs)",
+    parts = [section("Heads × relations (share of pairs whose target is among the head's top-k outputs; "
+                     "shaded from 0, white, to 1)",
                      _scores_table(table, model)),
              section("Relations", frame_table(runs.table(entry, "relations")))]
     if salient:
@@ -216,15 +221,14 @@ def _salient_href(model: str, table: str) -> str:
 
 
 def _scores_table(table: pd.DataFrame, model: str) -> html.Div:
-    """Rows heads, columns relations; each cell shaded by its score (darker = higher)."""
-    top = float(np.nanmax(table.to_numpy())) if table.size else 0.0
-    top = top if top > 0 else 1.0
+    """Rows heads, columns relations; each cell shaded by its score on a fixed 0-1 scale
+    (white 0, darkest 1), the same in every bundle."""
     header = html.Tr([html.Th("head")] + [html.Th(r, className="rotate") for r in table.columns])
     rows = []
     for (layer, head), values in table.iterrows():
         cells = [html.Td(dcc.Link(f"L{layer}H{head}", href=head_href(model, layer, head)))]
         for v in values:
-            shade = 0.0 if np.isnan(v) else float(v) / top
+            shade = 0.0 if np.isnan(v) else float(v)
             style = {"backgroundColor": f"rgba(31, 119, 180, {shade:.2f})", "color": "white" if shade > 0.6 else "black"}
             cells.append(html.Td("" if np.isnan(v) else f"{v:.2f}", style=style))
         rows.append(html.Tr(cells))

@@ -8,18 +8,22 @@ import pandas as pd
 import plotly.graph_objects as go
 from dash import dcc, html
 
-from app.data import HeadMetric, Runs
+from app.data import HeadMetric, Runs, patching_baseline, patching_quantity
 from app.views.common import (bundle_href, error_card, frame_table, graph, grid_href, head_href, heatmap,
                               notice, section)
 
 MAX_PATTERN_PROMPTS = 6
 
 
-def unknown_model(runs: Runs, model: str | None) -> list:
-    known = runs.models()
-    return [html.H2("Heads grid"),
-            notice(f"No readable bundle is for model {model!r}." if model else "Choose a model."),
-            html.Ul([html.Li(dcc.Link(m, href=grid_href(m))) for m in known], className="inline")]
+def models_page(runs: Runs, model: str | None) -> list:
+    """The list of models with a heads grid; `model`, if given, is one without readable bundles."""
+    return [html.H2("Heads grids" if model is None else "Model not found"),
+            notice("Choose a model." if model is None else f"No readable bundle is for model {model!r}."),
+            html.Ul([html.Li(dcc.Link(m, href=grid_href(m))) for m in runs.models()], className="inline")]
+
+
+def head_not_found(model: str, why: str) -> list:
+    return [html.H2("Head not found"), notice(why), html.P(dcc.Link("heads grid", href=grid_href(model)))]
 
 
 def grid_page(runs: Runs, model: str) -> list:
@@ -51,7 +55,7 @@ def grid_figure(metric: HeadMetric) -> go.Figure:
     layer, head = np.meshgrid(np.arange(n_layers), np.arange(n_heads), indexing="ij")
     custom = np.dstack([layer, head, detail]).tolist()
     fig = heatmap(z, list(range(n_heads)), list(range(n_layers)), title=f"{metric.label} — {metric.bundle}",
-                  signed=metric.signed, customdata=custom,
+                  quantity=metric.quantity, scale=metric.scale, customdata=custom,
                   hovertemplate="L%{customdata[0]}H%{customdata[1]}: %{z:.4f} %{customdata[2]}<extra></extra>",
                   height=max(300, 60 * n_layers + 150))
     fig.update_xaxes(title="head", tickvals=list(range(n_heads)), ticktext=[f"H{h}" for h in range(n_heads)])
@@ -59,9 +63,9 @@ def grid_figure(metric: HeadMetric) -> go.Figure:
     return fig
 
 
-def head_page(runs: Runs, model: str, layer: int, head: int) -> list:
+def head_page(runs: Runs, model: str, layer: int, head: int, n_heads: int) -> list:
+    """The page of head L`layer`H`head` of `model`, which has `n_heads` heads per layer."""
     metrics, errors = runs.head_metrics(model)
-    n_heads = max((int(m.values["head"].max()) + 1 for m in metrics), default=head + 1)
     page = [html.H2(f"Head L{layer}H{head} of {model}"),
             html.P([dcc.Link("← heads grid", href=grid_href(model)),
                     *([" · ", dcc.Link("previous head", href=head_href(model, layer, head - 1))] if head > 0 else []),
@@ -93,7 +97,7 @@ def _numbers(metrics: list[HeadMetric], layer: int, head: int) -> html.Div:
         here = values[(values["layer"] == layer) & (values["head"] == head)]
         if here.empty:
             continue
-        size = values["value"].abs() if metric.signed else values["value"]
+        size = values["value"].abs() if metric.scale == "signed" else values["value"]
         rank = int((size > size[here.index[0]]).sum()) + 1
         rows.append({"analysis": metric.analysis, "metric": metric.label, "value": float(here["value"].iloc[0]),
                      "rank": f"{rank} of {len(values)}", "detail": here["detail"].iloc[0],
@@ -116,8 +120,8 @@ def _patterns(runs: Runs, entry, layer: int, head: int) -> list:
     for prompt, grid in list(rows.groupby("prompt"))[:MAX_PATTERN_PROMPTS]:
         z = grid.pivot(index="query", columns="key", values="value")
         labels = _token_labels(grid, z.index, z.columns)
-        figures.append(graph(heatmap(z.to_numpy(), labels[1], labels[0], colorbar="attention", height=380,
-                                     title=f"prompt {prompt} — {entry.path.name}")))
+        figures.append(graph(heatmap(z.to_numpy(), labels[1], labels[0], quantity="attention<br>(share)",
+                                     scale="share", height=380, title=f"prompt {prompt} — {entry.path.name}")))
     return [html.Div(figures, className="grid-2")]
 
 
@@ -179,7 +183,7 @@ def _patching_positions(runs: Runs, entry, layer: int, head: int) -> list:
     rows = _head_rows(runs.table(entry, "values"), layer, head).sort_values(position)
     labels = meta.get("pos_labels") or []
     x = [f"{p}:{labels[p]}" if p < len(labels) else str(p) for p in rows[position]]
-    fig = go.Figure(go.Bar(x=x, y=rows["value"]))
+    fig = go.Figure(go.Bar(x=x, y=rows["value"] - patching_baseline(meta)))
     fig.update_layout(title=f"{meta['parameters'].get('component')} per {position} — {entry.path.name}",
-                      yaxis_title="value", height=320)
+                      yaxis_title=patching_quantity(meta), margin={"l": 90}, height=320)
     return [graph(fig), dcc.Link("whole sweep", href=bundle_href(entry.path.name))]
