@@ -56,6 +56,21 @@ def family_model(request, tmp_path_factory):
     return random_model(tmp_path_factory.mktemp(request.param), request.param, **FAMILY_SHAPES[request.param])
 
 
+def tl_sweep(tl_fn, model, task, clean_cache, metric, axes, shape, sample=40, seed=0):
+    """TransformerLens's sweep on at most `sample` random patches of the grid (its own
+    `index_df` option): returns (their indices [k, n_axes], its values [k]). Each of its
+    patches is an independent forward pass, so a sample tests the same thing as the grid."""
+    import pandas as pd
+
+    grid = torch.cartesian_prod(*[torch.arange(n) for n in shape]).reshape(-1, len(shape))
+    if len(grid) > sample:
+        grid = grid[torch.randperm(len(grid), generator=torch.Generator().manual_seed(seed))[:sample]]
+    index_df = pd.DataFrame(grid.numpy(), columns=list(axes))
+    with torch.no_grad():
+        values = tl_fn(bridge(model), task.corrupt, clean_cache, metric, index_df=index_df)
+    return grid, values
+
+
 def tl_metric(task):
     rows = torch.arange(task.batch)
 
@@ -73,13 +88,12 @@ def test_every_transformer_lens_sweep_equals_ours_on_every_family(family_model):
     for component, per_position, tl_fn in TL_SWEEPS:
         if component == "resid_mid" and model.cfg.parallel:
             continue  # parallel blocks have no resid_mid (tested below)
-        with torch.no_grad():
-            expected = tl_fn(bridge(model), task.corrupt, clean_cache, tl_metric(task))
         ours = patch(model, task, component, per_position=per_position, normalize=False, progress=False)
+        index, expected = tl_sweep(tl_fn, model, task, clean_cache, tl_metric(task), ours.axes, ours.values.shape)
         label = f"{model.cfg.family} {component} per_position={per_position}"
-        assert ours.values.shape == expected.shape, label
         scale = max(1.0, abs(ours.clean_metric), abs(ours.corrupt_metric))
-        assert torch.allclose(ours.values, expected, atol=1e-5 * scale, rtol=0), label
+        got = torch.stack([ours.values[tuple(i)] for i in index])
+        assert torch.allclose(got, expected, atol=1e-5 * scale, rtol=0), label
         checked += 1
     spread = (ours.values.max() - ours.values.min()).item()
     assert spread > 0.05 * scale, "the patches have sizeable effects"
@@ -273,10 +287,10 @@ def test_zoo_ioi_sweeps_equal_transformer_lens(ioi_model, component, per_positio
 
     task = ioi_task(ioi_model, n=6, split="test", seed=3, template="when-went")
     _, clean_cache = bridge(ioi_model).run_with_cache(task.clean)
-    with torch.no_grad():
-        expected = tl_fn(bridge(ioi_model), task.corrupt, clean_cache, tl_metric(task))
     ours = patch(ioi_model, task, component, per_position=per_position, normalize=False, progress=False)
-    assert torch.allclose(ours.values, expected, atol=1e-4, rtol=1e-5)
+    index, expected = tl_sweep(tl_fn, ioi_model, task, clean_cache, tl_metric(task), ours.axes, ours.values.shape,
+                               sample=60)
+    assert torch.allclose(torch.stack([ours.values[tuple(i)] for i in index]), expected, atol=1e-4, rtol=1e-5)
     assert ours.clean_metric > 5 and ours.corrupt_metric < 2, "the model solves IOI; ABC corruption removes it"
 
 
