@@ -101,17 +101,18 @@ class Functional:
         """Causal attention of queries at absolute positions `q_pos` over keys at 0..K-1.
 
         q `[..., Q, H, d_head]`, k/v `[..., K, H_kv, d_head]` with H a multiple of H_kv (query
-        head h reads key/value head h // (H / H_kv)); q_pos `[Q]` or broadcastable `[..., Q]`.
+        head h reads key/value head h // (H / H_kv)); leading axes broadcast against each other;
+        q_pos `[Q]` or broadcastable `[..., Q]`.
         Returns z `[..., Q, H, d_head]` and pattern `[..., H, Q, K]`.
         """
         a = self.arch
         n_q, n_heads, d_head = q.shape[-3:]
         n_k, n_kv = k.shape[-3], k.shape[-2]
         group = n_heads // n_kv
-        lead = q.shape[:-3]
-        qh = q.transpose(-3, -2).reshape(*lead, n_kv, group * n_q, d_head)  # [..., H_kv, G*Q, d]
-        kh, vh = k.transpose(-3, -2), v.transpose(-3, -2)                     # [..., H_kv, K, d]
-        scores = (torch.matmul(qh, kh.transpose(-1, -2)) * a.attn_scale[layer]).view(*lead, n_heads, n_q, n_k)
+        qh = q.transpose(-3, -2).reshape(*q.shape[:-3], n_kv, group * n_q, d_head)  # [..., H_kv, G*Q, d]
+        kh, vh = k.transpose(-3, -2), v.transpose(-3, -2)                             # [..., H_kv, K, d]
+        scores = torch.matmul(qh, kh.transpose(-1, -2)) * a.attn_scale[layer]
+        scores = scores.view(*scores.shape[:-3], n_heads, n_q, n_k)
         if a.attn_softcap is not None:
             scores = torch.tanh(scores / a.attn_softcap) * a.attn_softcap
         keys = torch.arange(n_k, device=k.device)
@@ -123,8 +124,8 @@ class Functional:
             hidden = hidden.unsqueeze(-3)  # broadcast over heads
         scores = scores.masked_fill(hidden, torch.finfo(scores.dtype).min)
         pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        z = torch.matmul(pattern.view(*lead, n_kv, group * n_q, n_k), vh)
-        return z.view(*lead, n_heads, n_q, d_head).transpose(-3, -2), pattern
+        z = torch.matmul(pattern.view(*pattern.shape[:-3], n_kv, group * n_q, n_k), vh)
+        return z.view(*z.shape[:-3], n_heads, n_q, d_head).transpose(-3, -2), pattern
 
     def attn_out(self, layer: int, z: Tensor) -> Tensor:
         """`z [..., pos, head, d_head]` -> the attention sublayer's output `[..., pos, d_model]`

@@ -1,0 +1,212 @@
+"""Edges: the model as a graph of senders writing into receivers' inputs, and the engine's
+edge-level runs (exact edge patching, receiver gradients for EAP/EAP-IG, masked runs for
+ACDC and circuit evaluation).
+
+The residual stream entering a block is the sum of everything written before it: the
+embeddings (`input`), each earlier head's output `z_h W_O[h]` (`a{l}.h{h}`), each earlier
+MLP's output (`m{l}`), plus constant biases (b_O), which are the same in every run and belong
+to no node. A head reads that sum three times, once per input (`<q>`, `<k>`, `<v>`), an MLP
+once, the logits once. An *edge* u -> r is one sender's term in one receiver's input;
+patching it gives the receiver `in_r + (a_u^corr - a_u^clean)` and recomputes everything
+downstream (METHODS.md §5). Under grouped-query attention each query head has its own k
+and v inputs (the key/value projection is shared, the input is not), as in EAP-IG's
+ungrouped graphs.
+
+Names follow EAP-IG and MIB: senders `input`, `a{l}.h{h}`, `m{l}`; receivers `a{l}.h{h}<q>`,
+`<k>`, `<v>`, `m{l}`, `logits`; edges `sender->receiver`. Models whose attention output passes
+through a norm before the residual stream (Gemma2's sandwich norms) are refused: their heads'
+outputs are not terms of a sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models import HookedModel
+from .engine import Engine, RunCache
+from .sweep import _bytes_per_variant, _default_budget, _final, _metric, check_run
+from .task import Task
+
+
+@dataclass(frozen=True)
+class EdgeLayout:
+    """Senders and receivers of a model's edge graph in canonical order, and which pairs are
+    edges. Senders: `input`, then per layer its heads and its MLP. Receivers: per layer each
+    head's q, k, v, then the MLP; `logits` last. `exists[s, r]` is True when sender s is
+    upstream of receiver r."""
+
+    n_layers: int
+    n_heads: int
+    parallel: bool
+    senders: tuple[str, ...]
+    receivers: tuple[str, ...]
+    sender_layer: tuple[int, ...]       # -1 for input
+    receiver_layer: tuple[int, ...]     # n_layers for logits
+    exists: torch.Tensor                # [n_senders, n_receivers] bool
+
+    @classmethod
+    def build(cls, n_layers: int, n_heads: int, parallel: bool) -> "EdgeLayout":
+        senders, s_layer = ["input"], [-1]
+        receivers, r_layer = [], []
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                senders.append(f"a{layer}.h{head}")
+                s_layer.append(layer)
+                for kind in "qkv":
+                    receivers.append(f"a{layer}.h{head}<{kind}>")
+                    r_layer.append(layer)
+            senders.append(f"m{layer}")
+            s_layer.append(layer)
+            receivers.append(f"m{layer}")
+            r_layer.append(layer)
+        receivers.append("logits")
+        r_layer.append(n_layers)
+        s_l, r_l = torch.tensor(s_layer)[:, None], torch.tensor(r_layer)[None, :]
+        is_head_sender = torch.tensor([name.startswith("a") for name in senders])[:, None]
+        is_mlp_receiver = torch.tensor([name.startswith("m") for name in receivers])[None, :]
+        same_layer_ok = is_head_sender & is_mlp_receiver & (s_l == r_l) & (not parallel)
+        exists = (s_l < r_l) | same_layer_ok
+        return cls(n_layers, n_heads, parallel, tuple(senders), tuple(receivers), tuple(s_layer), tuple(r_layer), exists)
+
+    @classmethod
+    def for_model(cls, model: HookedModel) -> "EdgeLayout":
+        return cls.build(model.cfg.n_layers, model.cfg.n_heads, model.cfg.parallel)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.exists.sum())
+
+    def receivers_of_layer(self, layer: int) -> list[int]:
+        return [i for i, l in enumerate(self.receiver_layer) if l == layer]
+
+
+def check_edge_model(model: HookedModel) -> Engine:
+    """The engine for edge-level methods, or a clear refusal."""
+    engine = Engine(model)
+    if model.arch.block == "sandwich":
+        raise ValueError(f"edge-level methods need each head's output to be a term of the residual stream; "
+                         f"{model.cfg.name} ({model.cfg.family}) normalises the attention output before adding it "
+                         f"(post-attention norm), so heads' outputs do not add up. Use node-level patching "
+                         f"(interp.patching.patch) on this model")
+    return engine
+
+
+def sender_outputs(engine: Engine, run: RunCache) -> torch.Tensor:
+    """Every sender's output `[n_senders, ..., pos, d_model]` in canonical order: the
+    embeddings, then per layer each head's z W_O[h] (no b_O) and the MLP's output."""
+    f, cfg = engine.f, engine.cfg
+    outs = [run.resid_pre[0]]
+    for layer in range(cfg.n_layers):
+        w_o = f.weights.layers[layer].w_o.view(cfg.d_model, cfg.n_heads, cfg.d_head)
+        heads = torch.einsum("...phe,dhe->h...pd", run.z[layer], w_o)
+        outs.extend(heads)
+        outs.append(run.mlp_out[layer])
+    return torch.stack(outs)
+
+
+def first_change(delta: torch.Tensor) -> int:
+    """The first position (axis -2) where `delta [..., pos, d]` is not exactly zero (its last
+    position when it is zero everywhere)."""
+    changed = (delta != 0).flatten(0, -3).any(0).any(-1)
+    return int(changed.nonzero()[0]) if changed.any() else delta.shape[-2] - 1
+
+
+def edge_patch(model: HookedModel, task: Task, memory_budget: int | None = None, progress: bool = True
+               ) -> tuple[EdgeLayout, torch.Tensor, float, float]:
+    """Exact edge patching: for every edge u -> r, the change of the task metric (averaged over
+    prompts) when only that edge carries the corrupted sender output into the clean run,
+    `m(clean, in_r += a_u^corr - a_u^clean) - m(clean)`, everything downstream recomputed.
+
+    Returns `(layout, scores [n_senders, n_receivers], m_clean, m_corrupt)`; scores are NaN where
+    there is no edge. The edges into one layer's receivers run batched (variants on a leading
+    axis, chunked to `memory_budget`), from that layer on and from the first position where
+    the prompts differ.
+    """
+    check_run(model, task, "noise")
+    engine = check_edge_model(model)
+    layout = EdgeLayout.for_model(model)
+    task = task.to(model.device)
+    cfg, f = model.cfg, engine.f
+    with torch.no_grad():
+        clean, corrupt = engine.run(task.clean), engine.run(task.corrupt)
+        engine.check(task.clean, clean, task.answer_pos)
+        m_clean = _metric(engine, _final(engine, clean, task), task).mean()
+        m_corrupt = _metric(engine, _final(engine, corrupt, task), task).mean()
+        delta = sender_outputs(engine, corrupt) - sender_outputs(engine, clean)  # [S, B, pos, d]
+        p0 = min(first_change(delta), int(task.answer_pos.min()))
+        scores = torch.full(layout.exists.shape, float("nan"))
+        rows = torch.arange(task.batch, device=delta.device)
+
+        # logits: the final residual gets the sender's difference; nothing runs
+        logits = len(layout.receivers) - 1
+        final = f.final(clean.resid_post[-1][rows, task.answer_pos] + delta[:, rows, task.answer_pos])
+        scores[:, logits] = (_metric(engine, final, task).mean(1) - m_clean).cpu()
+
+        per_variant = _bytes_per_variant(model, task)
+        budget = _default_budget(model.device) if memory_budget is None else int(memory_budget)
+        if budget < per_variant:
+            raise ValueError(f"memory_budget of {budget:,} bytes is smaller than one patched forward, which "
+                             f"needs about {per_variant:,} bytes for this model and task")
+        chunk = max(1, budget // per_variant)
+        jobs = []
+        for layer in range(cfg.n_layers):
+            for r in layout.receivers_of_layer(layer):
+                senders = layout.exists[:, r].nonzero()[:, 0].tolist()
+                jobs += [(layer, r, senders[i:i + chunk]) for i in range(0, len(senders), chunk)]
+        for layer, r, senders in tqdm(jobs, desc="edge patching", disable=not progress):
+            x = _patched_receiver(engine, layout, clean, delta, layer, r, senders, p0)
+            final = engine.suffix(clean, layer, "post", x, p0, task.answer_pos)
+            scores[senders, r] = (_metric(engine, final, task).mean(1) - m_clean).cpu()
+    return layout, scores, float(m_clean), float(m_corrupt)
+
+
+def _patched_receiver(engine: Engine, layout: EdgeLayout, base: RunCache, delta: torch.Tensor, layer: int,
+                      receiver: int, senders: list[int], p0: int) -> torch.Tensor:
+    """The residual leaving block `layer` `[N, B, pos - p0, d_model]` when receiver `receiver`
+    (of this layer) reads `in + delta[s]`, one variant per sender s."""
+    f, cfg = engine.f, engine.cfg
+    d = delta[senders][:, :, p0:]  # [N, B, P, d]
+    pre = base.resid_pre[layer][:, p0:]
+    name = layout.receivers[receiver]
+    if name.startswith("m"):
+        mlp_in = base.mlp_in[layer][:, p0:] + d
+        mlp_out = engine.mlp_where_changed(layer, mlp_in, base.mlp_in[layer][:, p0:], base.mlp_out[layer][:, p0:])
+        return pre + base.attn_out[layer][:, p0:] + mlp_out
+    head, kind = int(name.split(".h")[1].split("<")[0]), name[-2]
+    z_head = _head_with_input(engine, base, layer, head, kind, pre + d, p0)  # [N, B, P, d_head]
+    z = base.z[layer][:, p0:].unsqueeze(0).repeat(len(senders), 1, 1, 1, 1)
+    z[:, :, :, head] = z_head
+    return engine.block_output(layer, pre, f.attn_out(layer, z), base, p0)
+
+
+def _head_with_input(engine: Engine, base: RunCache, layer: int, head: int, kind: str, x: torch.Tensor,
+                     p0: int) -> torch.Tensor:
+    """Query head `head`'s z `[N, B, P, d_head]` (positions p0..) when its `kind` input
+    ("q", "k" or "v") is `x [N, B, P, d_model]` and its other inputs are the base run's."""
+    f, cfg = engine.f, engine.cfg
+    w = f.weights.layers[layer]
+    kv = cfg.kv_head(head)
+    n_pos = base.resid_pre[0].shape[1]
+    positions = torch.arange(p0, n_pos, device=x.device)
+    h = f.norm(x, w.attn_norm)
+    rows = {"q": slice(head * cfg.d_head, (head + 1) * cfg.d_head),
+            "k": slice(kv * cfg.d_head, (kv + 1) * cfg.d_head), "v": slice(kv * cfg.d_head, (kv + 1) * cfg.d_head)}[kind]
+    weight, bias = getattr(w, f"w_{kind}")[rows], getattr(w, f"b_{kind}")
+    new = torch.nn.functional.linear(h, weight, None if bias is None else bias[rows]).unsqueeze(-2)  # [N, B, P, 1, dh]
+    if kind != "v":
+        rot = engine.rotary(n_pos, positions)
+        if rot is not None:
+            new = f._rotate(new, *rot)
+    q = base.q[layer][:, p0:, head:head + 1]  # [B, P, 1, dh]; the variant axis broadcasts
+    k, v = base.k[layer][:, :, kv:kv + 1], base.v[layer][:, :, kv:kv + 1]
+    if kind == "q":
+        q = new
+    else:
+        prefix = (k if kind == "k" else v)[:, :p0].expand(x.shape[0], -1, -1, -1, -1)
+        full = torch.cat([prefix, new], dim=2)
+        k, v = (full, v) if kind == "k" else (k, full)
+    z, _ = f.attend(layer, q, k, v, positions)
+    return z[:, :, :, 0]
