@@ -95,3 +95,104 @@ def test_exact_edge_patching_equals_one_run_per_edge(model):
                 checked, largest = checked + 1, max(largest, abs(expected))
     assert checked == layout.n_edges
     assert largest > 1e-2 * max(1.0, abs(m_clean)), "edges with sizeable effects"
+
+
+def node_reference(model, task, group=None, alphas=None):
+    """sum over runs of (a_u^corr - a_u^clean) . d metric / d a_u for every sender u, through
+    the model layer's interventions: a zero-valued Add on each sender's output carries its
+    gradient. `group` = ("input"|"attn"|"mlp", layer) interpolates that output between the
+    corrupted (alpha 0) and clean (alpha 1) runs for each alpha; None: the clean run."""
+    cfg = model.cfg
+    outs = [sites.resid_pre(0)] + [s for l in range(cfg.n_layers) for s in (sites.head_out(l), sites.mlp_out(l))]
+    with torch.no_grad():
+        _, clean = model.run_with_cache(task.clean, sites=outs + [sites.attn_out(l) for l in range(cfg.n_layers)])
+        _, corrupt = model.run_with_cache(task.corrupt, sites=outs + [sites.attn_out(l) for l in range(cfg.n_layers)])
+    total = torch.zeros(1 + cfg.n_layers * (cfg.n_heads + 1))
+    rows = torch.arange(task.batch)
+    for alpha in ([None] if alphas is None else alphas):
+        gates, edits = [], []
+        if alpha is not None:
+            kind, layer = group
+            site = {"input": sites.resid_pre(0), "attn": sites.attn_out(layer) if layer >= 0 else None,
+                    "mlp": sites.mlp_out(layer) if layer >= 0 else None}[kind]
+            value = corrupt[site] + alpha * (clean[site] - corrupt[site])
+            edits.append(Patch(site, source=value))
+        for site in outs:
+            g = torch.zeros_like(clean[site], requires_grad=True)
+            gates.append(g)
+            edits.append(Add(site, value=g))
+        logits, _ = model.run(task.clean, edits)
+        final = logits[rows, task.answer_pos]
+        (final[rows, task.answer] - final[rows, task.wrong]).mean().backward()
+        row = [(corrupt[outs[0]] - clean[outs[0]]).mul(gates[0].grad).sum()]
+        for i, site in enumerate(outs[1:], start=1):
+            d = (corrupt[site] - clean[site]) * gates[i].grad
+            row += list(d.sum((0, 1, 3))) if site.kind == "head_out" else [d.sum()]
+        total += torch.stack(row).detach()
+    return total
+
+
+def test_eap_sums_to_the_gradient_at_each_sender(model):
+    from interp.patching.edges import eap
+
+    task = random_task(model, seed=6, batch=2, n_pos=6, corrupted=slice(1, 3))
+    layout, scores, _, _ = eap(model, task)
+    ours = torch.nansum(scores, dim=1)
+    expected = node_reference(model, task)
+    assert torch.allclose(ours, expected, atol=1e-4 * expected.abs().max()), (ours, expected)
+    assert expected.abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("variant", ["inputs", "activations"])
+def test_eap_ig_sums_to_the_averaged_gradient_at_each_sender(model, variant):
+    from interp.patching.edges import eap_ig
+
+    task = random_task(model, seed=7, batch=2, n_pos=6, corrupted=slice(1, 3))
+    steps = 3
+    _, scores, _, _ = eap_ig(model, task, steps=steps, variant=variant, progress=False)
+    if variant == "inputs":
+        expected = node_reference(model, task, ("input", -1), [k / steps for k in range(steps)]) / steps
+    else:
+        groups = [("input", -1)] + [(kind, l) for l in range(model.cfg.n_layers) for kind in ("attn", "mlp")]
+        alphas = [k / steps for k in range(1, steps + 1)]
+        expected = sum(node_reference(model, task, g, alphas) for g in groups) / (len(groups) * steps)
+    ours = torch.nansum(scores, dim=1)
+    assert torch.allclose(ours, expected, atol=1e-4 * expected.abs().max()), (ours, expected)
+
+
+def test_eap_ig_inputs_converges_to_the_integral(model):
+    """Completeness of integrated gradients: the input node's scores sum to
+    m(corrupt) - m(clean) as the number of steps grows; left Riemann sums converge as 1/steps,
+    so 4x the steps cuts the error about 4x."""
+    from interp.patching.edges import eap_ig
+
+    task = random_task(model, seed=8, batch=2, n_pos=6, corrupted=slice(1, 3))
+    errors = []
+    for steps in (2, 8, 32):
+        _, scores, m_clean, m_corrupt = eap_ig(model, task, steps=steps, progress=False)
+        errors.append(abs(float(torch.nansum(scores[0])) - (m_corrupt - m_clean)))
+    assert errors[1] < 0.4 * errors[0] and errors[2] < 0.4 * errors[1], errors
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_eap_equals_exact_edge_patching_where_the_model_is_linear(tmp_path, family):
+    """After its last layer's values the linear-tail model is linear (affine norms, zero MLPs):
+    for edges into those values and into the logits, first order is exact."""
+    from interp.patching.edges import eap
+    from tests.test_path_and_attribution import _linear_tail_folder
+
+    shape = dict(n_layers=2, n_heads=2, d_model=24, seed=44) if family == "gpt2" else \
+        dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, seed=45)
+    model = _linear_tail_folder(tmp_path, family, **shape)
+    task = random_task(model, seed=9, batch=2, n_pos=6, corrupted=slice(1, 3))
+    layout, exact, _, _ = edge_patch(model, task, progress=False)
+    _, approx, _, _ = eap(model, task)
+    linear = [r for r, name in enumerate(layout.receivers) if name == "logits" or (name.startswith("a1") and name.endswith("<v>"))]
+    e, a = exact[:, linear], approx[:, linear]
+    keep = ~torch.isnan(e)
+    scale = float(e[keep].abs().max())
+    assert scale > 1e-3
+    assert torch.allclose(a[keep], e[keep], atol=1e-3 * scale)
+    q_edges = [r for r, name in enumerate(layout.receivers) if name.startswith("a1") and name.endswith("<q>")]
+    assert not torch.allclose(approx[:, q_edges].nan_to_num(), exact[:, q_edges].nan_to_num(), atol=1e-3 * scale), \
+        "through the softmax first order is not exact"

@@ -210,3 +210,155 @@ def _head_with_input(engine: Engine, base: RunCache, layer: int, head: int, kind
         k, v = (full, v) if kind == "k" else (k, full)
     z, _ = f.attend(layer, q, k, v, positions)
     return z[:, :, :, 0]
+
+
+# ------------------------------------------------------------------ gradients (EAP, EAP-IG)
+
+def _split_forward(engine: Engine, x: torch.Tensor, task: Task, replace: tuple[str, int, torch.Tensor] | None = None):
+    """A forward pass in which every receiver reads its own copy of its input, so that the
+    gradient of the metric with respect to each copy is that receiver's input gradient.
+
+    x: the residual entering layer 0, `[N, B, pos, d_model]`. `replace` = (kind, layer, value)
+    substitutes one sender group's output along the way ("attn" or "mlp" of a layer, `value`
+    broadcastable to `[N, B, pos, d_model]`). Returns the metric `[N, B]` and the receivers'
+    input copies in canonical order, as tensors with gradients retained: per layer one
+    `[3 * n_heads, N, B, pos, d_model]` tensor (head h's q, k, v inputs at 3h, 3h+1, 3h+2) and
+    the MLP's `[N, B, pos, d_model]`; then the logits' input.
+    """
+    f, cfg = engine.f, engine.cfg
+    x = x.detach().requires_grad_(True)  # the root of the graph whose receiver gradients are read
+    n_pos = x.shape[-2]
+    positions = torch.arange(n_pos, device=x.device)
+    rot = engine.rotary(n_pos, positions)
+    copies: list[torch.Tensor] = []
+    H, dh = cfg.n_heads, cfg.d_head
+    for layer in range(cfg.n_layers):
+        w = f.weights.layers[layer]
+        inputs = x.unsqueeze(0).expand(3 * H, *x.shape).clone()  # [3H, N, B, pos, d]: (head, q/k/v) pairs
+        inputs.retain_grad()
+        h = f.norm(inputs, w.attn_norm).view(H, 3, *x.shape)
+        kv = torch.tensor([cfg.kv_head(head) for head in range(H)], device=x.device)
+        projected = []
+        for i, which in enumerate("qkv"):
+            n = H if which == "q" else cfg.n_kv_heads
+            weight = getattr(w, f"w_{which}").view(n, dh, cfg.d_model)
+            bias = getattr(w, f"b_{which}")
+            bias = torch.zeros(n, dh, dtype=x.dtype, device=x.device) if bias is None else bias.view(n, dh)
+            if which != "q":  # one copy of the key/value projection per query head
+                weight, bias = weight[kv], bias[kv]
+            projected.append(torch.einsum("hnbpd,hed->nbphe", h[:, i], weight) + bias)
+        q, k, v = projected
+        if rot is not None:
+            q, k = f._rotate(q, *rot), f._rotate(k, *rot)
+        z, _ = f.attend(layer, q, k, v, positions)
+        attn = f.attn_out(layer, z)
+        if replace is not None and replace[:2] == ("attn", layer):
+            attn = replace[2].expand_as(attn)
+        mlp_in = (x if f.parallel else x + attn).clone()
+        mlp_in.retain_grad()
+        mlp = f.mlp(layer, mlp_in)
+        if replace is not None and replace[:2] == ("mlp", layer):
+            mlp = replace[2].expand_as(mlp)
+        x = x + attn + mlp
+        copies += [inputs, mlp_in]
+    final_in = x.clone()
+    final_in.retain_grad()
+    copies.append(final_in)
+    rows = torch.arange(task.batch, device=x.device)
+    metric = _metric(engine, f.final(final_in[:, rows, task.answer_pos]), task)
+    return metric, copies
+
+
+def receiver_gradients(engine: Engine, task: Task, x: torch.Tensor,
+                       replace: tuple[str, int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """d(metric, averaged over prompts and summed over the N runs of `x`)/d(each receiver's
+    input), `[n_receivers, B, pos, d_model]` summed over N; and the metric `[N, B]`."""
+    with torch.enable_grad():
+        metric, copies = _split_forward(engine, x, task, replace)
+        metric.mean(1).sum().backward()
+    # a copy no gradient reached (its reader's output was replaced) has gradient zero
+    grads = [torch.zeros_like(c) if c.grad is None else c.grad for c in copies]
+    grads = [g.sum(1) if g.ndim == 5 else g.sum(0, keepdim=True) for g in grads]
+    return metric.detach(), torch.cat(grads)
+
+
+def _scores_from_gradients(layout: EdgeLayout, delta: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+    """s(u -> r) = sum over prompts, positions and dims of delta_u . grad_r; NaN off-edges."""
+    scores = delta.flatten(1) @ grads.flatten(1).T  # [S, R]
+    scores = scores.float().cpu()
+    scores[~layout.exists] = float("nan")
+    return scores
+
+
+def _clean_and_corrupt(model: HookedModel, task: Task):
+    check_run(model, task, "noise")
+    engine = check_edge_model(model)
+    task = task.to(model.device)
+    with torch.no_grad():
+        clean, corrupt = engine.run(task.clean), engine.run(task.corrupt)
+        engine.check(task.clean, clean, task.answer_pos)
+        m_clean = float(_metric(engine, _final(engine, clean, task), task).mean())
+        m_corrupt = float(_metric(engine, _final(engine, corrupt, task), task).mean())
+        delta = sender_outputs(engine, corrupt) - sender_outputs(engine, clean)
+    return engine, task, clean, corrupt, delta, m_clean, m_corrupt
+
+
+def _refuse_flat(grads: torch.Tensor, what: str) -> None:
+    if not bool(grads.abs().max() > 0):
+        raise ValueError(f"{what} needs a metric with a gradient at the clean run; this task's metric has none "
+                         f"(a divergence from the clean run's own output, such as KL, is flat there). Use a "
+                         f"metric such as the logit difference for gradient methods")
+
+
+def eap(model: HookedModel, task: Task) -> tuple[EdgeLayout, torch.Tensor, float, float]:
+    """Edge attribution patching (Syed et al.): every edge's first-order estimate of
+    `edge_patch`, s(u -> r) = sum_{prompt, pos} (a_u^corr - a_u^clean) . d metric / d in_r at the
+    clean run, from a clean and a corrupted forward and one backward pass.
+
+    Returns `(layout, scores [n_senders, n_receivers], m_clean, m_corrupt)` like `edge_patch`."""
+    engine, task, clean, _, delta, m_clean, m_corrupt = _clean_and_corrupt(model, task)
+    _, grads = receiver_gradients(engine, task, clean.resid_pre[0].unsqueeze(0))
+    _refuse_flat(grads, "EAP")
+    return EdgeLayout.for_model(model), _scores_from_gradients(EdgeLayout.for_model(model), delta, grads), m_clean, m_corrupt
+
+
+def eap_ig(model: HookedModel, task: Task, steps: int = 5, variant: str = "inputs", progress: bool = True
+           ) -> tuple[EdgeLayout, torch.Tensor, float, float]:
+    """EAP with integrated gradients (Hanna et al., 2024): the gradient in EAP's score is
+    averaged over `steps` points on a straight path from the corrupted to the clean run.
+
+    variant "inputs": the input embeddings are interpolated, e = e_corr + (k / steps)(e_clean -
+    e_corr) for k = 0 .. steps-1 (as EAP-IG's code does), one backward pass per step.
+    variant "activations": for each sender group in turn (the embeddings, each layer's
+    attention, each layer's MLP) its output is interpolated, a = a_corr + (k / steps)(a_clean -
+    a_corr) for k = 1 .. steps, the rest of the clean run recomputed; the gradients of all
+    (2 n_layers + 1) x steps runs are averaged (EAP-IG's `ig_activations`).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+    if variant not in ("inputs", "activations"):
+        raise ValueError(f"variant must be 'inputs' or 'activations', got {variant!r}")
+    engine, task, clean, corrupt, delta, m_clean, m_corrupt = _clean_and_corrupt(model, task)
+    layout = EdgeLayout.for_model(model)
+    e_clean, e_corrupt = clean.resid_pre[0], corrupt.resid_pre[0]
+    if variant == "inputs":
+        alphas = torch.arange(steps, device=e_clean.device, dtype=e_clean.dtype) / steps
+        x = e_corrupt + alphas.view(-1, 1, 1, 1) * (e_clean - e_corrupt)
+        _, grads = receiver_gradients(engine, task, x)
+        grads = grads / steps
+    else:
+        alphas = torch.arange(1, steps + 1, device=e_clean.device, dtype=e_clean.dtype).view(-1, 1, 1, 1) / steps
+        groups = [("input", -1)] + [(kind, layer) for layer in range(model.cfg.n_layers) for kind in ("attn", "mlp")]
+        grads = 0
+        for kind, layer in tqdm(groups, desc="EAP-IG activations", disable=not progress):
+            if kind == "input":
+                _, g = receiver_gradients(engine, task, e_corrupt + alphas * (e_clean - e_corrupt))
+            else:
+                a_clean, a_corrupt = (getattr(r, f"{kind}_out")[layer] for r in (clean, corrupt))
+                value = a_corrupt + alphas * (a_clean - a_corrupt)
+                _, g = receiver_gradients(engine, task, e_clean.unsqueeze(0).expand(steps, -1, -1, -1),
+                                          replace=(kind, layer, value))
+            grads = grads + g
+        grads = grads / (len(groups) * steps)
+    _refuse_flat(grads, "EAP-IG")
+    return layout, _scores_from_gradients(layout, delta, grads), m_clean, m_corrupt
