@@ -196,3 +196,86 @@ def test_eap_equals_exact_edge_patching_where_the_model_is_linear(tmp_path, fami
     q_edges = [r for r, name in enumerate(layout.receivers) if name.startswith("a1") and name.endswith("<q>")]
     assert not torch.allclose(approx[:, q_edges].nan_to_num(), exact[:, q_edges].nan_to_num(), atol=1e-3 * scale), \
         "through the softmax first order is not exact"
+
+
+def _masked_metric(model, task, masks, ablation="patching", start_layer=0, p0=0):
+    from interp.patching.edges import ablated_outputs, masked_final
+    from interp.patching.engine import Engine
+    from interp.patching.sweep import _metric
+
+    engine = Engine(model)
+    with torch.no_grad():
+        clean, corrupt = engine.run(task.clean), engine.run(task.corrupt)
+        ablated = ablated_outputs(engine, task, clean, corrupt, ablation)
+        final = masked_final(engine, EdgeLayout.for_model(model), clean, ablated, masks, task.answer_pos, start_layer, p0)
+        return _metric(engine, final, task)
+
+
+def test_masked_runs_reproduce_the_clean_run_the_corrupted_run_and_single_edges(model):
+    task = random_task(model, seed=10, batch=2, n_pos=6, corrupted=slice(2, 4))
+    layout, scores, m_clean, m_corrupt = edge_patch(model, task, progress=False)
+    S, R = layout.exists.shape
+    all_on, all_off = torch.ones(1, S, R, dtype=torch.bool), torch.zeros(1, S, R, dtype=torch.bool)
+    scale = max(1.0, abs(m_clean))
+    assert _masked_metric(model, task, all_on).mean().item() == pytest.approx(m_clean, abs=1e-5 * scale)
+    assert _masked_metric(model, task, all_off).mean().item() == pytest.approx(m_corrupt, abs=1e-5 * scale)
+    # every edge removed alone (one variant each, all in one batch) is exact edge patching
+    edges = layout.exists.nonzero().tolist()
+    masks = torch.ones(len(edges), S, R, dtype=torch.bool)
+    for i, (s, r) in enumerate(edges):
+        masks[i, s, r] = False
+    single = _masked_metric(model, task, masks).mean(1) - m_clean
+    expected = torch.stack([scores[s, r] for s, r in edges])
+    assert torch.allclose(single, expected, atol=1e-5 * scale)
+    # removals confined to layer 1 and later, and positions before the first corrupted token: the same
+    late = masks[[i for i, (s, r) in enumerate(edges) if layout.receiver_layer[r] >= 1]]
+    assert torch.allclose(_masked_metric(model, task, late, start_layer=1, p0=2), _masked_metric(model, task, late),
+                          atol=1e-5 * scale)
+
+
+def test_masked_run_with_two_edges_off_equals_two_edits_in_one_run(model):
+    task = random_task(model, seed=11, batch=2, n_pos=6, corrupted=slice(1, 3))
+    layout = EdgeLayout.for_model(model)
+    masks = torch.ones(1, *layout.exists.shape, dtype=torch.bool)
+    first, second = ("input", "a1.h1<v>"), ("a0.h0", "logits")  # both senders are upstream of both changes
+    for s, r in (first, second):
+        masks[0, layout.senders.index(s), layout.receivers.index(r)] = False
+    ours = _masked_metric(model, task, masks).mean().item()
+    with torch.no_grad():
+        _, clean = model.run_with_cache(task.clean, sites=model.all_sites() + [sites.head_out(0)])
+        _, corrupt = model.run_with_cache(task.corrupt, sites=model.all_sites() + [sites.head_out(0)])
+    d_input = corrupt[sites.resid_pre(0)] - clean[sites.resid_pre(0)]
+    d_head = corrupt[sites.head_out(0, 0)] - clean[sites.head_out(0, 0)]
+    f, w = model.functional(), model.weights.layers[1]
+    head, kv, dh = 1, model.cfg.kv_head(1), model.cfg.d_head
+    h = f.norm(clean[sites.resid_pre(1)] + d_input, w.attn_norm)
+    v_new = h @ w.w_v[kv * dh:(kv + 1) * dh].T + (0 if w.b_v is None else w.b_v[kv * dh:(kv + 1) * dh])
+    z_head = head_attention(model, 1, clean[sites.q(1, head)], clean[sites.k(1, kv)], v_new)
+
+    def replace(z):
+        z = z.clone()
+        z[:, :, head] = z_head
+        return z
+    rows = torch.arange(task.batch)
+    with torch.no_grad():
+        logits, _ = model.run(task.clean, [Splice(sites.z(1), fn=replace), Add(sites.resid_post(1), value=d_head)])
+    final = logits[rows, task.answer_pos]
+    expected = float((final[rows, task.answer] - final[rows, task.wrong]).mean())
+    assert ours == pytest.approx(expected, abs=1e-5 * max(1.0, abs(expected)))
+
+
+def test_mean_ablating_every_edge_leaves_the_mean_outputs(model):
+    task = random_task(model, seed=12, batch=3, n_pos=6)
+    layout = EdgeLayout.for_model(model)
+    S, R = layout.exists.shape
+    got = _masked_metric(model, task, torch.zeros(1, S, R, dtype=torch.bool), ablation="mean")[0]
+    with torch.no_grad():
+        cfg = model.cfg
+        outs = [sites.resid_pre(0)] + [s for l in range(cfg.n_layers) for s in (sites.attn_out(l), sites.mlp_out(l))]
+        _, cache = model.run_with_cache(task.clean, sites=outs)
+        # the logits read the mean of every sender's output, plus nothing else (b_O is inside attn_out)
+        final_in = sum(cache[s].mean(dim=(0, 1)) for s in outs)
+        final = model.functional().final(final_in)
+        logit = lambda ids: (final * model.weights.w_u[ids]).sum(-1) + (0 if model.weights.b_u is None else model.weights.b_u[ids])  # noqa: E731
+        expected = logit(task.answer) - logit(task.wrong)
+    assert torch.allclose(got, expected, atol=1e-4 * max(1.0, float(expected.abs().max())))

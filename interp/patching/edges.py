@@ -362,3 +362,82 @@ def eap_ig(model: HookedModel, task: Task, steps: int = 5, variant: str = "input
         grads = grads / (len(groups) * steps)
     _refuse_flat(grads, "EAP-IG")
     return layout, _scores_from_gradients(layout, delta, grads), m_clean, m_corrupt
+
+
+# ------------------------------------------------------------------ masked runs (ACDC, evaluation)
+
+def ablated_outputs(engine: Engine, task: Task, clean: RunCache, corrupt: RunCache, ablation: str) -> torch.Tensor:
+    """What a sender outside the circuit writes, `[n_senders, B, pos, d_model]`: its output on the
+    corrupted prompts ("patching"), its mean over prompts and positions of the clean run ("mean"),
+    or zero ("zero")."""
+    if ablation == "patching":
+        return sender_outputs(engine, corrupt)
+    outs = sender_outputs(engine, clean)
+    if ablation == "zero":
+        return torch.zeros_like(outs)
+    if ablation == "mean":
+        return outs.mean(dim=(1, 2), keepdim=True).expand_as(outs)
+    raise ValueError(f"ablation must be 'patching', 'mean' or 'zero', got {ablation!r}")
+
+
+def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: torch.Tensor, masks: torch.Tensor,
+                 answer_pos: torch.Tensor, start_layer: int = 0, p0: int = 0) -> torch.Tensor:
+    """The final-normed residual at the answer positions `[N, B, d_model]` of the model in which
+    every receiver reads, for each of its edges, the sender's current output where
+    `masks [N, n_senders, n_receivers]` is True and `ablated`'s where it is False.
+
+    Layers before `start_layer` and positions before `p0` must be unaffected by the masks (the
+    caller knows: no edge into an earlier layer is off, and `ablated` equals the clean outputs
+    at earlier positions); they are read from the `clean` run.
+    """
+    f, cfg = engine.f, engine.cfg
+    H, dh, n = cfg.n_heads, cfg.d_head, masks.shape[0]
+    n_pos = clean.resid_pre[0].shape[1]
+    positions = torch.arange(p0, n_pos, device=ablated.device)
+    rot = engine.rotary(n_pos, positions)
+    off = (~masks & layout.exists.to(masks.device)).to(ablated.dtype)  # 1 where a receiver reads the ablated output
+    clean_out = sender_outputs(engine, clean)[:, :, p0:]
+    ablated = ablated[:, :, p0:]
+    n_before = 1 + start_layer * (H + 1)  # senders upstream of start_layer, in canonical order
+    diffs = [(clean_out[:n_before] - ablated[:n_before]).unsqueeze(0).expand(n, -1, -1, -1, -1)]
+    x = clean.resid_pre[start_layer][:, p0:].unsqueeze(0).expand(n, -1, -1, -1)
+
+    def corrected(base: torch.Tensor, receivers: list[int]) -> torch.Tensor:
+        d = torch.cat(diffs, dim=1)  # [N, S_up, B, P, d]
+        correction = torch.einsum("nsr,nsbpd->nrbpd", off[:, : d.shape[1], receivers], d)
+        return base.unsqueeze(1) - correction  # [N, R, B, P, d]
+
+    kv_of = torch.tensor([cfg.kv_head(h) for h in range(H)], device=ablated.device)
+    for layer in range(start_layer, cfg.n_layers):
+        w = f.weights.layers[layer]
+        receivers = layout.receivers_of_layer(layer)
+        inputs = corrected(x, receivers[:-1]).view(n, H, 3, *x.shape[1:])  # per head: q, k, v inputs
+        h = f.norm(inputs, w.attn_norm)
+        qkv = []
+        for i, which in enumerate("qkv"):
+            count = H if which == "q" else cfg.n_kv_heads
+            weight = getattr(w, f"w_{which}").view(count, dh, cfg.d_model)
+            bias = getattr(w, f"b_{which}")
+            bias = torch.zeros(count, dh, dtype=x.dtype, device=x.device) if bias is None else bias.view(count, dh)
+            if which != "q":
+                weight, bias = weight[kv_of], bias[kv_of]
+            qkv.append(torch.einsum("nhbpd,hed->nbphe", h[:, :, i], weight) + bias)
+        q, k, v = qkv
+        if rot is not None:
+            q, k = f._rotate(q, *rot), f._rotate(k, *rot)
+        k = torch.cat([clean.k[layer][:, :p0, kv_of].expand(n, -1, -1, -1, -1), k], dim=2)
+        v = torch.cat([clean.v[layer][:, :p0, kv_of].expand(n, -1, -1, -1, -1), v], dim=2)
+        z, _ = f.attend(layer, q, k, v, positions)
+        w_o = w.w_o.view(cfg.d_model, H, dh)
+        head_out = torch.einsum("nbphe,dhe->nhbpd", z, w_o)
+        first = 1 + layer * (H + 1)  # this layer's first sender
+        diffs.append(head_out - ablated[None, first:first + H])
+        attn = f.attn_out(layer, z)
+        mid = x if f.parallel else x + attn
+        mlp_out = f.mlp(layer, corrected(mid, receivers[-1:])[:, 0])
+        diffs.append((mlp_out - ablated[None, first + H]).unsqueeze(1))
+        x = x + attn + mlp_out
+    rows = torch.arange(x.shape[1], device=x.device)
+    d = torch.cat(diffs, dim=1)[:, :, rows, answer_pos - p0]  # [N, S, B, d]
+    final_in = x[:, rows, answer_pos - p0] - torch.einsum("ns,nsbd->nbd", off[:, :, -1], d)
+    return f.final(final_in)
