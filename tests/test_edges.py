@@ -279,3 +279,18 @@ def test_mean_ablating_every_edge_leaves_the_mean_outputs(model):
         logit = lambda ids: (final * model.weights.w_u[ids]).sum(-1) + (0 if model.weights.b_u is None else model.weights.b_u[ids])  # noqa: E731
         expected = logit(task.answer) - logit(task.wrong)
     assert torch.allclose(got, expected, atol=1e-4 * max(1.0, float(expected.abs().max())))
+
+
+def test_batched_acdc_makes_the_sequential_decisions(model):
+    from circuits.discovery import acdc
+
+    loss, threshold = ("metric", 0.05) if model.cfg.family == "llama" else ("kl", 0.02)
+    task = random_task(model, seed=13, batch=2, n_pos=6, corrupted=slice(2, 4))
+    layout, fast, fast_scores = acdc(model, task, threshold, loss=loss, progress=False, memory_budget=2_000_000)
+    _, slow, slow_scores = acdc(model, task, threshold, loss=loss, batched=False, progress=False)
+    assert torch.equal(fast, slow)
+    tried = ~torch.isnan(slow_scores)
+    assert torch.equal(tried, ~torch.isnan(fast_scores))
+    assert torch.allclose(fast_scores[tried], slow_scores[tried], atol=1e-5)
+    kept = int(fast.sum())
+    assert 0 < kept < layout.n_edges, "a non-trivial circuit"

@@ -441,3 +441,61 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
     d = torch.cat(diffs, dim=1)[:, :, rows, answer_pos - p0]  # [N, S, B, d]
     final_in = x[:, rows, answer_pos - p0] - torch.einsum("ns,nsbd->nbd", off[:, :, -1], d)
     return f.final(final_in)
+
+
+class CircuitRunner:
+    """Runs one model and task with any set of edge masks: the metric or logits of the model in
+    which edges outside a mask read ablated senders. Clean and corrupted runs are cached once;
+    masks run batched (chunked to `memory_budget`), from a start layer and (for corrupted
+    patching) from the first position where the prompts differ.
+
+    ablation: "patching" (senders' outputs on the corrupted prompts), "mean" (their mean over
+    the task's prompts and positions) or "zero".
+    """
+
+    def __init__(self, model: HookedModel, task: Task, ablation: str = "patching", memory_budget: int | None = None):
+        check_run(model, task, "noise")
+        self.engine = check_edge_model(model)
+        self.layout = EdgeLayout.for_model(model)
+        self.task = task = task.to(model.device)
+        engine = self.engine
+        with torch.no_grad():
+            self.clean, self.corrupt = engine.run(task.clean), engine.run(task.corrupt)
+            engine.check(task.clean, self.clean, task.answer_pos)
+            self.m_clean = float(_metric(engine, _final(engine, self.clean, task), task).mean())
+            self.m_corrupt = float(_metric(engine, _final(engine, self.corrupt, task), task).mean())
+            self.ablated = ablated_outputs(engine, task, self.clean, self.corrupt, ablation)
+            self.clean_logits = engine.f.unembed(_final(engine, self.clean, task)[0]).float()  # [B, V]
+            clean_out = sender_outputs(engine, self.clean)
+        self.p0 = min(first_change(clean_out - self.ablated), int(task.answer_pos.min()))
+        cfg = model.cfg
+        elem = torch.finfo(model.dtype).bits // 8
+        per_token = (len(self.layout.senders) + 8 * cfg.n_heads + 12) * cfg.d_model + 7 * cfg.d_mlp
+        per_variant = task.batch * elem * (task.n_pos - self.p0) * per_token + task.batch * 4 * cfg.d_vocab
+        budget = _default_budget(model.device) if memory_budget is None else int(memory_budget)
+        if budget < per_variant:
+            raise ValueError(f"memory_budget of {budget:,} bytes is smaller than one masked run, which needs about "
+                             f"{per_variant:,} bytes for this model and task")
+        self.chunk = max(1, budget // per_variant)
+
+    def _finals(self, masks: torch.Tensor, start_layer: int) -> torch.Tensor:
+        if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(self.layout.exists.shape):
+            raise ValueError(f"masks must have shape [N, {len(self.layout.senders)}, {len(self.layout.receivers)}] "
+                             f"(variants, senders, receivers), got {tuple(masks.shape)}")
+        start = min(start_layer, self.engine.cfg.n_layers - 1)
+        masks = masks.to(self.ablated.device)
+        with torch.no_grad():
+            return torch.cat([masked_final(self.engine, self.layout, self.clean, self.ablated, masks[i:i + self.chunk],
+                                           self.task.answer_pos, start, self.p0)
+                              for i in range(0, len(masks), self.chunk)])
+
+    def metric(self, masks: torch.Tensor, start_layer: int = 0) -> torch.Tensor:
+        """The task metric per variant and prompt `[N, B]` (fp32)."""
+        return _metric(self.engine, self._finals(masks, start_layer), self.task)
+
+    def kl(self, masks: torch.Tensor, start_layer: int = 0) -> torch.Tensor:
+        """KL(clean model's next-token distribution || masked model's) at each prompt's answer
+        position, per variant and prompt `[N, B]` (fp32)."""
+        logits = self.engine.f.unembed(self._finals(masks, start_layer).float())
+        clean = torch.log_softmax(self.clean_logits, -1)
+        return (clean.exp() * (clean - torch.log_softmax(logits, -1))).sum(-1)
