@@ -1,0 +1,111 @@
+"""Information-flow routes and sparse attention decomposition against hand computations from
+the model layer's cached activations, on GPT-2, grouped-query Llama and GPT-NeoX (partial
+rotary, parallel blocks)."""
+
+import pytest
+import torch
+
+from circuits.discovery.routes import routes_scores, token_routes
+from circuits.discovery.sad import _Forms, _normalise, sad_scores, score_shares
+from interp import load_model
+from interp.models import sites
+from interp.patching.edges import EdgeLayout
+from interp.patching.engine import Engine
+from tests.helpers import random_model, random_task
+
+SHAPES = {"gpt2": dict(n_layers=2, n_heads=2, d_model=24, seed=51),
+          "llama": dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, seed=52),
+          "gpt_neox": dict(n_layers=2, n_heads=2, d_model=32, seed=53)}
+
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def model(request, tmp_path_factory):
+    return random_model(tmp_path_factory.mktemp(request.param), request.param, **SHAPES[request.param])
+
+
+def outputs(model, cache, name):
+    if name == "input":
+        return cache[sites.resid_pre(0)]
+    if name.startswith("m"):
+        return cache[sites.mlp_out(int(name[1:]))]
+    layer, head = (int(x) for x in name[1:].split(".h"))
+    return cache[sites.head_out(layer, head)]
+
+
+def test_routes_scores_are_normalised_proximities(model):
+    task = random_task(model, seed=1, batch=2, n_pos=5)
+    layout, scores = routes_scores(model, task)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(task.clean, sites=model.all_sites() + [sites.head_out(l) for l in range(2)])
+    for receiver, read in (("a1.h1<v>", cache[sites.resid_pre(1)]), ("m0", cache[sites.mlp_in(0)]),
+                           ("logits", cache[sites.resid_post(1)])):
+        r = layout.receivers.index(receiver)
+        upstream = [s for s in range(len(layout.senders)) if layout.exists[s, r]]
+        prox = torch.stack([(read.abs().sum(-1) - (read - outputs(model, cache, layout.senders[s])).abs().sum(-1)).clamp(min=0)
+                            for s in upstream])
+        expected = (prox / prox.sum(0)).mean(dim=(1, 2))
+        assert torch.allclose(scores[upstream, r], expected, atol=1e-5), receiver
+        assert scores[upstream, r].sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.isnan(scores[~layout.exists]).all()
+
+
+def test_token_routes_follow_the_induction_head_on_zoo_induction():
+    from interp.zoo import get_embedded
+
+    model = load_model("zoo/induction-2l", device="cpu")
+    card = get_embedded("zoo/induction-2l").card()
+    gen = torch.Generator().manual_seed(3)
+    words = torch.randint(3, model.cfg.d_vocab, (10,), generator=gen)
+    tokens = torch.cat([torch.tensor([model.tokenizer.bos_token_id]), words, words[:4]])
+    routes = token_routes(model, tokens, threshold=0.04)
+    last = len(tokens) - 1
+    into_final = routes[(routes.layer == 1) & (routes.to_pos == last) & (routes.via == "head")]
+    best = into_final.iloc[0]
+    assert [1, int(best["head"])] in card["induction_heads"]
+    assert best["from_pos"] == 5, "it reads the token after the earlier occurrence of the current token"
+    assert (routes.importance > 0.04).all() and routes.importance.max() <= 1
+    with pytest.raises(ValueError, match="threshold must be a number in"):
+        token_routes(model, tokens, threshold=1.5)
+
+
+def test_sad_decomposes_each_score_and_its_shares_add_up(model):
+    task = random_task(model, seed=2, batch=1, n_pos=6)
+    engine = Engine(model)
+    with torch.no_grad():
+        run = engine.run(task.clean)
+        _, cache = model.run_with_cache(task.clean, sites=model.all_sites() + [sites.head_out(l) for l in range(2)])
+    layout = EdgeLayout.for_model(model)
+    forms = _Forms(model)
+    layer, i, j = 1, 5, 2
+    x = cache[sites.resid_pre(layer)][0].double()
+    x_tilde, scale = _normalise(model, x)
+    x_tilde = torch.cat([x_tilde, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    upstream = [s for s in range(len(layout.senders)) if layout.exists[s, layout.receivers.index("a1.h0<q>")]]
+    outs = torch.stack([outputs(model, cache, layout.senders[s])[0] for s in upstream]).double()
+    rest = x - outs.sum(0)  # biases: not a sender
+    for head in range(model.cfg.n_heads):
+        kv = model.cfg.kv_head(head)
+        score = float((run.q[layer][0, i, head] @ run.k[layer][0, j, kv]) * model.arch.attn_scale[layer])
+        total, q_share, k_share = score_shares(model, forms, torch.cat([outs, rest[None]]), x_tilde, scale,
+                                               layer, head, i, j)
+        assert float(total) == pytest.approx(score, abs=1e-6 * max(1, abs(score)))
+        u, sigma, v = forms.svd(layer, head, j - i)
+        ones_q = float((sigma * u[-1] * (x_tilde[j] @ v)).sum())  # the 1 appended to x_i
+        ones_k = float((sigma * (x_tilde[i] @ u) * v[-1]).sum())
+        assert float(q_share.sum()) + ones_q == pytest.approx(score, abs=1e-6 * max(1, abs(score)))
+        assert float(k_share.sum()) + ones_k == pytest.approx(score, abs=1e-6 * max(1, abs(score)))
+
+
+def test_sad_scores_only_the_edges_it_traces(model):
+    task = random_task(model, seed=3, batch=2, n_pos=6)
+    layout, scores = sad_scores(model, task, n_start=2)
+    kinds = [r[-2] if r.endswith(">") else r for r in layout.receivers]
+    for r, kind in enumerate(kinds):
+        column = scores[layout.exists[:, r], r]
+        if kind in ("q", "k") or kind == "logits":
+            assert not torch.isnan(column).any()
+        else:
+            assert torch.isnan(column).all(), "values and MLP inputs are not part of the method"
+    assert scores[:, layout.receivers.index("logits")].abs().max() > 0
+    with pytest.raises(ValueError, match="coverage must be in"):
+        sad_scores(model, task, coverage=0)
