@@ -311,3 +311,24 @@ def test_zoo_induction_sweep_equals_transformer_lens():
     normalized = patch(model, task, "z", per_position=False, progress=False)
     best_layer, best_head = divmod(int(normalized.values.argmax()), model.cfg.n_heads)
     assert [best_layer, best_head] in get_embedded("zoo/induction-2l").card()["induction_heads"]
+
+
+def test_bad_tasks_and_options_are_refused_with_the_reason(model, family_model):
+    task = random_task(model)
+    too_big = Task(task.clean, task.corrupt, task.answer.clone().fill_(model.cfg.d_vocab), task.wrong)
+    with pytest.raises(ValueError, match=rf"Task.answer holds token ids outside this model's vocabulary \[0, {model.cfg.d_vocab - 1}\]"):
+        patch(model, too_big, "z", progress=False)
+    negative = Task(task.clean, task.corrupt, task.answer, torch.full_like(task.wrong, -1))
+    with pytest.raises(ValueError, match=r"Task.wrong holds token ids outside .*\[-1, -1, -1\]"):
+        patch(model, negative, "z", progress=False)
+    with pytest.raises(ValueError, match="layers must name at least one layer"):
+        patch(model, task, "z", layers=[], progress=False)
+    same = Task(task.clean, task.clean.clone(), task.answer, task.wrong)
+    with pytest.raises(ValueError, match="cannot normalise: the clean and corrupted runs give the same metric"):
+        patch(model, same, "z", progress=False)
+    assert torch.isfinite(patch(model, same, "z", normalize=False, progress=False).values).all()
+    m = family_model
+    if m.cfg.n_kv_heads < m.cfg.n_heads:
+        with pytest.raises(IndexError, match=rf"head {m.cfg.n_heads} is out of range"):
+            from interp.patching import path_patch
+            path_patch(m, random_task(m), [(1, m.cfg.n_heads)], receiver_input="k", progress=False)
