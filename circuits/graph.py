@@ -247,11 +247,11 @@ class Graph:
         model_name=None)` or `Graph.for_model(model)` with a `HookedModel` (or its `cfg`):
         `n_layers`, `n_heads`, `parallel`, `d_model` and `name` are read from it.
         """
-        if isinstance(model_or_n_layers, int) and not isinstance(model_or_n_layers, bool):
-            if n_heads is None:
-                raise TypeError("Graph.for_model(n_layers, n_heads, ...) needs n_heads")
+        if n_heads is not None:
             return cls(GraphConfig(model_or_n_layers, n_heads, parallel_attn_mlp, d_model, model_name))
-        if n_heads is not None or parallel_attn_mlp or d_model is not None:
+        if isinstance(model_or_n_layers, (int, float)):
+            raise TypeError("Graph.for_model(n_layers, n_heads, ...) needs n_heads")
+        if parallel_attn_mlp or d_model is not None:
             raise TypeError("give either a model (or its cfg) or n_layers, n_heads, ...; not both")
         cfg = graph_config(model_or_n_layers)
         if model_name is not None:
@@ -595,7 +595,7 @@ class Graph:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per edge, in EAP-IG's edge order: `edge parent child qkv parent_layer
-        child_layer sender receiver score in_graph` (qkv is 'q', 'k', 'v' or None; layer -1
+        child_layer sender receiver score in_graph` (qkv is 'q', 'k', 'v', or missing for MLPs and logits; layer -1
         is input, n_layers is logits)."""
         s, r = self._layout.eap_order
         names, layer = self._layout.nodes, self._layout.node_layer
