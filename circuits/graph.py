@@ -45,7 +45,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pandas as pd
 import torch
@@ -595,9 +595,11 @@ class Graph:
 
     def to_frame(self) -> pd.DataFrame:
         """One row per edge, in EAP-IG's edge order: `edge parent child qkv parent_layer
-        child_layer sender receiver score in_graph` (qkv is 'q', 'k', 'v', or missing for MLPs and logits; layer -1
-        is input, n_layers is logits)."""
-        s, r = self._layout.eap_order
+        child_layer sender receiver score in_graph` (qkv is 'q', 'k', 'v', or missing for
+        MLPs and logits; layer -1 is input, n_layers is logits)."""
+        return self._edges_frame(*self._layout.eap_order)
+
+    def _edges_frame(self, s: torch.Tensor, r: torch.Tensor) -> pd.DataFrame:
         names, layer = self._layout.nodes, self._layout.node_layer
         owner = self._layout.receiver_node[r]
         return pd.DataFrame({
@@ -621,81 +623,11 @@ class Graph:
                              "head": self._layout.node_head.numpy(), "score": self.node_scores.numpy(),
                              "in_graph": self.node_in_graph.numpy()})
 
-    def node_position(self, node: int) -> tuple[float, float]:
-        """Where `figure` draws node index `node`: x is 0 for input, 2l+1 for layer l's heads,
-        2l+2 for its MLP, 2L+1 for logits; heads spread over y, everything else at y = 0."""
-        L, H = self.cfg.n_layers, self.cfg.n_heads
-        layer, head = int(self._layout.node_layer[node]), int(self._layout.node_head[node])
-        if layer < 0:
-            return 0.0, 0.0
-        if layer == L:
-            return 2.0 * L + 1, 0.0
-        if head >= 0:
-            return 2.0 * layer + 1, head - (H - 1) / 2
-        return 2.0 * layer + 2, 0.0
-
     def figure(self, max_edges: int = 500) -> "go.Figure":
-        """A plotly layered diagram of the circuit: layers left to right (input left, logits
-        right), a marker per node (in-graph nodes labelled), the circuit's edges only — the
-        `max_edges` largest by |score| — width by |score|, blue positive, red negative, grey
-        unscored. Hovering an edge's midpoint names it and its score. The trace named
-        "heads" has one point per head with customdata `[layer, head]`."""
-        import plotly.graph_objects as go
-
-        _check_int(max_edges, "max_edges", 1)
-        s, r = self.in_graph.nonzero(as_tuple=True)
-        score = self.scores[s, r]
-        order = torch.sort(-torch.nan_to_num(score.abs(), nan=-1.0), stable=True).indices[:max_edges]
-        s, r, score = s[order], r[order], score[order]
-        top = float(score.abs().nan_to_num(0).max()) if len(score) else 0.0
-        owner = self._layout.receiver_node[r]
-        offset = {"q": -0.25, "k": 0.0, "v": 0.25, None: 0.0}
-
-        fig = go.Figure()
-        groups: dict[tuple[str, int], tuple[list, list]] = {}
-        mid_x, mid_y, hover = [], [], []
-        for i, j, node, value in zip(s.tolist(), r.tolist(), owner.tolist(), score.tolist()):
-            x0, y0 = self.node_position(i)
-            x1, y1 = self.node_position(node)
-            y1 += offset[self._layout.receiver_qkv[j]]
-            sign = "unscored" if math.isnan(value) else ("positive" if value >= 0 else "negative")
-            level = 0 if math.isnan(value) or top == 0 else min(4, int(5 * abs(value) / top))
-            xs, ys = groups.setdefault((sign, level), ([], []))
-            xs += [x0, x1, None]
-            ys += [y0, y1, None]
-            mid_x.append((x0 + x1) / 2)
-            mid_y.append((y0 + y1) / 2)
-            hover.append(f"{self.nodes[i]}->{self.receivers[j]}<br>score {value:.4g}")
-        colours = {"positive": "#2166ac", "negative": "#b2182b", "unscored": "#999999"}
-        for (sign, level), (xs, ys) in sorted(groups.items()):
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-                                     name=f"{sign} edges", line={"color": colours[sign], "width": 1 + level * 1.5},
-                                     opacity=0.7))
-        fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", name="edges", hovertext=hover,
-                                 hoverinfo="text", marker={"size": 8, "color": "rgba(0,0,0,0)"}, showlegend=False))
-
-        heads = [i for i in range(self.n_senders) if self._layout.node_head[i] >= 0]
-        others = [i for i in range(self.n_nodes) if self._layout.node_head[i] < 0]
-        for trace_name, members in (("heads", heads), ("nodes", others)):
-            xy = [self.node_position(i) for i in members]
-            on = [bool(self.node_in_graph[i]) for i in members]
-            fig.add_trace(go.Scatter(
-                x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers+text", name=trace_name,
-                text=[self.nodes[i] if flag else "" for i, flag in zip(members, on)], textposition="top center",
-                hovertext=[f"{self.nodes[i]} ({'in' if flag else 'not in'} the circuit)" for i, flag in zip(members, on)],
-                hoverinfo="text", showlegend=False,
-                customdata=[[int(self._layout.node_layer[i]), int(self._layout.node_head[i])] for i in members],
-                marker={"size": [12 if flag else 6 for flag in on],
-                        "color": ["#333333" if flag else "#dddddd" for flag in on]}))
-        L = self.cfg.n_layers
-        ticks = [0] + [v for l in range(L) for v in (2 * l + 1, 2 * l + 2)] + [2 * L + 1]
-        labels = ["input"] + [t for l in range(L) for t in (f"L{l} attn", f"L{l} mlp")] + ["logits"]
-        shown = f"{len(s)} of {self.n_circuit_edges}" if len(s) < self.n_circuit_edges else f"{len(s)}"
-        fig.update_layout(
-            title=f"circuit of {self.cfg.model_name or 'a model'}: {shown} edges shown, {self.n_circuit_nodes} nodes",
-            xaxis={"tickvals": ticks, "ticktext": labels, "showgrid": False, "zeroline": False},
-            yaxis={"visible": False}, plot_bgcolor="white", hovermode="closest")
-        return fig
+        """The circuit drawn by `circuit_figure` from this graph's tables."""
+        edges = self._edges_frame(*self.in_graph.nonzero(as_tuple=True))
+        return circuit_figure(edges, self.nodes_frame(), self.cfg.n_layers, self.cfg.n_heads,
+                              self.cfg.model_name, max_edges)
 
     # ------------------------------------------------------------------ bundles
 
@@ -832,6 +764,85 @@ class Graph:
                 f"{self.n_circuit_edges} in the circuit)")
 
 
+def node_position(layer: int, head: int, n_layers: int, n_heads: int) -> tuple[float, float]:
+    """Where `circuit_figure` draws a node: x is 0 for input (layer -1), 2l+1 for layer l's
+    heads, 2l+2 for its MLP (head -1), 2L+1 for logits (layer L); heads spread over y,
+    everything else at y = 0."""
+    if layer < 0:
+        return 0.0, 0.0
+    if layer == n_layers:
+        return 2.0 * n_layers + 1, 0.0
+    if head >= 0:
+        return 2.0 * layer + 1, head - (n_heads - 1) / 2
+    return 2.0 * layer + 2, 0.0
+
+
+def circuit_figure(edges: pd.DataFrame, nodes: pd.DataFrame, n_layers: int, n_heads: int,
+                   model_name: str | None = None, max_edges: int = 500) -> "go.Figure":
+    """A plotly layered diagram of a circuit from its tables (no torch; `Graph.to_frame` and
+    `Graph.nodes_frame` columns): layers left to right (input left, logits right), a marker
+    per node (in-graph nodes labelled), the in-graph edges only — the `max_edges` largest
+    by |score| — width by |score|, blue positive, red negative, grey unscored. Hovering an
+    edge's midpoint names it and its score. The trace named "heads" has one point per head
+    with customdata `[layer, head]`, for links to head pages."""
+    import plotly.graph_objects as go
+
+    _check_int(max_edges, "max_edges", 1)
+    where = {row.node: node_position(int(row.layer), int(row.head), n_layers, n_heads)
+             for row in nodes.itertuples()}
+    circuit = edges[edges["in_graph"]]
+    size = circuit["score"].abs().fillna(-1.0)
+    shown = circuit.loc[size.sort_values(ascending=False, kind="stable").index[:max_edges]]
+    top = float(shown["score"].abs().max()) if len(shown) and shown["score"].notna().any() else 0.0
+    offset = {"q": -0.25, "k": 0.0, "v": 0.25}
+
+    fig = go.Figure()
+    groups: dict[tuple[str, int], tuple[list, list]] = {}
+    mid_x, mid_y, hover = [], [], []
+    for row in shown.itertuples():
+        x0, y0 = where[row.parent]
+        x1, y1 = where[row.child]
+        y1 += offset.get(row.qkv, 0.0) if isinstance(row.qkv, str) else 0.0
+        value = float(row.score)
+        sign = "unscored" if math.isnan(value) else ("positive" if value >= 0 else "negative")
+        level = 0 if math.isnan(value) or top == 0 else min(4, int(5 * abs(value) / top))
+        xs, ys = groups.setdefault((sign, level), ([], []))
+        xs += [x0, x1, None]
+        ys += [y0, y1, None]
+        mid_x.append((x0 + x1) / 2)
+        mid_y.append((y0 + y1) / 2)
+        hover.append(f"{row.edge}<br>score {value:.4g}")
+    colours = {"positive": "#2166ac", "negative": "#b2182b", "unscored": "#999999"}
+    for (sign, level), (xs, ys) in sorted(groups.items()):
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
+                                 name=f"{sign} edges", line={"color": colours[sign], "width": 1 + level * 1.5},
+                                 opacity=0.7))
+    fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", name="edges", hovertext=hover,
+                             hoverinfo="text", marker={"size": 8, "color": "rgba(0,0,0,0)"}, showlegend=False))
+
+    for trace_name, members in (("heads", nodes[nodes["head"] >= 0]), ("nodes", nodes[nodes["head"] < 0])):
+        xy = [where[n] for n in members["node"]]
+        on = members["in_graph"].astype(bool).tolist()
+        fig.add_trace(go.Scatter(
+            x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers+text", name=trace_name,
+            text=[n if flag else "" for n, flag in zip(members["node"], on)], textposition="top center",
+            hovertext=[f"{n} ({'in' if flag else 'not in'} the circuit)" for n, flag in zip(members["node"], on)],
+            hoverinfo="text", showlegend=False,
+            customdata=[[int(l), int(h)] for l, h in zip(members["layer"], members["head"])],
+            marker={"size": [12 if flag else 6 for flag in on],
+                    "color": ["#333333" if flag else "#dddddd" for flag in on]}))
+    ticks = [0] + [v for l in range(n_layers) for v in (2 * l + 1, 2 * l + 2)] + [2 * n_layers + 1]
+    labels = ["input"] + [t for l in range(n_layers) for t in (f"L{l} attn", f"L{l} mlp")] + ["logits"]
+    count = f"{len(shown)} of {len(circuit)}" if len(shown) < len(circuit) else f"{len(shown)}"
+    n_nodes = int(nodes.loc[nodes["kind"] != "logits", "in_graph"].sum()) if "kind" in nodes else None
+    fig.update_layout(
+        title=f"circuit of {model_name or 'a model'}: {count} edges shown"
+              + (f", {n_nodes} nodes" if n_nodes is not None else ""),
+        xaxis={"tickvals": ticks, "ticktext": labels, "showgrid": False, "zeroline": False},
+        yaxis={"visible": False}, plot_bgcolor="white", hovermode="closest")
+    return fig
+
+
 class _DuplicateKey(Exception):
     pass
 
@@ -936,4 +947,5 @@ def _read_edges(path: Path, graph: Graph, edges: Any) -> tuple[torch.Tensor, tor
     return scores, in_graph
 
 
-__all__ = ["GRAPH_ANALYSES", "Graph", "GraphConfig", "GraphFormatError", "QKV", "graph_config"]
+__all__ = ["GRAPH_ANALYSES", "Graph", "GraphConfig", "GraphFormatError", "QKV", "circuit_figure", "graph_config",
+           "node_position"]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from circuits.graph import Graph, GraphConfig, GraphFormatError
+from circuits.graph import Graph, GraphConfig, GraphFormatError, circuit_figure
 from interp.models import ModelConfig
 from interp.results import read_bundle
 
@@ -607,6 +607,9 @@ def test_bundle_round_trip(tmp_path):
     edges = bundle.table("edges")
     assert edges["edge"].tolist() == graph.to_frame()["edge"].tolist()
     assert edges["in_graph"].sum() == graph.n_circuit_edges
+    # the figure is a function of the tables alone, so it can be drawn without torch
+    drawn = circuit_figure(edges, bundle.table("nodes"), 3, 2, "toy")
+    assert edge_styles(drawn) == edge_styles(graph.figure())
     back = Graph.from_bundle(path)
     assert back.cfg == graph.cfg
     assert torch.equal(back.scores.nan_to_num(5.0), graph.scores.nan_to_num(5.0))
