@@ -43,7 +43,7 @@ import math
 import os
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
@@ -135,6 +135,22 @@ class _Layout:
     node_head: torch.Tensor  # [n_nodes] long: -1 for non-heads
     exists: torch.Tensor  # [n_senders, n_receivers] bool
     eap_order: tuple[torch.Tensor, torch.Tensor]  # (sender, receiver) of every edge in EAP-IG's order
+
+    @cached_property
+    def edge_names(self) -> list[str]:
+        """Every edge's name, in EAP-IG's order."""
+        s, r = self.eap_order
+        return [f"{self.nodes[i]}->{self.receivers[j]}" for i, j in zip(s.tolist(), r.tolist())]
+
+    @cached_property
+    def edge_position(self) -> dict[str, int]:
+        """Edge name -> its position in EAP-IG's order."""
+        return {name: i for i, name in enumerate(self.edge_names)}
+
+    @cached_property
+    def edge_flat(self) -> torch.Tensor:
+        """Row-major flat indices (sender * n_receivers + receiver) of the edges, ascending."""
+        return self.exists.reshape(-1).nonzero().squeeze(1)
 
 
 @lru_cache(maxsize=16)
@@ -400,9 +416,19 @@ class Graph:
         `absolute=False`), then pruned (see `prune`) unless `prune=False`."""
         key = self._selection_key(absolute)
         n = self._check_n(n)
-        order = torch.sort(-key.reshape(-1), stable=True).indices[:n]
+        flat = self._layout.edge_flat
+        values = key.reshape(-1)[flat]
+        chosen = torch.zeros(len(flat), dtype=torch.bool)
+        if n == len(flat):
+            chosen[:] = True
+        elif n > 0:
+            # the n-th largest value; everything above it, then ties in edge order up to n
+            kth = -torch.kthvalue(-values, n).values
+            chosen = values > kth
+            tied = (values == kth).nonzero().squeeze(1)
+            chosen[tied[:n - int(chosen.sum())]] = True
         mask = torch.zeros(self.n_senders * self.n_receivers, dtype=torch.bool)
-        mask[order] = True
+        mask[flat[chosen]] = True
         return self._selected(mask.view_as(self.in_graph), prune, empty_ok)
 
     def threshold(self, tau: float, absolute: bool = True, prune: bool = True, empty_ok: bool = False) -> "Graph":
@@ -462,11 +488,20 @@ class Graph:
         nodes[-1] = True
         if not kept.any() and self.in_graph.any() and not empty_ok:
             raise ValueError(self._disconnected_message(edges, from_input, to_logits))
-        return Graph(self.cfg, self.scores, kept, self.node_scores, nodes)
+        return self._derived(kept, nodes)
 
     def _selected(self, mask: torch.Tensor, prune: bool, empty_ok: bool) -> "Graph":
-        graph = Graph(self.cfg, self.scores, mask, self.node_scores)
+        graph = self._derived(mask, self._incident_nodes(mask))
         return graph.prune(empty_ok) if prune else graph
+
+    def _derived(self, in_graph: torch.Tensor, node_in_graph: torch.Tensor) -> "Graph":
+        """A graph with this one's (already checked) scores and a circuit computed here,
+        skipping the checks; the score tensors are shared, not copied."""
+        graph = Graph.__new__(Graph)
+        graph.cfg, graph._layout = self.cfg, self._layout
+        graph.scores, graph.node_scores = self.scores, self.node_scores
+        graph.in_graph, graph.node_in_graph = in_graph, node_in_graph
+        return graph
 
     def _selection_key(self, absolute: bool) -> torch.Tensor:
         """Scores to rank by (|score| with `absolute`), -inf where no edge; NaN scores on
@@ -597,13 +632,15 @@ class Graph:
         """One row per edge, in EAP-IG's edge order: `edge parent child qkv parent_layer
         child_layer sender receiver score in_graph` (qkv is 'q', 'k', 'v', or missing for
         MLPs and logits; layer -1 is input, n_layers is logits)."""
-        return self._edges_frame(*self._layout.eap_order)
+        return self._edges_frame(*self._layout.eap_order, self._layout.edge_names)
 
-    def _edges_frame(self, s: torch.Tensor, r: torch.Tensor) -> pd.DataFrame:
+    def _edges_frame(self, s: torch.Tensor, r: torch.Tensor, edge_names: list[str] | None = None) -> pd.DataFrame:
         names, layer = self._layout.nodes, self._layout.node_layer
         owner = self._layout.receiver_node[r]
+        if edge_names is None:
+            edge_names = [f"{names[i]}->{self._layout.receivers[j]}" for i, j in zip(s.tolist(), r.tolist())]
         return pd.DataFrame({
-            "edge": [f"{names[i]}->{self._layout.receivers[j]}" for i, j in zip(s.tolist(), r.tolist())],
+            "edge": edge_names,
             "parent": [names[i] for i in s.tolist()],
             "child": [names[i] for i in owner.tolist()],
             "qkv": [self._layout.receiver_qkv[j] for j in r.tolist()],
@@ -698,8 +735,8 @@ class Graph:
         nodes = {}
         for name, flag, score in zip(self.nodes, self.node_in_graph.tolist(), self.node_scores.tolist()):
             nodes[name] = {"in_graph": flag} if math.isnan(score) else {"in_graph": flag, "score": score}
-        edges = {f"{self.nodes[i]}->{self.receivers[j]}": {"score": value, "in_graph": flag}
-                 for i, j, value, flag in zip(s.tolist(), r.tolist(), scores.tolist(), self.in_graph[s, r].tolist())}
+        edges = {name: {"score": value, "in_graph": flag}
+                 for name, value, flag in zip(self._layout.edge_names, scores.tolist(), self.in_graph[s, r].tolist())}
         text = json.dumps({"cfg": self.cfg.shape(), "nodes": nodes, "edges": edges}, allow_nan=False)
         path = Path(path)
         handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -917,33 +954,45 @@ def _read_nodes(path: Path, graph: Graph, nodes: Any) -> tuple[torch.Tensor, tor
 def _read_edges(path: Path, graph: Graph, edges: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if not isinstance(edges, dict):
         raise GraphFormatError(f"{path}: edges must be an object of name -> {{score, in_graph}}")
-    scores = torch.full((graph.n_senders, graph.n_receivers), math.nan, dtype=torch.float64)
-    in_graph = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.bool)
-    unknown = []
+    position = graph._layout.edge_position
+    seen = torch.zeros(graph.n_edges, dtype=torch.bool)
+    where, values, flags, unknown = [], [], [], []
     for name, entry in edges.items():
-        try:
-            s, r = graph.edge_index(name)
-        except KeyError:
+        i = position.get(name)
+        if i is None:
             unknown.append(name)
             continue
         if not isinstance(entry, dict) or set(entry) != {"score", "in_graph"}:
             raise GraphFormatError(f"{path}: edge {name!r} must be an object with exactly score and in_graph; "
                                    f"got {entry!r}")
-        if not _is_number(entry["score"]) or not math.isfinite(entry["score"]):
-            raise GraphFormatError(f"{path}: edge {name!r}: score must be a finite number, got {entry['score']!r}")
-        if not isinstance(entry["in_graph"], bool):
-            raise GraphFormatError(f"{path}: edge {name!r}: in_graph must be true or false, got {entry['in_graph']!r}")
-        scores[s, r] = entry["score"]
-        in_graph[s, r] = entry["in_graph"]
+        score, flag = entry["score"], entry["in_graph"]
+        if not _is_number(score) or not math.isfinite(score):
+            raise GraphFormatError(f"{path}: edge {name!r}: score must be a finite number, got {score!r}")
+        if not isinstance(flag, bool):
+            raise GraphFormatError(f"{path}: edge {name!r}: in_graph must be true or false, got {flag!r}")
+        where.append(i)
+        values.append(score)
+        flags.append(flag)
     if unknown:
+        try:
+            graph.edge_index(unknown[0])
+            why = ""
+        except KeyError as error:
+            why = f" ({error.args[0]})"
         raise GraphFormatError(f"{path}: {len(unknown)} unknown edges for a graph of {graph.cfg.n_layers} layers x "
                                f"{graph.cfg.n_heads} heads (parallel_attn_mlp={graph.cfg.parallel_attn_mlp}): "
-                               f"{_names(unknown)}")
-    absent = graph._layout.exists & scores.isnan()
-    if absent.any():
-        names = [graph.edge_name(s, r) for s, r in absent.nonzero().tolist()[:8]]
-        raise GraphFormatError(f"{path}: {int(absent.sum())} of {graph.n_edges} edges are missing from the file, "
-                               f"e.g. {_names(names)}")
+                               f"{_names(unknown)}{why}")
+    seen[where] = True
+    if not seen.all():
+        absent = [graph._layout.edge_names[i] for i in (~seen).nonzero().squeeze(1)[:8].tolist()]
+        raise GraphFormatError(f"{path}: {int((~seen).sum())} of {graph.n_edges} edges are missing from the file, "
+                               f"e.g. {_names(absent)}")
+    s, r = graph._layout.eap_order
+    index = torch.tensor(where, dtype=torch.long)
+    scores = torch.full((graph.n_senders, graph.n_receivers), math.nan, dtype=torch.float64)
+    in_graph = torch.zeros(graph.n_senders, graph.n_receivers, dtype=torch.bool)
+    scores[s[index], r[index]] = torch.tensor(values, dtype=torch.float64)
+    in_graph[s[index], r[index]] = torch.tensor(flags, dtype=torch.bool)
     return scores, in_graph
 
 
