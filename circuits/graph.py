@@ -51,6 +51,8 @@ import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 
+from interp.patching.edges import EdgeLayout
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
@@ -155,39 +157,20 @@ class _Layout:
 
 @lru_cache(maxsize=16)
 def _layout(n_layers: int, n_heads: int, parallel: bool) -> _Layout:
+    """Index maps over the engine's edge layout (`interp.patching.edges.EdgeLayout`, which
+    fixes the sender and receiver order): nodes are its senders plus `logits`."""
+    edges = EdgeLayout.build(n_layers, n_heads, parallel)
     L, H = n_layers, n_heads
-    nodes = ["input"]
-    layer, head = [-1], [-1]
-    for l in range(L):
-        nodes += [f"a{l}.h{h}" for h in range(H)] + [f"m{l}"]
-        layer += [l] * (H + 1)
-        head += list(range(H)) + [-1]
-    nodes.append("logits")
-    layer.append(L)
-    head.append(-1)
-    n_senders = len(nodes) - 1
-
-    receivers, owner, qkv, upstream = [], [], [], []
-    for l in range(L):
-        first = 1 + l * (H + 1)  # node index of a{l}.h0; also the number of senders before it
-        for x in QKV:
-            receivers += [f"a{l}.h{h}<{x}>" for h in range(H)]
-            owner += [first + h for h in range(H)]
-            qkv += [x] * H
-            upstream += [first] * H
-        receivers.append(f"m{l}")
-        owner.append(first + H)
-        qkv.append(None)
-        upstream.append(first if parallel else first + H)
-    receivers.append("logits")
-    owner.append(n_senders)
-    qkv.append(None)
-    upstream.append(n_senders)
-    n_upstream = torch.tensor(upstream)
-    exists = torch.arange(n_senders)[:, None] < n_upstream[None, :]
-    return _Layout(tuple(nodes), tuple(receivers), {n: i for i, n in enumerate(nodes)},
-                   {r: i for i, r in enumerate(receivers)}, torch.tensor(owner), tuple(qkv), n_upstream,
-                   torch.tensor(layer), torch.tensor(head), exists, _eap_order(L, H, parallel))
+    nodes = list(edges.senders) + ["logits"]
+    layer = list(edges.sender_layer) + [L]
+    head = [int(n.split(".h")[1]) if n.startswith("a") else -1 for n in edges.senders] + [-1]
+    node_index = {n: i for i, n in enumerate(nodes)}
+    owner = [node_index[r.split("<")[0]] for r in edges.receivers]
+    qkv = tuple(r[-2] if r.endswith(">") else None for r in edges.receivers)
+    n_upstream = edges.exists.sum(0)  # upstream senders are a prefix of the sender order
+    return _Layout(tuple(nodes), edges.receivers, node_index, {r: i for i, r in enumerate(edges.receivers)},
+                   torch.tensor(owner), qkv, n_upstream, torch.tensor(layer), torch.tensor(head), edges.exists,
+                   _eap_order(L, H, parallel))
 
 
 def _eap_order(L: int, H: int, parallel: bool) -> tuple[torch.Tensor, torch.Tensor]:

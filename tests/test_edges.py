@@ -25,7 +25,7 @@ def test_layout_counts_edges_as_eap_ig_does():
     assert EdgeLayout.build(12, 12, parallel=False).n_edges == 32491
     small = EdgeLayout.build(2, 2, parallel=False)
     assert small.senders == ("input", "a0.h0", "a0.h1", "m0", "a1.h0", "a1.h1", "m1")
-    assert small.receivers[:4] == ("a0.h0<q>", "a0.h0<k>", "a0.h0<v>", "a0.h1<q>") and small.receivers[-1] == "logits"
+    assert small.receivers[:4] == ("a0.h0<q>", "a0.h1<q>", "a0.h0<k>", "a0.h1<k>") and small.receivers[-1] == "logits"
     edge = lambda s, r: bool(small.exists[small.senders.index(s), small.receivers.index(r)])  # noqa: E731
     assert edge("a0.h1", "m0") and edge("m0", "a1.h0<k>") and edge("input", "logits")
     assert not edge("a1.h0", "a1.h1<q>") and not edge("m0", "m0") and not edge("a1.h0", "a0.h0<v>")

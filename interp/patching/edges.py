@@ -33,10 +33,10 @@ from .task import Task
 
 @dataclass(frozen=True)
 class EdgeLayout:
-    """Senders and receivers of a model's edge graph in canonical order, and which pairs are
-    edges. Senders: `input`, then per layer its heads and its MLP. Receivers: per layer each
-    head's q, k, v, then the MLP; `logits` last. `exists[s, r]` is True when sender s is
-    upstream of receiver r."""
+    """Senders and receivers of a model's edge graph in canonical order (EAP-IG's tensor
+    order), and which pairs are edges. Senders: `input`, then per layer its heads and its MLP.
+    Receivers: per layer every head's q input, then every head's k, then every head's v, then
+    the MLP; `logits` last. `exists[s, r]` is True when sender s is upstream of receiver r."""
 
     n_layers: int
     n_heads: int
@@ -55,7 +55,8 @@ class EdgeLayout:
             for head in range(n_heads):
                 senders.append(f"a{layer}.h{head}")
                 s_layer.append(layer)
-                for kind in "qkv":
+            for kind in "qkv":
+                for head in range(n_heads):
                     receivers.append(f"a{layer}.h{head}<{kind}>")
                     r_layer.append(layer)
             senders.append(f"m{layer}")
@@ -222,8 +223,8 @@ def _split_forward(engine: Engine, x: torch.Tensor, task: Task, replace: tuple[s
     substitutes one sender group's output along the way ("attn" or "mlp" of a layer, `value`
     broadcastable to `[N, B, pos, d_model]`). Returns the metric `[N, B]` and the receivers'
     input copies in canonical order, as tensors with gradients retained: per layer one
-    `[3 * n_heads, N, B, pos, d_model]` tensor (head h's q, k, v inputs at 3h, 3h+1, 3h+2) and
-    the MLP's `[N, B, pos, d_model]`; then the logits' input.
+    `[3 * n_heads, N, B, pos, d_model]` tensor (every head's q input, then k, then v) and the
+    MLP's `[N, B, pos, d_model]`; then the logits' input.
     """
     f, cfg = engine.f, engine.cfg
     x = x.detach().requires_grad_(True)  # the root of the graph whose receiver gradients are read
@@ -234,9 +235,9 @@ def _split_forward(engine: Engine, x: torch.Tensor, task: Task, replace: tuple[s
     H, dh = cfg.n_heads, cfg.d_head
     for layer in range(cfg.n_layers):
         w = f.weights.layers[layer]
-        inputs = x.unsqueeze(0).expand(3 * H, *x.shape).clone()  # [3H, N, B, pos, d]: (head, q/k/v) pairs
+        inputs = x.unsqueeze(0).expand(3 * H, *x.shape).clone()  # [3H, N, B, pos, d]: q, k, v inputs of each head
         inputs.retain_grad()
-        h = f.norm(inputs, w.attn_norm).view(H, 3, *x.shape)
+        h = f.norm(inputs, w.attn_norm).view(3, H, *x.shape)
         kv = torch.tensor([cfg.kv_head(head) for head in range(H)], device=x.device)
         projected = []
         for i, which in enumerate("qkv"):
@@ -246,7 +247,7 @@ def _split_forward(engine: Engine, x: torch.Tensor, task: Task, replace: tuple[s
             bias = torch.zeros(n, dh, dtype=x.dtype, device=x.device) if bias is None else bias.view(n, dh)
             if which != "q":  # one copy of the key/value projection per query head
                 weight, bias = weight[kv], bias[kv]
-            projected.append(torch.einsum("hnbpd,hed->nbphe", h[:, i], weight) + bias)
+            projected.append(torch.einsum("hnbpd,hed->nbphe", h[i], weight) + bias)
         q, k, v = projected
         if rot is not None:
             q, k = f._rotate(q, *rot), f._rotate(k, *rot)
@@ -411,7 +412,7 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
     for layer in range(start_layer, cfg.n_layers):
         w = f.weights.layers[layer]
         receivers = layout.receivers_of_layer(layer)
-        inputs = corrected(x, receivers[:-1]).view(n, H, 3, *x.shape[1:])  # per head: q, k, v inputs
+        inputs = corrected(x, receivers[:-1]).view(n, 3, H, *x.shape[1:])  # q, k, v inputs of every head
         h = f.norm(inputs, w.attn_norm)
         qkv = []
         for i, which in enumerate("qkv"):
@@ -421,7 +422,7 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
             bias = torch.zeros(count, dh, dtype=x.dtype, device=x.device) if bias is None else bias.view(count, dh)
             if which != "q":
                 weight, bias = weight[kv_of], bias[kv_of]
-            qkv.append(torch.einsum("nhbpd,hed->nbphe", h[:, :, i], weight) + bias)
+            qkv.append(torch.einsum("nhbpd,hed->nbphe", h[:, i], weight) + bias)
         q, k, v = qkv
         if rot is not None:
             q, k = f._rotate(q, *rot), f._rotate(k, *rot)
