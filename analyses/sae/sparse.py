@@ -1,0 +1,131 @@
+"""The latents an SAE selected for a batch, and the encoder/decoder products restricted to them.
+
+Training an SAE spends its time in four products of size [batch, d_in] x [d_in, d_sae]: the
+encoder forward, the decoder forward, and their backwards. Once an SAE is sparse (TopK always;
+ReLU and JumpReLU after the first steps) only the active latents contribute to three of them:
+
+- decoder forward    x_hat[b]     = sum_j f[b, j] W_dec[j]              over active (b, j)
+- decoder backward   dW_dec[j]   += f[b, j] g[b],  df[b, j] = g[b] . W_dec[j]
+- encoder backward   dW_enc[:, j] += dpre[b, j] x[b]                     (dpre is 0 elsewhere)
+
+so `Code` keeps the active positions either as index lists (`rows`, `cols`, CSR `offsets`:
+cost ~ nnz * d_in) or, when too many latents are active for that to pay, as a dense mask (cost
+~ batch * d_sae * d_in, plain matrix products). Both give the same numbers; the encoder forward
+stays dense (every pre-activation is needed to know which latents are active).
+
+The sparse products use PyTorch's embedding-bag kernels, which compute exactly these sums:
+`embedding_bag(cols, W_dec, offsets, per_sample_weights=f)` is the decoder forward, and its
+backward kernels (`_embedding_bag_dense_backward`, `_embedding_bag_per_sample_weights_backward`)
+are dW and df.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Above this fraction of active (batch, latent) pairs the dense products are faster.
+SPARSE_MAX_DENSITY = 0.05
+
+
+class Code:
+    """Positions of the active latents of a batch of `batch` rows, `d_sae` latents.
+
+    Sparse: `rows`, `cols` [nnz] (row-major order), `offsets` [batch] (start of each row).
+    Dense: `mask` [batch, d_sae] (bool).
+    """
+
+    def __init__(self, batch: int, d_sae: int, *, rows=None, cols=None, mask=None):
+        self.batch, self.d_sae = batch, d_sae
+        self.rows, self.cols, self.mask = rows, cols, mask
+        if rows is not None:
+            self.bag_size = torch.bincount(rows, minlength=batch)
+            self.offsets = torch.cumsum(self.bag_size, 0) - self.bag_size
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.mask is None
+
+    @property
+    def nnz(self) -> int:
+        return self.cols.numel() if self.is_sparse else int(self.mask.sum())
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, *, sparse: bool | None = None) -> Code:
+        """From a [batch, d_sae] bool mask; index lists when its density is at most SPARSE_MAX_DENSITY
+        (or as `sparse` says)."""
+        batch, d_sae = mask.shape
+        if sparse is None:
+            sparse = int(mask.sum()) <= SPARSE_MAX_DENSITY * mask.numel()
+        if not sparse:
+            return cls(batch, d_sae, mask=mask)
+        rows, cols = mask.nonzero(as_tuple=True)
+        return cls(batch, d_sae, rows=rows, cols=cols)
+
+    @classmethod
+    def from_indices(cls, indices: torch.Tensor, d_sae: int, *, sparse: bool | None = None) -> Code:
+        """From [batch, k] latent indices per row (distinct within a row), e.g. a top-k."""
+        batch, k = indices.shape
+        if sparse is None:
+            sparse = k <= SPARSE_MAX_DENSITY * d_sae
+        if not sparse:
+            mask = torch.zeros(batch, d_sae, dtype=torch.bool, device=indices.device)
+            return cls(batch, d_sae, mask=mask.scatter_(1, indices, True))
+        rows = torch.arange(batch, device=indices.device).repeat_interleave(k)
+        return cls(batch, d_sae, rows=rows, cols=indices.reshape(-1))
+
+    def gather(self, dense: torch.Tensor) -> torch.Tensor:
+        """Values of a [batch, d_sae] tensor at the positions: [nnz] (sparse) or itself (dense)."""
+        return dense[self.rows, self.cols] if self.is_sparse else dense
+
+    def per_latent(self, vector: torch.Tensor) -> torch.Tensor:
+        """A [d_sae] vector laid out like the values: vector[cols] (sparse) or broadcast (dense)."""
+        return vector[self.cols] if self.is_sparse else vector
+
+    def restrict(self, values: torch.Tensor) -> torch.Tensor:
+        """Zero the values outside the positions (a no-op for index lists)."""
+        return values if self.is_sparse else values * self.mask
+
+    def decode(self, values: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+        """sum_j values[b, j] W_dec[j] -> [batch, d_in] (no bias); differentiable in both."""
+        if not self.is_sparse:
+            return values @ W_dec
+        return F.embedding_bag(self.cols, W_dec, self.offsets, mode="sum", per_sample_weights=values)
+
+    def count_per_latent(self, values: torch.Tensor) -> torch.Tensor:
+        """[d_sae]: in how many rows each latent is non-zero."""
+        if self.is_sparse:
+            return torch.bincount(self.cols[values.detach() != 0], minlength=self.d_sae)
+        return (values.detach() != 0).sum(0)
+
+    def encoder_values(self, pre: torch.Tensor, x_in: torch.Tensor, W_enc, b_enc, b_dec) -> torch.Tensor:
+        """The pre-activations `pre` ([batch, d_sae], computed without autograd as
+        x_in @ W_enc + b_enc with x_in = x - b_dec) at the positions, made differentiable in
+        W_enc, b_enc and (when given, i.e. apply_b_dec_to_input) b_dec, without recomputing them.
+        Gradients reach only the positions, so the encoder backward costs ~ nnz * d_in."""
+        return _EncoderValues.apply(self.gather(pre), x_in, W_enc, b_enc, b_dec, self)
+
+
+class _EncoderValues(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, x_in, W_enc, b_enc, b_dec, code):
+        ctx.code = code
+        ctx.has_b_dec = b_dec is not None
+        ctx.save_for_backward(x_in, W_enc)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x_in, W_enc = ctx.saved_tensors
+        code: Code = ctx.code
+        if code.is_sparse:
+            grad_W_enc_T = torch.ops.aten._embedding_bag_dense_backward(
+                x_in, code.cols, code.rows, code.bag_size, code.cols.new_empty(0), code.d_sae, False, 0, grad, -1)
+            grad_W_enc = grad_W_enc_T.T
+            grad_b_enc = torch.zeros(code.d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, code.cols, grad)
+        else:
+            grad_W_enc = x_in.T @ grad
+            grad_b_enc = grad.sum(0)
+        # pre = (x - b_dec) @ W_enc + b_enc, so d pre / d b_dec = -W_enc for every row
+        grad_b_dec = -(W_enc @ grad_b_enc) if ctx.has_b_dec else None
+        return None, None, grad_W_enc, grad_b_enc, grad_b_dec, None
