@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import torch
 from jaxtyping import Float
+import torch.nn.functional as F
 from torch import nn
 
 from analyses.sae.config import SAEConfig
@@ -134,8 +135,7 @@ class SAE(nn.Module):
     def _reconstruct(self, code: Code, f: torch.Tensor, x: torch.Tensor):
         """(x_hat [batch, d_in], mse_loss = mean over rows of ||x - x_hat||^2)."""
         x_hat = code.decode(f, self.W_dec) + self.b_dec
-        mse = (x_hat - x).pow(2).sum(-1).mean()
-        return x_hat, mse
+        return x_hat, F.mse_loss(x_hat, x, reduction="sum") / x.shape[0]
 
     def b_dec_for_encoder(self):
         return self.b_dec if self.cfg.apply_b_dec_to_input else None

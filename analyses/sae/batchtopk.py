@@ -17,7 +17,7 @@ import torch
 
 from analyses.sae.base import SAE, StepOutput
 from analyses.sae.config import SAEConfig, register
-from analyses.sae.sparse import SPARSE_MAX_DENSITY, Code
+from analyses.sae.sparse import Code
 from analyses.sae.topk import check_k, topk_aux_loss
 
 
@@ -91,17 +91,11 @@ class BatchTopKSAE(SAE):
         x_in, x_in_detached, pre = self._encoder_code(x)
         batch, d_sae = pre.shape
         m = int(self.cfg.k * batch)
-        chosen = batch_topk_indices(pre.relu(), m)
-        rows, cols = chosen // d_sae, chosen % d_sae
-        if len(chosen) <= SPARSE_MAX_DENSITY * pre.numel():
-            code = Code(batch, d_sae, rows=rows, cols=cols)
-        else:
-            mask = torch.zeros(batch, d_sae, dtype=torch.bool, device=pre.device)
-            code = Code(batch, d_sae, mask=mask.index_put_((rows, cols), torch.tensor(True, device=pre.device)))
+        code = Code.from_flat_indices(batch_topk_indices(pre.relu(), m), batch, d_sae)
         pre_at = code.encoder_values(pre, x_in_detached, self.W_enc, self.b_enc, self.b_dec_for_encoder())
         f = code.restrict(pre_at.relu())
         x_hat, mse = self._reconstruct(code, f, x)
-        aux = topk_aux_loss(self, x_in, (x - x_hat).detach(), dead, self.cfg.aux_loss_coefficient)
+        aux = topk_aux_loss(self, x_in, x, x_hat, dead, self.cfg.aux_loss_coefficient)
         with torch.no_grad():
             positive = f[f > 0]
             if positive.numel():

@@ -74,6 +74,17 @@ class Code:
         rows = torch.arange(batch, device=indices.device).repeat_interleave(k)
         return cls(batch, d_sae, rows=rows, cols=indices.reshape(-1))
 
+    @classmethod
+    def from_flat_indices(cls, flat: torch.Tensor, batch: int, d_sae: int, *, sparse: bool | None = None) -> Code:
+        """From sorted indices into the flattened [batch * d_sae] layout (e.g. a BatchTopK)."""
+        if sparse is None:
+            sparse = flat.numel() <= SPARSE_MAX_DENSITY * batch * d_sae
+        rows, cols = flat // d_sae, flat % d_sae
+        if sparse:
+            return cls(batch, d_sae, rows=rows, cols=cols)
+        mask = torch.zeros(batch * d_sae, dtype=torch.bool, device=flat.device)
+        return cls(batch, d_sae, mask=mask.index_fill_(0, flat, True).view(batch, d_sae))
+
     def gather(self, dense: torch.Tensor) -> torch.Tensor:
         """Values of a [batch, d_sae] tensor at the positions: [nnz] (sparse) or itself (dense)."""
         return dense[self.rows, self.cols] if self.is_sparse else dense

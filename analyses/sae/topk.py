@@ -46,15 +46,16 @@ class TopKSAEConfig(SAEConfig):
         self._check_coefficient("aux_loss_coefficient")
 
 
-def topk_aux_loss(sae: SAE, x_in: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor | None,
+def topk_aux_loss(sae: SAE, x_in: torch.Tensor, x: torch.Tensor, x_hat: torch.Tensor, dead: torch.Tensor | None,
                   coefficient: float) -> torch.Tensor:
-    """AuxK: reconstruct `residual` [batch, d_in] (detached) from the top k_aux dead latents.
+    """AuxK: reconstruct the residual x - x_hat [batch, d_in] (detached) from the top k_aux dead latents.
 
     Computed on the dead latents' columns only ([batch, n_dead] products), so it costs nothing
     while no latent is dead. x_in = x - b_dec with autograd (gradients reach b_dec too)."""
     n_dead = 0 if dead is None else int(dead.sum())
     if n_dead == 0 or coefficient == 0:
-        return residual.new_zeros(())
+        return x.new_zeros(())
+    residual = (x - x_hat).detach()
     d_in = residual.shape[-1]
     k_aux = max(1, d_in // 2)
     scale = min(n_dead / k_aux, 1.0)
@@ -93,7 +94,7 @@ class TopKSAE(SAE):
         pre_at = code.encoder_values(pre, x_in_detached, self.W_enc, self.b_enc, self.b_dec_for_encoder())
         f = code.restrict(pre_at.relu())
         x_hat, mse = self._reconstruct(code, f, x)
-        aux = topk_aux_loss(self, x_in, (x - x_hat).detach(), dead, self.cfg.aux_loss_coefficient)
+        aux = topk_aux_loss(self, x_in, x, x_hat, dead, self.cfg.aux_loss_coefficient)
         fired = code.count_per_latent(f)
         losses = {"mse_loss": mse, "auxiliary_reconstruction_loss": aux}
         return StepOutput(mse + aux, losses, x_hat.detach(), fired, int(fired.sum()) / x.shape[0])
