@@ -15,14 +15,14 @@ from analyses.sae.config import SAEConfig
 from analyses.sae.sparse import Code
 
 
-def check_activations(x, d_in: int, what: str = "activations") -> None:
-    """Refuse anything but a finite floating tensor [..., d_in]."""
+def check_activations(x, d_in: int, what: str = "activations", width: str = "d_in") -> None:
+    """Refuse anything but a finite floating tensor [..., d_in] (`width` names the last dimension)."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor [..., d_in={d_in}], got {type(x).__name__}")
+        raise TypeError(f"{what} must be a torch.Tensor [..., {width}={d_in}], got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"{what} must be floating point, got {x.dtype}")
     if x.ndim < 1 or x.shape[-1] != d_in:
-        raise ValueError(f"{what} must have shape [..., d_in={d_in}], got {list(x.shape)}")
+        raise ValueError(f"{what} must have shape [..., {width}={d_in}], got {list(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{what} are empty: shape {list(x.shape)}")
     if not torch.isfinite(x).all():
@@ -105,7 +105,7 @@ class SAE(nn.Module):
 
     def decode(self, f: Float[torch.Tensor, "... d_sae"]) -> Float[torch.Tensor, "... d_in"]:
         """Reconstruction f @ W_dec + b_dec [..., d_in] of latents f [..., d_sae]."""
-        check_activations(f, self.cfg.d_sae, "latent activations")
+        check_activations(f, self.cfg.d_sae, "latent activations", "d_sae")
         return f.to(self.W_dec.dtype) @ self.W_dec + self.b_dec
 
     def forward(self, x: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, "... d_in"]:

@@ -152,7 +152,7 @@ class _Trainer:
     def __init__(self, saes: dict[str, SAE], cfg: TrainConfig, sites: dict[str, str]):
         self.saes, self.cfg, self.sites = saes, cfg, sites
         self.optimizers = {
-            name: torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2))
+            name: torch.optim.Adam(sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), fused=True)
             for name, sae in saes.items()}
         self.states = {
             name: SAEState(torch.zeros(sae.cfg.d_sae, dtype=torch.int64, device=sae.W_enc.device),
