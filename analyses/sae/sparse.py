@@ -13,10 +13,12 @@ cost ~ nnz * d_in) or, when too many latents are active for that to pay, as a de
 ~ batch * d_sae * d_in, plain matrix products). Both give the same numbers; the encoder forward
 stays dense (every pre-activation is needed to know which latents are active).
 
-The sparse products use PyTorch's embedding-bag kernels, which compute exactly these sums:
-`embedding_bag(cols, W_dec, offsets, per_sample_weights=f)` is the decoder forward, and its
-backward kernels (`_embedding_bag_dense_backward`, `_embedding_bag_per_sample_weights_backward`)
-are dW and df.
+The sparse products are PyTorch embedding-bag kernels (weighted sums of gathered rows), each
+with cost ~ nnz * d_in: `embedding_bag(cols, W_dec, offsets, per_sample_weights=f)` is the
+decoder forward; the same kernel over the entries sorted by latent, gathering rows of the
+[batch, d_in] gradient (or input), gives dW_dec (and dW_enc); `_embedding_bag_per_sample_weights_backward`
+gives df. Sorting the entries once by latent and reusing it for both weight gradients is
+cheaper than the embedding-bag backward, which sorts them again for each.
 """
 
 from __future__ import annotations
@@ -38,9 +40,10 @@ class Code:
     def __init__(self, batch: int, d_sae: int, *, rows=None, cols=None, mask=None):
         self.batch, self.d_sae = batch, d_sae
         self.rows, self.cols, self.mask = rows, cols, mask
+        self._by_latent = None  # the entries sorted by latent, made when first needed
         if rows is not None:
-            self.bag_size = torch.bincount(rows, minlength=batch)
-            self.offsets = torch.cumsum(self.bag_size, 0) - self.bag_size
+            counts = torch.bincount(rows, minlength=batch)
+            self.offsets = torch.cumsum(counts, 0) - counts
 
     @property
     def is_sparse(self) -> bool:
@@ -101,7 +104,16 @@ class Code:
         """sum_j values[b, j] W_dec[j] -> [batch, d_in] (no bias); differentiable in both."""
         if not self.is_sparse:
             return values @ W_dec
-        return F.embedding_bag(self.cols, W_dec, self.offsets, mode="sum", per_sample_weights=values)
+        return _SparseDecode.apply(values, W_dec, self)
+
+    def per_latent_sum(self, dense: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """[d_sae, d]: row j = sum over the entries (b, j) of weights[entry] * dense[b] (dense [batch, d])."""
+        if self._by_latent is None:
+            order = torch.sort(self.cols, stable=True).indices
+            counts = torch.bincount(self.cols, minlength=self.d_sae)
+            self._by_latent = (order, self.rows[order], torch.cumsum(counts, 0) - counts)
+        order, rows, offsets = self._by_latent
+        return F.embedding_bag(rows, dense, offsets, mode="sum", per_sample_weights=weights[order])
 
     def count_per_latent(self, values: torch.Tensor) -> torch.Tensor:
         """[d_sae]: in how many rows each latent is non-zero."""
@@ -130,9 +142,7 @@ class _EncoderValues(torch.autograd.Function):
         x_in, W_enc = ctx.saved_tensors
         code: Code = ctx.code
         if code.is_sparse:
-            grad_W_enc_T = torch.ops.aten._embedding_bag_dense_backward(
-                x_in, code.cols, code.rows, code.bag_size, code.cols.new_empty(0), code.d_sae, False, 0, grad, -1)
-            grad_W_enc = grad_W_enc_T.T
+            grad_W_enc = code.per_latent_sum(x_in, grad).T
             grad_b_enc = torch.zeros(code.d_sae, dtype=grad.dtype, device=grad.device).index_add_(0, code.cols, grad)
         else:
             grad_W_enc = x_in.T @ grad
@@ -140,3 +150,24 @@ class _EncoderValues(torch.autograd.Function):
         # pre = (x - b_dec) @ W_enc + b_enc, so d pre / d b_dec = -W_enc for every row
         grad_b_dec = -(W_enc @ grad_b_enc) if ctx.has_b_dec else None
         return None, None, grad_W_enc, grad_b_enc, grad_b_dec, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, W_dec, code):
+        ctx.code = code
+        ctx.save_for_backward(values, W_dec)
+        return F.embedding_bag(code.cols, W_dec, code.offsets, mode="sum", per_sample_weights=values)
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, W_dec = ctx.saved_tensors
+        code: Code = ctx.code
+        grad = grad.contiguous()
+        grad_values = grad_W_dec = None
+        if ctx.needs_input_grad[0]:  # grad[b] . W_dec[j] for each entry (b, j)
+            grad_values = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+                grad, W_dec, code.cols, code.offsets, code.rows, 0, -1)
+        if ctx.needs_input_grad[1]:
+            grad_W_dec = code.per_latent_sum(grad, values)
+        return grad_values, grad_W_dec, None

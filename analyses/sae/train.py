@@ -278,7 +278,7 @@ class _Trainer:
         state.window_fired += out.fired
         state.window_tokens += n
         # the batch's explained variance 1 - sum ||x - x_hat||^2 / (sum ||x||^2 - n ||mean x||^2)
-        total_variance = torch.linalg.vector_norm(x, dtype=torch.float64) ** 2 - x.sum(0, dtype=torch.float64).pow(2).sum() / n
+        total_variance = torch.linalg.vector_norm(x).double() ** 2 - x.sum(0).double().pow(2).sum() / n
         residual = out.losses["mse_loss"].double() * n
         row = {"step": self.step, "sae": name, **{k: v.item() for k, v in out.losses.items()},
                "l0": out.l0, "explained_variance": (1 - residual / total_variance).item(),
