@@ -41,8 +41,8 @@ class BatchTopKSAEConfig(SAEConfig):
 
 
 def batch_topk_indices(acts: torch.Tensor, m: int) -> torch.Tensor:
-    """Sorted flat indices of the m largest entries of acts [batch, d_sae] (ReLU'd, so >= 0),
-    zeros dropped: the set `acts.flatten().topk(m)` selects, up to ties and zero entries.
+    """Sorted flat indices of the m largest entries of acts [batch, d_sae], positive ones only:
+    the non-zero entries of `acts.relu().flatten().topk(m)`, up to ties.
 
     A top-m over all batch * d_sae entries is slow on a CPU, so a value a little below the m-th
     largest is first estimated from a strided sample (a stride coprime with d_sae, so that every
@@ -91,7 +91,7 @@ class BatchTopKSAE(SAE):
         x_in, x_in_detached, pre = self._encoder_code(x)
         batch, d_sae = pre.shape
         m = int(self.cfg.k * batch)
-        code = Code.from_flat_indices(batch_topk_indices(pre.relu(), m), batch, d_sae)
+        code = Code.from_flat_indices(batch_topk_indices(pre, m), batch, d_sae)
         pre_at = code.encoder_values(pre, x_in_detached, self.W_enc, self.b_enc, self.b_dec_for_encoder())
         f = code.restrict(pre_at.relu())
         x_hat, mse = self._reconstruct(code, f, x)

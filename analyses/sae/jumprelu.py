@@ -101,9 +101,10 @@ class JumpReLUSAE(SAE):
         eps = self.cfg.jumprelu_bandwidth
         x_in, x_in_detached, pre = self._encoder_code(x)
         with torch.no_grad():
-            # every position whose output or pseudo-derivative can be non-zero
-            mask = pre > self.threshold
-            mask |= (pre - self.threshold) / eps > -0.5
+            # every position whose output or pseudo-derivative can be non-zero: z > threshold - eps/2,
+            # with a margin so that rounding in (z - threshold) / eps cannot drop one (extra
+            # positions have zero output and zero pseudo-derivative)
+            mask = pre > self.threshold - 0.5 * (1 + 1e-4) * eps
         code = Code.from_mask(mask)
         z = code.encoder_values(pre, x_in_detached, self.W_enc, self.b_enc, self.b_dec_for_encoder())
         threshold = code.per_latent(self.threshold)

@@ -51,7 +51,7 @@ class Code:
 
     @property
     def nnz(self) -> int:
-        return self.cols.numel() if self.is_sparse else int(self.mask.sum())
+        return self.cols.numel() if self.is_sparse else int(self.mask.count_nonzero())
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor, *, sparse: bool | None = None) -> Code:
@@ -59,7 +59,7 @@ class Code:
         (or as `sparse` says)."""
         batch, d_sae = mask.shape
         if sparse is None:
-            sparse = int(mask.sum()) <= SPARSE_MAX_DENSITY * mask.numel()
+            sparse = int(mask.count_nonzero()) <= SPARSE_MAX_DENSITY * mask.numel()
         if not sparse:
             return cls(batch, d_sae, mask=mask)
         rows, cols = mask.nonzero(as_tuple=True)

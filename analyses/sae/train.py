@@ -198,7 +198,10 @@ class _Trainer:
                 for bname, b in sae.named_buffers():
                     b.copy_(state["buffers"][name][bname])
             self.optimizers[name].load_state_dict(state["optimizers"][name])
-            self.states[name] = SAEState(**state["states"][name])
+            saved = state["states"][name]
+            device = sae.W_enc.device
+            self.states[name] = SAEState(saved["tokens_since_fired"].to(device), saved["window_fired"].to(device),
+                                         saved["window_tokens"], saved["last"])
         self.step, self.tokens = state["step"], state["tokens"]
         self.last_checkpoint = folder
 
