@@ -4,7 +4,7 @@
     python benchmarks/sae.py --archs topk --steps 40 --device cuda
 
 Setting (the same for both, each run in its own subprocess; SAELens in `.venv-peers/saelens`,
-created on first use): d_in 768, d_sae 6144 (8x), batch 4096, k 32; Adam lr 3e-4, betas
+created on first use): d_in 768, d_sae 6144 (8x), batch 4096, k 32; Adam lr 3e-4 (`--lr`), betas
 (0.9, 0.999), gradient norm clipped to 1.0 (SAELens always clips), constant learning rate;
 ReLU-L1 l1_coefficient 1.0, JumpReLU l0_coefficient 1.0 and bandwidth 0.05, TopK/BatchTopK
 aux_loss_coefficient 1.0.
@@ -17,9 +17,11 @@ Both libraries start from the *same* weights (written by headlab, loaded into SA
 SAE): decoder rows of norm 0.1 (unit norm for TopK/BatchTopK), W_enc = W_dec^T, b_dec the
 geometric median of the first batch, and for ReLU-L1 and JumpReLU an encoder bias / threshold
 that makes each latent fire on k/d_sae of the first batch, so training starts at L0 ~ 32, the
-sparsity a run spends nearly all its time at. (From a fresh initialisation ReLU and JumpReLU
-SAEs are dense for their first hundreds or thousands of steps; `--fresh-thresholds` times that
-regime instead: b_enc 0 / threshold 0.01.)
+sparsity a run spends nearly all its time at. Caveat, seen here: at lr 3e-4 Adam moves the small
+initial encoder weights (~0.004) by ~8% a step, and ReLU and JumpReLU SAEs drift to L0 ~ 600
+(10% of latents, where the dense products are used) within 20 steps; `--lr 3e-5` keeps them in
+the sparse regime for the whole run. `--fresh-thresholds` (b_enc 0 / threshold 0.01, half the
+latents active) times the dense regime of a fresh initialisation.
 
 Timing: wall time of each optimiser step (batch already in memory), the first `--warmup`
 steps excluded; tokens/s = batch / median step time. Memory: peak resident memory above the
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -60,7 +63,7 @@ def timed_stream(batches, steps, times):
     times.append(time.perf_counter())
 
 
-def worker_headlab(arch, data_file, start_file, steps, device, out):
+def worker_headlab(arch, data_file, start_file, steps, device, lr, out):
     sys.path.insert(0, str(ROOT))
     import torch
     from safetensors.torch import load_file
@@ -76,7 +79,7 @@ def worker_headlab(arch, data_file, start_file, steps, device, out):
     with torch.no_grad():
         for name, t in start.items():
             getattr(sae, name).copy_(t)
-    cfg = TrainConfig(total_training_steps=steps, lr=LR, max_grad_norm=1.0, b_dec_init="zeros",
+    cfg = TrainConfig(total_training_steps=steps, lr=lr, max_grad_norm=1.0, b_dec_init="zeros",
                       dead_feature_window=1000 * BATCH)  # SAELens's default window: 1000 steps
     times = []
     if device.startswith("cuda"):
@@ -91,7 +94,7 @@ def worker_headlab(arch, data_file, start_file, steps, device, out):
         "l0": [r["l0"] for r in rows]}))
 
 
-def worker_saelens(arch, data_file, start_file, steps, device, out):
+def worker_saelens(arch, data_file, start_file, steps, device, lr, out):
     import torch
     from safetensors.torch import load_file
     from sae_lens.config import SAETrainerConfig
@@ -116,7 +119,7 @@ def worker_saelens(arch, data_file, start_file, steps, device, out):
         for name, t in start.items():
             getattr(sae, name).copy_(t)
     trainer = SAETrainer(SAETrainerConfig(total_training_samples=BATCH * steps, train_batch_size_samples=BATCH,
-                                          lr=LR, lr_end=LR, device=device), sae, iter(batches))
+                                          lr=lr, lr_end=lr, device=device), sae, iter(batches))
     times, rows = [], []
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -178,12 +181,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--pool", type=int, default=4)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--lr", type=float, default=LR)
     parser.add_argument("--fresh-thresholds", action="store_true")
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         lib, arch, data_file, start_file, steps, out = args.worker
-        (worker_headlab if lib == "headlab" else worker_saelens)(arch, data_file, start_file, int(steps), args.device, out)
+        (worker_headlab if lib == "headlab" else worker_saelens)(arch, data_file, start_file, int(steps), args.device,
+                                                                 args.lr, out)
         return
 
     sys.path.insert(0, str(ROOT))
@@ -199,7 +204,7 @@ def main() -> None:
         results = {}
         for lib, python in (("SAELens", saelens_python), ("headlab", Path(sys.executable))):
             out = tmp / f"{lib}_{arch}.json"
-            cmd = [str(python), __file__, "--device", args.device, "--worker", lib.lower(), arch,
+            cmd = [str(python), __file__, "--device", args.device, "--lr", str(args.lr), "--worker", lib.lower(), arch,
                    str(tmp / "data.safetensors"), str(tmp / f"start_{arch}.safetensors"), str(args.steps), str(out)]
             subprocess.run(cmd, check=True)
             results[lib] = json.loads(out.read_text())
@@ -213,7 +218,7 @@ def main() -> None:
         if not same:
             failures.append(arch)
         rows.append({
-            "architecture": arch, "steps": args.steps,
+            "architecture": arch, "steps": args.steps, "lr": args.lr,
             "SAELens tok/s": f"{speed['SAELens']:,.0f}", "headlab tok/s": f"{speed['headlab']:,.0f}",
             "speed-up": f"{speed['headlab'] / speed['SAELens']:.2f}x",
             "peak MiB SAELens / headlab": f"{sl['peak_bytes'] / 2**20:,.0f} / {hl['peak_bytes'] / 2**20:,.0f}",
@@ -222,6 +227,7 @@ def main() -> None:
             "final L0 SAELens / headlab": f"{last['SAELens']['l0']:.1f} / {last['headlab']['l0']:.1f}",
             "same answer": "yes" if same else "NO"})
         print(rows[-1], flush=True)
+    shutil.rmtree(tmp)
     print()
     print(markdown_table(rows))
     if failures:
