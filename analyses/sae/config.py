@@ -29,6 +29,8 @@ DTYPES.update({f"torch.{name}": dtype for name, dtype in list(DTYPES.items())})
 # folded says "none". Run-time normalisations (layer_norm, constant_norm_rescale, whitening) are
 # SAELens options headlab does not implement, so loading such an SAE is refused.
 NORMALIZE_ACTIVATIONS = ("none",)
+# "hook_z" marks an attention-output SAE (SAELens reshapes [..., n_heads, d_head] itself); here
+# it is only recorded: encode takes z already flattened to [..., n_heads * d_head].
 RESHAPE_ACTIVATIONS = ("none", "hook_z")
 
 
