@@ -8,10 +8,14 @@ sum, max(||y||_1 - ||y - z||_1, 0), normalised over the parts (METHODS.md §5).
 * `token_routes`: the token-level graph of one prompt. Nodes are residual states (layer,
   position, "pre"/"mid"/"post"); an edge is a part whose importance exceeds `threshold`
   (the paper's tool uses 0.04), kept only when it lies on a route back from the prediction.
-* `routes_scores`: the same proximity aggregated to the edge graph of `circuits.graph`, as
-  EAP-IG's implementation does: for each receiver's input (a head's q/k/v input, an MLP's,
-  the logits') and each upstream sender, the sender output's proximity to that input,
-  normalised over the upstream senders and averaged over the prompts' positions.
+* `routes_scores`: the same proximities aggregated to the edge graph of `circuits.graph`.
+  An edge u -> r scores the sender output's proximity to the receiver's input (normalised over
+  the upstream senders, as EAP-IG's implementation of routes does), weighted at each position
+  by how much the receiver carries the prediction there: the importance that flows from the
+  prediction back through the token-level graph (without a threshold) into that receiver —
+  through a head, the share of its write from key j into query i goes to its q input at i and
+  its k and v inputs at j. Averaged over the prompts. (EAP-IG averages over every position
+  instead, which lets positions unrelated to the prediction dominate.)
 """
 
 from __future__ import annotations
@@ -31,27 +35,73 @@ def _proximity(y: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
 
 
 def routes_scores(model: HookedModel, task: Task) -> tuple[EdgeLayout, torch.Tensor]:
-    """Edge scores `[n_senders, n_receivers]` (NaN off-edges) from the clean prompts of `task`:
-    each sender's normalised proximity to each downstream receiver's input, averaged over every
-    prompt's positions up to its answer position."""
+    """Edge scores `[n_senders, n_receivers]` (NaN off-edges) on the clean prompts of `task`,
+    traced back from each prompt's prediction at its answer position (see the module
+    docstring)."""
     engine = check_edge_model(model)
     layout = EdgeLayout.for_model(model)
     task = task.to(model.device)
+    cfg, f = model.cfg, engine.f
+    H = cfg.n_heads
     with torch.no_grad():
         run = engine.run(task.clean)
-        outs = sender_outputs(engine, run).float()  # [S, B, pos, d]
-        inputs = []
-        for layer in range(model.cfg.n_layers):
-            inputs += [run.resid_pre[layer]] * (3 * model.cfg.n_heads) + [run.mlp_in[layer]]
-        inputs.append(run.resid_post[-1])
-        real = (torch.arange(task.n_pos, device=outs.device)[None] <= task.answer_pos[:, None]).float()  # [B, pos]
-        scores = torch.full(layout.exists.shape, float("nan"))
-        for r, x in enumerate(inputs):
-            upstream = layout.exists[:, r].nonzero()[:, 0].to(outs.device)
-            importance = _proximity(x.float(), outs[upstream])  # [S_up, B, pos]
-            per_prompt = (importance * real).sum(-1) / real.sum(-1)
-            scores[upstream.cpu(), r] = per_prompt.mean(-1).cpu()
-    return layout, scores
+        outs = sender_outputs(engine, run).double()  # [S, B, pos, d]
+    scores = torch.zeros(layout.exists.shape, dtype=torch.float64)
+    for b in range(task.batch):
+        weights = _receiver_weights(engine, run, b, int(task.answer_pos[b]))  # [R, pos]
+        for layer in range(cfg.n_layers + 1):
+            reads = run.resid_post[-1] if layer == cfg.n_layers else run.resid_pre[layer]
+            for r in layout.receivers_of_layer(layer):
+                x = run.mlp_in[layer] if layout.receivers[r].startswith("m") else reads
+                upstream = layout.exists[:, r].nonzero()[:, 0]
+                importance = _proximity(x[b].double(), outs[upstream, b])  # [S_up, pos]
+                scores[upstream, r] += (importance * weights[r]).sum(-1) / task.batch
+    scores[~layout.exists] = float("nan")
+    return layout, scores.float()
+
+
+def _receiver_weights(engine, run, b: int, target: int) -> torch.Tensor:
+    """How much of prompt b's prediction at `target` flows through each receiver at each
+    position, `[n_receivers, pos]`, propagated back through every part's proximity."""
+    cfg, f = engine.cfg, engine.f
+    H, n_pos = cfg.n_heads, run.resid_pre[0].shape[1]
+    weights = torch.zeros(cfg.n_layers * (3 * H + 1) + 1, n_pos, dtype=torch.float64)
+    weights[-1, target] = 1.0
+    post = torch.zeros(n_pos, dtype=torch.float64)
+    post[target] = 1.0
+    for layer in range(cfg.n_layers - 1, -1, -1):
+        base = layer * (3 * H + 1)
+        q_r, k_r, v_r, mlp_r = base, base + H, base + 2 * H, base + 3 * H
+        w = f.weights.layers[layer]
+        pre = run.resid_pre[layer][b].double()
+        if not f.parallel:  # post = mid + mlp(mid)
+            mid = run.resid_mid[layer][b].double()
+            share = _proximity(run.resid_post[layer][b].double(), torch.stack([mid, run.mlp_out[layer][b].double()]))
+            weights[mlp_r] = post * share[1]
+            post = post * share.sum(0)  # both the residual and the MLP read the mid state
+        target_state = run.resid_post[layer][b] if f.parallel else run.resid_mid[layer][b]
+        pattern = run.pattern[layer][b].double()  # [head, q, k]
+        v = run.v[layer][b][:, [cfg.kv_head(h) for h in range(H)]].double()  # [pos, head, d_head]
+        w_o = w.w_o.double().view(cfg.d_model, H, cfg.d_head)
+        writes = torch.einsum("hqk,khe,dhe->qhkd", pattern, v, w_o)  # [q, head, k, d]
+        parts = [pre[:, None], writes.flatten(1, 2)]
+        if w.b_o is not None:
+            parts.append(w.b_o.double().expand(n_pos, 1, -1))
+        if f.parallel:
+            parts.append(run.mlp_out[layer][b].double()[:, None])
+        parts = torch.cat(parts, dim=1).transpose(0, 1)  # [n_parts, q, d]
+        share = _proximity(target_state.double(), parts)  # [n_parts, q]
+        flow = post * share  # importance through each part, per query position
+        head_flow = flow[1: 1 + H * n_pos].T.reshape(n_pos, H, n_pos)  # [q, head, k]
+        weights[q_r: q_r + H] = head_flow.sum(-1).T  # query side at q
+        weights[k_r: k_r + H] = head_flow.sum(0)      # key side at k
+        weights[v_r: v_r + H] = head_flow.sum(0)
+        new_pre = flow[0] + head_flow.sum((0, 1))
+        if f.parallel:
+            weights[mlp_r] = flow[-1]
+            new_pre = new_pre + flow[-1]  # the MLP reads the block's input
+        post = new_pre
+    return weights
 
 
 def token_routes(model: HookedModel, tokens: torch.Tensor, position: int = -1, threshold: float = 0.04) -> pd.DataFrame:

@@ -106,12 +106,13 @@ def score_shares(model: HookedModel, forms: "_Forms", outs: torch.Tensor, x_tild
     return total, q_share, k_share
 
 
-def sad_scores(model: HookedModel, task: Task, n_start: int = 3, attention: float = 0.9, coverage: float = 0.9,
+def sad_scores(model: HookedModel, task: Task, start: float = 0.1, attention: float = 0.9, coverage: float = 0.9,
                share: float = 0.1, max_depth: int | None = None) -> tuple[EdgeLayout, torch.Tensor]:
     """Edge scores `[n_senders, n_receivers]` traced by sparse attention decomposition.
 
     Args:
-        n_start: trace from this many heads with the largest mean |direct logit attribution|.
+        start: trace from every head whose mean |direct logit attribution| is at least this
+            share of the largest head's.
         attention: at each traced (head, query), the keys covering this share of the attention.
         coverage: singular directions are kept, largest terms first, until they reach this
             share of the score.
@@ -120,11 +121,9 @@ def sad_scores(model: HookedModel, task: Task, n_start: int = 3, attention: floa
             for key-side shares.
         max_depth: stop tracing after this many hops (default: down to layer 0).
     """
-    for name, value in (("attention", attention), ("coverage", coverage), ("share", share)):
+    for name, value in (("start", start), ("attention", attention), ("coverage", coverage), ("share", share)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
             raise ValueError(f"{name} must be in (0, 1], got {value!r}")
-    if isinstance(n_start, bool) or not isinstance(n_start, int) or n_start < 1:
-        raise ValueError(f"n_start must be an int >= 1, got {n_start!r}")
     engine = check_edge_model(model)
     layout = EdgeLayout.for_model(model)
     task = task.to(model.device)
@@ -148,13 +147,14 @@ def sad_scores(model: HookedModel, task: Task, n_start: int = 3, attention: floa
     logits = len(layout.receivers) - 1
     scores[:, logits] = dla.mean(1)
     heads = [s for s, name in enumerate(layout.senders) if name.startswith("a")]
-    start = sorted(heads, key=lambda s: -float(dla[s].abs().mean()))[:n_start]
+    strength = {s: float(dla[s].abs().mean()) for s in heads}
+    first = [s for s in heads if strength[s] >= start * max(strength.values())]
 
     def head_of(s: int) -> tuple[int, int]:
         layer, head = layout.senders[s][1:].split(".h")
         return int(layer), int(head)
 
-    frontier = {(s, b, int(task.answer_pos[b]), 0) for s in start for b in range(B)}
+    frontier = {(s, b, int(task.answer_pos[b]), 0) for s in first for b in range(B)}
     done: set = set()
     while frontier:
         s, b, i, depth = frontier.pop()

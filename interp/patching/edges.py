@@ -500,3 +500,11 @@ class CircuitRunner:
         logits = self.engine.f.unembed(self._finals(masks, start_layer).float())
         clean = torch.log_softmax(self.clean_logits, -1)
         return (clean.exp() * (clean - torch.log_softmax(logits, -1))).sum(-1)
+
+    def run_masks(self, masks: torch.Tensor) -> torch.Tensor:
+        """The task metric `[N, B]` (CPU) of each mask, for `circuits.evaluation`: the earliest
+        layer any mask changes is where the runs start."""
+        off = ~masks & self.layout.exists
+        changed = off.any(0).any(0).nonzero()
+        start = min((self.layout.receiver_layer[int(r)] for r in changed), default=self.engine.cfg.n_layers - 1)
+        return self.metric(masks, start).cpu()
