@@ -109,3 +109,35 @@ def test_sad_scores_only_the_edges_it_traces(model):
     assert scores[:, layout.receivers.index("logits")].abs().max() > 0
     with pytest.raises(ValueError, match="coverage must be in"):
         sad_scores(model, task, coverage=0)
+
+
+def test_discovery_refuses_bad_input_with_the_reason(model, tmp_path):
+    from circuits.discovery import evaluate, find_circuit
+    from circuits.graph import Graph
+    from interp.patching import Task
+
+    task = random_task(model, seed=4, batch=2, n_pos=6)
+    with torch.no_grad():
+        clean_logits = model(task.clean)[torch.arange(2), task.answer_pos]
+
+    def kl_to_clean(logits, t):  # flat at the clean run: its gradient there is zero
+        p = torch.log_softmax(clean_logits, -1)
+        return (p.exp() * (p - torch.log_softmax(logits, -1))).sum(-1)
+    kl_task = Task(task.clean, task.corrupt, task.answer, task.wrong, metric=kl_to_clean)
+    with pytest.raises(ValueError, match="needs a metric with a gradient at the clean run.*logit difference"):
+        find_circuit(model, kl_task, "eap", progress=False)
+    # integrated gradients average along the path, where KL's gradient is not zero
+    assert torch.nansum(find_circuit(model, kl_task, "eap-ig", progress=False).scores.abs()) > 0
+    with pytest.raises(ValueError, match="unknown method 'magic'; methods: exact, eap"):
+        find_circuit(model, task, "magic")
+    with pytest.raises(ValueError, match="threshold must be a number >= 0"):
+        find_circuit(model, task, "acdc", threshold=-0.1, progress=False)
+    with pytest.raises(ValueError, match="steps must be an int >= 1"):
+        find_circuit(model, task, "eap-ig", steps=0)
+    with pytest.raises(ValueError, match="start must be in"):
+        find_circuit(model, task, "sad", start=2.0)
+    other = Graph.for_model(model.cfg.n_layers + 1, model.cfg.n_heads, parallel_attn_mlp=model.cfg.parallel,
+                            d_model=model.cfg.d_model)
+    other = other.with_scores(torch.where(other.exists, 1.0, float("nan")))
+    with pytest.raises(ValueError, match=r"the graph is for a model of shape .*'n_layers': 3"):
+        evaluate(model, task, other)

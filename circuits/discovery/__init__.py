@@ -82,6 +82,9 @@ def evaluate(model: HookedModel, task: Task, graph: Graph, *, ablation: str = "p
     """Faithfulness of `graph`'s top edges at MIB's fractions, CPR, CMD, with bootstrap
     intervals over the task's prompts (`circuits.evaluation.evaluate_circuit`), running the
     model with every edge outside each circuit ablated (`ablation`: "patching", "mean", "zero")."""
+    expected = Graph.for_model(model).cfg.shape()
+    if graph.cfg.shape() != expected:
+        raise ValueError(f"the graph is for a model of shape {graph.cfg.shape()}; {model.cfg.name} has {expected}")
     runner = runner or circuit_runner(model, task, ablation)
     return evaluate_circuit(graph, runner.run_masks, fractions, selection=selection, task=task.name,
                             method=method, **options)

@@ -304,11 +304,15 @@ def _clean_and_corrupt(model: HookedModel, task: Task):
     return engine, task, clean, corrupt, delta, m_clean, m_corrupt
 
 
-def _refuse_flat(grads: torch.Tensor, what: str) -> None:
-    if not bool(grads.abs().max() > 0):
+def _refuse_flat(scores: torch.Tensor, m_clean: float, m_corrupt: float, what: str) -> None:
+    """Refuse when the first-order scores carry (numerically) nothing of the metric's change
+    between the runs: the metric is flat at the clean run."""
+    mass = float(torch.nansum(scores.abs()))
+    if not mass > 1e-2 * abs(m_corrupt - m_clean):  # first order explains under 1% of the change
         raise ValueError(f"{what} needs a metric with a gradient at the clean run; this task's metric has none "
-                         f"(a divergence from the clean run's own output, such as KL, is flat there). Use a "
-                         f"metric such as the logit difference for gradient methods")
+                         f"there (its scores sum to {mass:.2g} in size against a change of {m_corrupt - m_clean:.3g} "
+                         f"between the runs; a divergence from the clean run's own output, such as KL, is flat at "
+                         f"the clean run). Use a metric such as the logit difference for gradient methods")
 
 
 def eap(model: HookedModel, task: Task) -> tuple[EdgeLayout, torch.Tensor, float, float]:
@@ -319,8 +323,10 @@ def eap(model: HookedModel, task: Task) -> tuple[EdgeLayout, torch.Tensor, float
     Returns `(layout, scores [n_senders, n_receivers], m_clean, m_corrupt)` like `edge_patch`."""
     engine, task, clean, _, delta, m_clean, m_corrupt = _clean_and_corrupt(model, task)
     _, grads = receiver_gradients(engine, task, clean.resid_pre[0].unsqueeze(0))
-    _refuse_flat(grads, "EAP")
-    return EdgeLayout.for_model(model), _scores_from_gradients(EdgeLayout.for_model(model), delta, grads), m_clean, m_corrupt
+    layout = EdgeLayout.for_model(model)
+    scores = _scores_from_gradients(layout, delta, grads)
+    _refuse_flat(scores, m_clean, m_corrupt, "EAP")
+    return layout, scores, m_clean, m_corrupt
 
 
 def eap_ig(model: HookedModel, task: Task, steps: int = 5, variant: str = "inputs", progress: bool = True
@@ -361,7 +367,7 @@ def eap_ig(model: HookedModel, task: Task, steps: int = 5, variant: str = "input
                                           replace=(kind, layer, value))
             grads = grads + g
         grads = grads / (len(groups) * steps)
-    _refuse_flat(grads, "EAP-IG")
+    # A metric flat at the clean run (KL to it) is fine here: the path's gradients are not.
     return layout, _scores_from_gradients(layout, delta, grads), m_clean, m_corrupt
 
 
