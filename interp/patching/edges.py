@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..models import HookedModel
 from .engine import Engine, RunCache
-from .sweep import _bytes_per_variant, _default_budget, _final, _metric, check_run
+from .sweep import _bytes_per_variant, _default_budget, _final, _metric, check_run, share_of
 from .task import Task
 
 
@@ -115,8 +115,8 @@ def first_change(delta: torch.Tensor) -> int:
     return int(changed.nonzero()[0]) if changed.any() else delta.shape[-2] - 1
 
 
-def edge_patch(model: HookedModel, task: Task, memory_budget: int | None = None, progress: bool = True
-               ) -> tuple[EdgeLayout, torch.Tensor, float, float]:
+def edge_patch(model: HookedModel, task: Task, memory_budget: int | None = None, progress: bool = True,
+               shard: tuple[int, int] | None = None) -> tuple[EdgeLayout, torch.Tensor, float, float]:
     """Exact edge patching: for every edge u -> r, the change of the task metric (averaged over
     prompts) when only that edge carries the corrupted sender output into the clean run,
     `m(clean, in_r += a_u^corr - a_u^clean) - m(clean)`, everything downstream recomputed.
@@ -124,7 +124,8 @@ def edge_patch(model: HookedModel, task: Task, memory_budget: int | None = None,
     Returns `(layout, scores [n_senders, n_receivers], m_clean, m_corrupt)`; scores are NaN where
     there is no edge. The edges into one layer's receivers run batched (variants on a leading
     axis, chunked to `memory_budget`), from that layer on and from the first position where
-    the prompts differ.
+    the prompts differ. `shard=(rank, world_size)` computes only that share of the batched
+    runs (the logits edges in every share), leaving the rest NaN.
     """
     check_run(model, task, "noise")
     engine = check_edge_model(model)
@@ -157,7 +158,7 @@ def edge_patch(model: HookedModel, task: Task, memory_budget: int | None = None,
             for r in layout.receivers_of_layer(layer):
                 senders = layout.exists[:, r].nonzero()[:, 0].tolist()
                 jobs += [(layer, r, senders[i:i + chunk]) for i in range(0, len(senders), chunk)]
-        for layer, r, senders in tqdm(jobs, desc="edge patching", disable=not progress):
+        for layer, r, senders in tqdm(share_of(jobs, shard), desc="edge patching", disable=not progress):
             x = _patched_receiver(engine, layout, clean, delta, layer, r, senders, p0)
             final = engine.suffix(clean, layer, "post", x, p0, task.answer_pos)
             scores[senders, r] = (_metric(engine, final, task).mean(1) - m_clean).cpu()

@@ -58,6 +58,7 @@ def patch(
     layers: list[int] | None = None,
     memory_budget: int | None = None,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> PatchResult:
     """Patch one component everywhere and measure the task metric after each patch.
 
@@ -77,6 +78,8 @@ def patch(
         memory_budget: bytes of extra memory the batched patched runs may use; default half
             the free GPU memory on CUDA, 1 GiB (or a quarter of free RAM) on CPU.
         progress: show a progress bar.
+        shard: `(rank, world_size)`: compute only this share of the batched patch runs and
+            leave the others NaN (`interp.distributed` runs the shares and merges them).
 
     Returns:
         `PatchResult` whose `values` has axes `result.axes`: `[layer]` or `[layer, pos]` for
@@ -121,7 +124,7 @@ def patch(
                     if v not in live:  # the patched run is the base run itself
                         values[(layer, *v.index)] = m_base.cpu()
                 jobs += [(layer, live[i:i + chunk]) for i in range(0, len(live), chunk)]
-        for layer, variants in tqdm(jobs, desc=f"patch {component}", disable=not progress):
+        for layer, variants in tqdm(share_of(jobs, shard), desc=f"patch {component}", disable=not progress):
             p0 = min(min(v.pos if v.pos is not None else 0 for v in variants), int(task.answer_pos.min()))
             site, x = _patched_residual(engine, component, base, src, layer, variants, p0)
             final = engine.suffix(base, layer, site, x, p0, task.answer_pos)
@@ -138,6 +141,16 @@ def patch(
         pos_labels=model.to_str_tokens(task.clean[:1].cpu()),
         layers=layers,
     )
+
+
+def share_of(jobs: list, shard: tuple[int, int] | None) -> list:
+    """The jobs of one shard `(rank, world_size)` (every world_size-th, from rank), or all of them."""
+    if shard is None:
+        return jobs
+    rank, world = shard
+    if not (isinstance(rank, int) and isinstance(world, int) and world >= 1 and 0 <= rank < world):
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+    return jobs[rank::world]
 
 
 def check_run(model: HookedModel, task: Task, direction: str) -> None:
