@@ -86,6 +86,14 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
     if remote is not False and remote != "local":
         if device_map is not None or device is not None:
             raise ValueError("a remote model runs on NDIF's devices: device and device_map do not apply")
+        if name in EMBEDDED or name.startswith("zoo/") or Path(name).expanduser().exists():
+            raise ValueError(f"remote=True runs a model hosted on NDIF, named by its hub id (such as "
+                             f"'EleutherAI/pythia-70m'); {name!r} is a local model, whose weights NDIF does not "
+                             f"have. Load it without remote, or with remote='local' to run it here through the same "
+                             f"requests")
+        from .backends.nnsight import require_api_key
+
+        require_api_key()
         return _load_remote(name, dtype, remote, check)
     if device_map is None:
         device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -158,10 +166,11 @@ def _wrap(name: str, hf_model, tokenizer, has_lm_head: bool, dtype: torch.dtype,
         runner = _lens_backend(name, hf_model, tokenizer, arch, has_lm_head, device, dtype)
         weights = runner.weights
     else:
-        from .backends.nnsight import NNsightBackend
+        from .backends.nnsight import NNsightBackend, offloaded_weights
 
         runner = NNsightBackend.wrap(hf_model, tokenizer, arch, has_lm_head, remote=remote)
-        weights = read_weights(hf_model, arch)
+        offloaded = [n for n, p in hf_model.named_parameters() if p.is_meta]
+        weights = offloaded_weights(name, offloaded) if offloaded else read_weights(hf_model, arch)
     model = HookedModel(runner, arch, weights, tokenizer, _model_config(name, type(hf_model).__name__, arch, has_lm_head))
     if check:
         with torch.no_grad():
@@ -191,24 +200,19 @@ def _model_config(name: str, architecture: str, arch, has_lm_head: bool) -> Mode
 
 
 def _load_remote(name: str, dtype: torch.dtype, remote: bool | str, check: bool) -> HookedModel:
-    """A hub model that runs on NDIF: config and tokenizer from the hub, a weightless copy of
-    the model here, weight views refused (`RemoteWeights`)."""
-    from .backends.nnsight import NNsightBackend, RemoteWeights, require_api_key
+    """A model that runs elsewhere (`remote`: see `NNsightBackend`): config and tokenizer from
+    the hub, a weightless copy of the model here, weight views refused (`remote_weights`)."""
+    from .backends.nnsight import NNsightBackend, remote_weights
 
-    if name in EMBEDDED or name.startswith("zoo/") or Path(name).expanduser().exists():
-        raise ValueError(f"remote=True runs a model hosted on NDIF, named by its hub id (such as "
-                         f"'EleutherAI/pythia-70m'); {name!r} is a local model, whose weights NDIF does not have. "
-                         f"Load it without remote, or with remote='local' to run it here through the same requests")
-    require_api_key()
     arch = describe(_load_config(name, name, local=False))
     if not arch.is_causal:
         raise ValueError(f"{name!r} is an encoder ({arch.family}); remote execution runs causal language models")
     tokenizer = AutoTokenizer.from_pretrained(name)
-    runner = NNsightBackend.on_ndif(name, arch, dtype, remote)
+    runner = NNsightBackend.on_ndif(name, tokenizer, arch, dtype, remote)
     if check:
         warnings.warn(f"{name}: the parity check compares with the local Hugging Face model, which a remote model "
                       f"does not have (its weights are on NDIF); skipped", stacklevel=3)
-    return HookedModel(runner, arch, RemoteWeights(name), tokenizer,
+    return HookedModel(runner, arch, remote_weights(name), tokenizer,
                        _model_config(name, type(runner.model._module).__name__, arch, has_lm_head=True))
 
 

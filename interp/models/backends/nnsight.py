@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import sys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -64,8 +65,9 @@ ATTENTION_CALL = "attention_interface_1"
 SOFTMAX = "nn_functional_softmax_0"
 
 
-class RemoteWeightsError(ValueError):
-    """A weight of a model that runs on NDIF was asked for; its weights live on the server."""
+class WeightsUnavailable(ValueError):
+    """A weight was asked for that is not held here: the model runs on NDIF, or device_map
+    offloaded part of it to disk or CPU (where accelerate keeps only a placeholder)."""
 
 
 @dataclass(frozen=True)
@@ -181,21 +183,32 @@ class NNsightBackend:
 
         from nnsight import TransformersModel
 
-        return cls(TransformersModel(hf_model, tokenizer=copy.deepcopy(tokenizer)), arch, has_lm_head, remote)
+        task = "text-generation" if arch.is_causal else "fill-mask"  # the masked-LM class encoders load as
+        with warnings.catch_warnings():
+            # BERT's submodules named `output` are mounted as `E_output` (see `_path`), with a warning each.
+            warnings.filterwarnings("ignore", message=".*submodule named 'output'")
+            model = TransformersModel(hf_model, task=task, tokenizer=copy.deepcopy(tokenizer))
+        return cls(model, arch, has_lm_head, remote)
 
     @classmethod
-    def on_ndif(cls, repo_id: str, arch: Architecture, dtype: torch.dtype, remote: Any = True) -> "NNsightBackend":
-        """A backend for a hub model that runs on NDIF: a meta (weightless) copy here."""
+    def on_ndif(cls, repo_id: str, tokenizer, arch: Architecture, dtype: torch.dtype,
+                remote: Any = True) -> "NNsightBackend":
+        """A backend for a hub model that runs on NDIF: a meta (weightless) copy here. The
+        tokenizer is passed in because nnsight 0.8.1's meta build cannot find it under
+        transformers 5 (it reads pipeline flags that transformers 5 removed)."""
+        import copy
+
         from nnsight import TransformersModel
 
-        return cls(TransformersModel(repo_id, dtype=dtype), arch, has_lm_head=True, remote=remote)
+        model = TransformersModel(repo_id, task="text-generation", dtype=dtype, tokenizer=copy.deepcopy(tokenizer))
+        return cls(model, arch, has_lm_head=True, remote=remote)
 
     # ------------------------------------------------------------------ protocol
 
     @property
     def hf_model(self) -> nn.Module:
         if self.model._module.get_input_embeddings().weight.is_meta:
-            raise RemoteWeightsError("this model runs on NDIF (remote=True): its Hugging Face module here is a "
+            raise WeightsUnavailable("this model runs on NDIF (remote=True): its Hugging Face module here is a "
                                      "weightless meta copy, so there is nothing to copy or read weights from")
         return self.model._module
 
@@ -223,7 +236,18 @@ class NNsightBackend:
         if needed is not None and getattr(self.paths, needed) is None:
             return (f"the nnsight backend's module table for {a.family} (MODULE_PATHS in "
                     f"interp.models.backends.nnsight) has no {needed} path, so {site.kind} is not reachable")
+        if site.kind == "head_out" and self._offloaded(self.paths.o_proj.format(l=site.layer)):
+            return (f"head_out is z @ W_O, and device_map offloaded layer {site.layer}'s W_O (accelerate holds only a "
+                    f"placeholder here): capture z instead, or load without offloading")
         return None
+
+    def _offloaded(self, template: str) -> bool:
+        """Whether device_map offloaded this module's weight (a placeholder in a model that
+        otherwise has weights here; a model on NDIF has none here and is not offloaded)."""
+        hf = self.model._module
+        if hf.get_input_embeddings().weight.is_meta:
+            return False
+        return hf.get_submodule(self._base + template).weight.is_meta
 
     def run(self, tokens, attention_mask, interventions: Sequence[Intervention], capture: Sequence[Site]):
         return self.run_many([(tokens, attention_mask, interventions, capture)])[0]
@@ -262,10 +286,7 @@ class NNsightBackend:
         stops = self._stops({Site(*_parse_key(key)) for key in {*edits, *wanted}})
         kwargs: dict[str, Any] = {}
         if attention_mask is not None:
-            # Positions 0..n-1 whatever the mask, as the lens backend (and Hugging Face by
-            # default) counts them; nnsight would otherwise recount left-padded rows.
-            kwargs = {"attention_mask": attention_mask,
-                      "position_ids": torch.arange(n_pos, device=tokens.device).expand(batch, -1)}
+            kwargs = {"attention_mask": attention_mask, "position_ids": _position_ids(attention_mask)}
         if self.arch.is_causal:
             kwargs["use_cache"] = False
         self._refuse_remote_gradients(edits)
@@ -432,7 +453,12 @@ class NNsightBackend:
         return self.model.session(backend=self.remote)
 
     def _execute(self, jobs: list[Job]) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
-        """Run `jobs` in one nnsight session; each job is one trace (one forward pass)."""
+        """Run `jobs` in one nnsight session; each job is one trace (one forward pass).
+
+        For a remote run nnsight ships the session's body as source re-printed by
+        `ast.unparse`; its in-process dry run (remote="local") runs that code against this
+        file's own text, finding the inner `with model.trace` by line number. So the body keeps
+        one statement per line and no blank or comment lines, which unparsing would drop."""
         model = self.model
         outputs = None
         with self._shipped_by_value():
@@ -457,7 +483,7 @@ class NNsightBackend:
         import cloudpickle
 
         module = sys.modules[__name__]
-        registered = cloudpickle.is_registered_pickle_by_value(module)
+        registered = module.__name__ in cloudpickle.list_registry_pickle_by_value()
         if not registered:
             cloudpickle.register_pickle_by_value(module)
         try:
@@ -465,6 +491,16 @@ class NNsightBackend:
         finally:
             if not registered:
                 cloudpickle.unregister_pickle_by_value(module)
+
+
+def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions `[batch, pos]` as the lens backend's TransformerBridge counts them: a row whose
+    real tokens come after masked ones (left padding, a gap) counts from its first real token
+    (masked slots before it get 0); other rows, unpadded or right-padded, count 0..n-1."""
+    derived = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    arange = torch.arange(mask.shape[1], device=mask.device).expand_as(derived)
+    shifted = ((derived != arange) & (mask != 0)).any(dim=1, keepdim=True)
+    return torch.where(shifted, derived, arange)
 
 
 def _parse_key(key: str) -> tuple[str, int | None]:
@@ -482,21 +518,33 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-class RemoteWeights:
-    """Stands in for `ModelWeights` of a model that runs on NDIF: every field is refused
-    with a `RemoteWeightsError` naming why (its weights are on the server)."""
+class UnavailableWeights:
+    """Stands in for `ModelWeights` when the weights are not held here: every field is
+    refused with a `WeightsUnavailable` that says why (see `remote_weights`, `offloaded_weights`)."""
 
-    def __init__(self, name: str):
-        self._name = name
+    def __init__(self, reason: str):
+        self._reason = reason
 
     def __getattr__(self, field: str):
         if field.startswith("__"):
             raise AttributeError(field)
-        raise RemoteWeightsError(
-            f"{self._name} runs on NDIF (remote=True): its weights stay on the server, so weight views "
-            f"(W_Q ... W_O, OV, QK, W_E, W_U, biases), the plain-tensor forward and the patching engine, which read "
-            f"them, are not available here. Load the model locally (backend='nnsight', device_map='auto' to spread "
-            f"it over several GPUs) for those; activations and interventions work remotely.")
+        raise WeightsUnavailable(self._reason)
+
+
+_NO_WEIGHTS = ("so weight views (W_Q ... W_O, OV, QK, W_E, W_U, biases), the plain-tensor forward and the patching "
+               "engine, which read them, are not available; activations and interventions work.")
+
+
+def remote_weights(name: str) -> UnavailableWeights:
+    return UnavailableWeights(f"{name} runs on NDIF (remote=True): its weights stay on the server, {_NO_WEIGHTS} Load "
+                              f"it locally (backend='nnsight', device_map='auto' for several GPUs) to read weights.")
+
+
+def offloaded_weights(name: str, offloaded: list[str]) -> UnavailableWeights:
+    shown = ", ".join(offloaded[:3]) + (" ..." if len(offloaded) > 3 else "")
+    return UnavailableWeights(f"{name}: device_map offloaded {len(offloaded)} weights ({shown}) to CPU or disk, where "
+                              f"accelerate keeps only placeholders until a forward pass, {_NO_WEIGHTS} Give it enough "
+                              f"GPU memory (or a device_map without offloading) to read weights.")
 
 
 def require_api_key() -> None:
