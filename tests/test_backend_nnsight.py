@@ -83,8 +83,8 @@ def _inputs(model, seed=0):
     tokens, mask = model.tokenize(["the cat sat on the warm mat today", "a small dog"])
     if seed:  # other words, same shape and padding
         ordinary = mask & (tokens != model.tokenizer.cls_token_id) & (tokens != model.tokenizer.sep_token_id)
-        tokens = torch.where(ordinary, torch.randint(2000, 20000, tokens.shape, generator=torch.Generator().manual_seed(seed)),
-                             tokens)
+        words = torch.randint(2000, 20000, tokens.shape, generator=torch.Generator().manual_seed(seed))
+        tokens = torch.where(ordinary, words, tokens)
     return tokens, mask.long()
 
 
@@ -273,7 +273,7 @@ def test_bert_head_out_edits_against_z_edits_and_a_torch_hook(pairs):
                         lens.run(tokens, interventions=on_z, attention_mask=mask)[0], str(on_head_out[0]))
         added = nn_model.run(tokens, interventions=[Add(sites.head_out(1, 2), positions=1, value=delta)],
                              attention_mask=mask)[0]
-    assert float((hooked - nn_model(tokens, attention_mask=mask)).abs().max()) > 1e-3
+        assert float((hooked - nn_model(tokens, attention_mask=mask)).abs().max()) > 1e-3
     assert_same(added, hooked, "Add on head_out vs a hook on attention.output.dense")
 
 
@@ -370,8 +370,8 @@ def test_remote_dry_run_equals_lens(pairs, folders):
     model = load_model(folders("llama"), device="cpu", backend="nnsight", remote="local")
     _, lens = pairs("llama")
     tokens, _ = _inputs(lens)
-    edits = [Add(sites.z(1, 1), positions=2, value=torch.randn(lens.cfg.d_head)), Splice(sites.mlp_out(0), fn=torch.tanh),
-             Scale(sites.pattern(0, 3), positions=4, factor=0.5)]
+    edits = [Add(sites.z(1, 1), positions=2, value=torch.randn(lens.cfg.d_head)),
+             Splice(sites.mlp_out(0), fn=torch.tanh), Scale(sites.pattern(0, 3), positions=4, factor=0.5)]
     with torch.no_grad():
         got_out, got = model.run(tokens, interventions=edits, capture=_all_sites(lens))
         want_out, want = lens.run(tokens, interventions=edits, capture=_all_sites(lens))
@@ -462,6 +462,7 @@ def ndif(folders):
 def test_remote_model_refuses_weight_views_and_keeps_tokens_here(ndif):
     client, replay = ndif
     assert next(client._backend.model._module.parameters()).is_meta, "no weights here"
+    assert client._backend.model._remoteable_get_env() == {"attn_implementation": "eager"}, "what NDIF is asked for"
     assert client.device == torch.device("cpu")
     for view in (lambda: client.W_Q(0), lambda: client.W_E(), lambda: client.OV(1, 0), lambda: client.functional()):
         with pytest.raises(WeightsUnavailable, match="runs on NDIF \\(remote=True\\): its weights stay on the server"):

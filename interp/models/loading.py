@@ -96,7 +96,8 @@ def load_model(name_or_path: str | Path, device: str | torch.device | None = Non
         require_api_key()
         return _load_remote(name, dtype, remote, check)
     if device_map is None:
-        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        default = "cuda" if torch.cuda.is_available() else "cpu"
+        device = torch.device(device) if device is not None else torch.device(default)
     if name in EMBEDDED:
         source, local = get_embedded(name).folder, True
     elif name.startswith("zoo/"):
@@ -171,7 +172,8 @@ def _wrap(name: str, hf_model, tokenizer, has_lm_head: bool, dtype: torch.dtype,
         runner = NNsightBackend.wrap(hf_model, tokenizer, arch, has_lm_head, remote=remote)
         offloaded = [n for n, p in hf_model.named_parameters() if p.is_meta]
         weights = offloaded_weights(name, offloaded) if offloaded else read_weights(hf_model, arch)
-    model = HookedModel(runner, arch, weights, tokenizer, _model_config(name, type(hf_model).__name__, arch, has_lm_head))
+    cfg = _model_config(name, type(hf_model).__name__, arch, has_lm_head)
+    model = HookedModel(runner, arch, weights, tokenizer, cfg)
     if check:
         with torch.no_grad():
             got = model(probe)

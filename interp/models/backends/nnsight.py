@@ -9,8 +9,8 @@ the input or output of one of them (first element of a tuple output):
     resid_pre     input of the block            resid_post  output of the block
     q, k, v       output of the query/key/value projection(s), viewed as heads (before rotary)
     z             input of the output projection (o_proj / c_proj / dense), viewed as heads
-    head_out      z @ W_O from the output projection's weight; edited at its output by adding
-                  the change, as the lens backend does at `attn.hook_out`
+    head_out      z @ W_O (the output projection's weight); edited at that projection's output
+                  by adding the change
     attn_out      output of the attention sublayer (Gemma2: of post_attention_layernorm)
     resid_mid     resid_pre + attn_out, edited as attn_out := new - resid_pre (so both the MLP's
                   input and the residual stream that skips the MLP change, as on the lens backend)
@@ -26,14 +26,25 @@ its weights, but only after they have been used, so an edit there could not chan
 editing the softmax's output does. Its input already holds the additive mask (masked
 entries are the dtype's minimum, as on the lens backend) and, in Gemma2, the soft-capping.
 In low precision the pattern is the softmax's own output (fp32 in Llama-style functions,
-before the cast back to the model's dtype).
+before the cast back to the model's dtype). Under an attention mask, positions are counted
+as the lens backend counts them (`_position_ids`).
+
+**Differences from the lens backend**, where its bridge does not do what the site says:
+on BERT its `scores` are the post-softmax pattern (here: the softmax's input), it refuses
+pattern/scores edits (here: they change z), and it adds head_out changes after the attention
+block's LayerNorm (here: at the output projection, before the residual add and LayerNorm,
+so zeroing head_out equals zeroing z). On every family the lens backend captures and edits
+attn_out and resid_mid before it applies head_out edits of the same layer (one hook point);
+here they come in the model's order, head_out first.
 
 **What runs where.** The interventions are compiled here, on the caller's machine, into
 plain data (module paths, index tuples, tensors, numbers, Splice functions); the code that
 reads and edits activations inside the trace (`run_stops` and the functions below it) uses
 only torch and builtins, because on NDIF it runs inside the server's sandbox, which admits
-little else. Several forward passes go into one nnsight `session` (one request to NDIF),
-chunked by `session_bytes`; only the saved captures and outputs come back.
+little else, and is shipped by value (the server does not have headlab). Several forward
+passes go into one nnsight `session` (one request to NDIF), chunked by `session_bytes`; only
+the saved captures and outputs come back, so gradients do not (remote runs refuse
+interventions whose tensors require grad).
 """
 
 from __future__ import annotations
@@ -193,14 +204,17 @@ class NNsightBackend:
     @classmethod
     def on_ndif(cls, repo_id: str, tokenizer, arch: Architecture, dtype: torch.dtype,
                 remote: Any = True) -> "NNsightBackend":
-        """A backend for a hub model that runs on NDIF: a meta (weightless) copy here. The
-        tokenizer is passed in because nnsight 0.8.1's meta build cannot find it under
+        """A backend for a hub model that runs on NDIF: a meta (weightless) copy here, with
+        eager attention, which every request asks the server for (nnsight sends the copy's
+        attention implementation along; the default, sdpa, has no softmax to read patterns at).
+        The tokenizer is passed in because nnsight 0.8.1's meta build cannot find it under
         transformers 5 (it reads pipeline flags that transformers 5 removed)."""
         import copy
 
         from nnsight import TransformersModel
 
-        model = TransformersModel(repo_id, task="text-generation", dtype=dtype, tokenizer=copy.deepcopy(tokenizer))
+        model = TransformersModel(repo_id, task="text-generation", dtype=dtype, attn_implementation="eager",
+                                  tokenizer=copy.deepcopy(tokenizer))
         return cls(model, arch, has_lm_head=True, remote=remote)
 
     # ------------------------------------------------------------------ protocol
@@ -378,7 +392,8 @@ class NNsightBackend:
                 add(at(p.o_proj), "output",
                     [("head_out", key("head_out", layer), at(p.o_proj), p.o_proj_layout, a.n_heads)])
             attn = [("site", key("attn_out", layer), 0)] if "attn_out" in has else []
-            add(at(p.attn_out), "output", attn + ([("resid_mid", key("resid_mid", layer))] if "resid_mid" in has else []))
+            mid = [("resid_mid", key("resid_mid", layer))] if "resid_mid" in has else []
+            add(at(p.attn_out), "output", attn + mid)
             mlp = [(at(p.mlp_in), "input", [("site", key("mlp_in", layer), 0)] if "mlp_in" in has else []),
                    (at(p.mlp_out), "output", [("site", key("mlp_out", layer), 0)] if "mlp_out" in has else [])]
             for stop in reversed(mlp) if p.mlp_first else mlp:
