@@ -2,7 +2,8 @@
 
 * Exactness: every site captured and every intervention kind at every site give the lens
   backend's numbers (fp32, within 1e-5 of each tensor's scale) on random GPT-2, GPT-NeoX,
-  Llama (grouped-query), Qwen2 and Gemma2 models, the zoo models and minilm (BERT).
+  Llama, Qwen2, Gemma2 and Mistral models (grouped-query where the family has it), the zoo
+  models and minilm (BERT).
 * Where the lens backend cannot be the reference on BERT (its bridge ignores pattern edits,
   returns the post-softmax pattern as `scores`, and adds head_out changes after the
   attention block's LayerNorm), the references are Hugging Face's own attention weights, a
@@ -36,7 +37,8 @@ RANDOM = {"gpt2": dict(n_layers=2, n_heads=4, d_model=32, seed=21),
           "gpt_neox": dict(n_layers=2, n_heads=4, d_model=32, seed=22),
           "llama": dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, seed=23),
           "qwen2": dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, seed=24),
-          "gemma2": dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, d_head=8, seed=25)}
+          "gemma2": dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, d_head=8, seed=25),
+          "mistral": dict(n_layers=2, n_heads=4, n_kv_heads=1, d_model=32, seed=26)}
 MODELS = (*RANDOM, "zoo/ioi-small", "zoo/induction-2l", "minilm")
 EDITABLE = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_in", "mlp_out", "q", "k", "v", "z",
             "scores", "pattern", "head_out", "logits")
@@ -139,7 +141,8 @@ def test_every_intervention_kind_equals_lens(pair, kind):
     if not cfg.is_causal and kind in ("scores", "pattern", "head_out"):
         pytest.skip("the lens bridge cannot edit these on BERT: see the BERT tests below")
     layer = None if kind in ("embed", "logits") else 1
-    site = Site(kind, layer, 1 if kind in PER_HEAD else None)
+    head = (cfg.n_kv_heads - 1 if kind in ("k", "v") else 1) if kind in PER_HEAD else None
+    site = Site(kind, layer, head)
     tokens, mask = _inputs(lens)
     other, _ = _inputs(lens, seed=1)
     gen = torch.Generator().manual_seed(3)
