@@ -430,7 +430,7 @@ class NNsightBackend:
     def _refuse_remote_gradients(self, edits: dict[str, list]) -> None:
         if not self._is_remote or not torch.is_grad_enabled():
             return
-        for key, ops in edits.items():
+        for ops in edits.values():
             for _, _, payload, label in ops:
                 if isinstance(payload, torch.Tensor) and payload.requires_grad:
                     raise ValueError(f"an intervention at {label} holds a tensor that requires grad, but gradients "
