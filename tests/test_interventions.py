@@ -1,26 +1,33 @@
-"""Sites and interventions on the lens backend against a reference forward written here:
-attention by hand (key/value heads repeated, -inf masks), each site edited where the
-transformer computes it. The reference's norms and MLPs come from the plain-tensor forward,
+"""Sites and interventions on every backend (lens, nnsight) against a reference forward
+written here: attention by hand (key/value heads repeated, -inf masks), each site edited where
+the transformer computes it. The reference's norms and MLPs come from the plain-tensor forward,
 which test_architectures checks against Hugging Face."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from interp import load_model
 from interp.models import Add, Mean, Patch, Scale, Splice, Zero, sites
+from interp.models.loading import BACKENDS
 from interp.models.sites import Site, parse
-from tests.helpers import random_model
+from tests.helpers import random_model_folder
 
 FAMILIES = ("gpt2", "gpt_neox", "llama", "gemma2")
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def model(request, tmp_path_factory):
+def folder(request, tmp_path_factory):
     shape = {"gpt2": dict(n_layers=2, n_heads=4, d_model=32, seed=11),
              "gpt_neox": dict(n_layers=2, n_heads=4, d_model=32, seed=12),
              "llama": dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, seed=13),
              "gemma2": dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, d_head=8, seed=14)}[request.param]
-    return random_model(tmp_path_factory.mktemp(request.param), request.param, **shape)
+    return random_model_folder(tmp_path_factory.mktemp(request.param), request.param, **shape)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def model(request, folder):
+    return load_model(folder, device="cpu", backend=request.param)
 
 
 def reference(model, tokens, edits):

@@ -82,11 +82,13 @@ class HookedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.weights.w_e.device
+        """Where token tensors go: the backend's input device when it names one (a model on
+        NDIF has no weights here), else the token embedding's."""
+        return getattr(self._backend, "device", None) or self.weights.w_e.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.weights.w_e.dtype
+        return getattr(self._backend, "dtype", None) or self.weights.w_e.dtype
 
     def functional(self) -> Functional:
         """The plain-tensor forward of this model (causal models of a described family),
