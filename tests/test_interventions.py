@@ -216,3 +216,16 @@ def test_site_spelling():
         Zero(sites.z(0), positions=1.5)
     with pytest.raises(ValueError, match="Mean.value holds NaN"):
         Mean(sites.z(0), value=torch.tensor([float("nan")]))
+
+
+def test_lens_refuses_what_its_bridge_gets_wrong_on_encoders():
+    from interp import load_model
+
+    model = load_model("minilm", device="cpu")
+    tokens = model.to_tokens("the cat sat on the mat")
+    with pytest.raises(ValueError, match="fills hook_attn_scores with the softmaxed pattern on encoders"):
+        model.run(tokens, capture=[sites.scores(0)])
+    with pytest.raises(ValueError, match="post-norm encoder .* edit z, or load with backend='nnsight'"):
+        model.run(tokens, interventions=[Zero(sites.head_out(1, 3))])
+    _, cache = model.run_with_cache(tokens)
+    assert sites.scores(0) not in cache and sites.pattern(0) in cache

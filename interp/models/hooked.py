@@ -184,11 +184,13 @@ class HookedModel:
 
     def all_sites(self) -> list[Site]:
         """Every site a full cache holds: embeddings, output, and per layer the residual
-        stream, sublayer inputs/outputs and every head's q, k, v, z, scores and pattern."""
+        stream, sublayer inputs/outputs and every head's q, k, v, z, scores and pattern (those
+        this model's backend can read)."""
         kinds = ["resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out", "q", "k", "v", "z", "scores", "pattern"]
         if not self.cfg.parallel:
             kinds.insert(1, "resid_mid")
-        return [Site("embed"), Site("logits")] + [Site(kind, layer) for layer in range(self.cfg.n_layers) for kind in kinds]
+        every = [Site("embed"), Site("logits")] + [Site(kind, layer) for layer in range(self.cfg.n_layers) for kind in kinds]
+        return [site for site in every if self._backend.supports(site, intervene=False) is None]
 
     def collect(self, prompts: Sequence[str] | torch.Tensor, sites: Iterable[Site | str],
                 attention_mask: torch.Tensor | None = None, batch_size: int = 32) -> Collected:

@@ -59,7 +59,13 @@ class LensBackend:
                     f"one shared input per layer (edge-level methods in interp.patching split them)")
         if intervene and site.kind in ("pattern", "scores") and not self.is_causal:
             return ("TransformerLens 4.3's bridge ignores edits of attention patterns/scores on encoders; "
-                    "edit z instead (z[q] := v[k] is a one-hot attention row)")
+                    "edit z instead (z[q] := v[k] is a one-hot attention row), or load with backend='nnsight'")
+        if site.kind == "scores" and not self.is_causal:
+            return ("TransformerLens 4.3's bridge fills hook_attn_scores with the softmaxed pattern on encoders; "
+                    "read pattern, or load with backend='nnsight' for the pre-softmax scores")
+        if intervene and site.kind == "head_out" and self.arch.block == "post_norm":
+            return ("on this post-norm encoder the bridge's attention output hook comes after the block's "
+                    "LayerNorm, so a head's write cannot be edited there; edit z, or load with backend='nnsight'")
         return None
 
     def run(self, tokens, attention_mask, interventions: Sequence[Intervention], capture: Sequence[Site]):
