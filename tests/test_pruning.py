@@ -240,6 +240,30 @@ def test_removal_float64_neox_equals_hugging_face_masking(random_folders):
     assert (got - expected).abs().max().item() < 1e-10
 
 
+@pytest.mark.parametrize("family,shape,heads,counts", [
+    ("gemma2", dict(n_layers=3, n_heads=4, n_kv_heads=2, d_model=48, d_head=16, seed=33),
+     [(0, 0), (0, 1), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2), (2, 3)], [(2, 1), (2, 2), (1, 1)]),
+    ("qwen2", dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, seed=34), [(0, 1), (0, 3)], [(2, 2), (4, 2)]),
+    ("mistral", dict(n_layers=2, n_heads=4, n_kv_heads=1, d_model=40, seed=35), [(0, 3), (1, 0), (1, 1)],
+     [(3, 1), (2, 1)]),
+])
+def test_removal_on_the_other_grouped_query_families(family, shape, heads, counts, tmp_path):
+    """Gemma2 (soft-capping, sliding windows, sandwich norms), Qwen2 (q/k/v biases) and Mistral
+    (one key/value head for all) in float64: removed equals ablated to 1e-10, and round-trips."""
+    model = load_model(random_model_folder(tmp_path / family, family, **shape), device="cpu", dtype=torch.float64)
+    tokens = torch.randint(3, model.cfg.d_vocab, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        masked = model.run(tokens, interventions=ablation(model, heads))[0]
+        pruned = remove_heads(model, heads)
+        out = pruned(tokens).logits
+        assert (masked - model(tokens)).abs().max() > 0.1
+    assert (masked - out).abs().max().item() < 1e-10
+    assert head_counts(pruned) == counts
+    reloaded, _ = load_pruned(save_pruned(pruned, model.tokenizer, tmp_path / "pruned"))
+    with torch.no_grad():
+        assert torch.equal(reloaded(tokens).logits, out)
+
+
 def test_uneven_key_value_groups_are_refused(random_folders, tmp_path):
     model = load_model(random_folders["llama"], device="cpu")
     with pytest.raises(ValueError, match=r"layer 1: the remaining query heads \[0, 2, 3, 4, 5, 6, 7\] read key/value "
