@@ -8,8 +8,11 @@ same tokens, and the Spearman ρ is averaged over prompts:
 
 - blank-out: out(x) - out(x with token t replaced by a blank token, [UNK] by default), the
   drop in the output (`blank_out="abs"`: its absolute value, how much the output moves);
-- input gradient: |Σ_d ∂out/∂e_{t,d}|, e the token embeddings (sum over dims, then abs, as in
-  the paper's code).
+- input gradient: |Σ_d ∂out/∂e_{t,d}|, e the embeddings (the `embed` site), sum over dims then
+  abs, as in the paper's code (`gradient="sum"`); or the gradient's L2 norm ‖∂out/∂e_t‖
+  (`gradient="norm"`). In a pre-LayerNorm model (GPT-2, GPT-NeoX) every block and the final
+  norm subtract the mean over d_model, so adding c·(1, ..., 1) to an embedding changes
+  nothing and the paper's sum is identically 0 (floating-point noise): "sum" is refused there.
 
 What "out" and "the output's row" are depends on the model:
 
@@ -42,7 +45,7 @@ from plotly.subplots import make_subplots
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
-from interp.models import HookedModel
+from interp.models import Add, HookedModel, Intervention, sites
 from interp.results import write_bundle
 
 from .flow import DEFAULT_SCALE, attention_flow
@@ -50,6 +53,7 @@ from .rollout import attention_patterns, attention_rollout
 
 METHODS = ("raw", "rollout", "flow")
 IMPORTANCES = ("blank-out", "gradient")
+GRADIENTS = ("sum", "norm")
 # Abnar & Zuidema (2020), Table 1: Spearman ρ, last layer of their 6-layer verb-number model.
 PAPER_TABLE_1 = {"blank-out": {"raw": 0.29, "rollout": 0.71, "flow": 0.70},
                  "gradient": {"raw": 0.46, "rollout": 0.54, "flow": 0.61}}
@@ -207,7 +211,7 @@ def topic_prompts() -> tuple[list[str], list[str]]:
 
 
 class _Readout:
-    """The scalar output being explained: `__call__(tokens [k, pos], fwd_hooks) -> [k]`.
+    """The scalar output being explained: `__call__(tokens [k, pos], interventions) -> [k]`.
     Causal: the logit of the token predicted last on `tokens [pos]`; encoder: cosine of the
     pooled embedding with `target [d_model]`."""
 
@@ -217,8 +221,8 @@ class _Readout:
             with torch.no_grad():
                 self.answer = int(model(tokens[None])[0, -1].argmax())
 
-    def __call__(self, tokens: torch.Tensor, fwd_hooks=()) -> torch.Tensor:
-        out = self.model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks))
+    def __call__(self, tokens: torch.Tensor, interventions: Sequence[Intervention] = ()) -> torch.Tensor:
+        out = self.model.run(tokens, interventions=interventions)[0]
         if self.model.cfg.is_causal:
             return out[:, -1, self.answer]
         pooled = out.float().mean(dim=1)
@@ -234,17 +238,31 @@ def blank_out_importance(readout: _Readout, tokens: torch.Tensor, positions: Seq
     return outs[0] - outs[1:]
 
 
-def gradient_importance(readout: _Readout, tokens: torch.Tensor, positions: Sequence[int]) -> np.ndarray:
-    """|Σ_d ∂out/∂e_{p,d}| with e the token embeddings (hook_embed), for each p in `positions`."""
-    kept: list[torch.Tensor] = []
+def embedding_gradient(readout: _Readout, tokens: torch.Tensor) -> torch.Tensor:
+    """∂out/∂e `[pos, d_model]` for one prompt `tokens [pos]`: the gradient with respect to a
+    zero vector added to the embeddings (the `embed` site)."""
+    shift = torch.zeros(1, tokens.shape[-1], readout.model.cfg.d_model, device=readout.model.device,
+                        requires_grad=True)
+    out = readout(tokens[None], [Add(sites.embed(), value=shift)]).sum()
+    return torch.autograd.grad(out, shift)[0][0]
 
-    def leaf(embed: torch.Tensor, hook) -> torch.Tensor:
-        embed = embed.detach().requires_grad_(True)
-        kept.append(embed)
-        return embed
 
-    readout(tokens[None], fwd_hooks=[("hook_embed", leaf)]).sum().backward()
-    return kept[0].grad[0, list(positions)].sum(dim=-1).abs().double().cpu().numpy()
+def gradient_importance(readout: _Readout, tokens: torch.Tensor, positions: Sequence[int],
+                        gradient: str = "sum") -> np.ndarray:
+    """Per position p of `positions`: |Σ_d ∂out/∂e_{p,d}| (`gradient="sum"`, the paper's) or
+    ‖∂out/∂e_p‖ (`"norm"`)."""
+    grad = embedding_gradient(readout, tokens)[list(positions)]
+    value = grad.sum(dim=-1).abs() if gradient == "sum" else grad.norm(dim=-1)
+    return value.double().cpu().numpy()
+
+
+def _check_gradient(model: HookedModel, gradient: str) -> None:
+    if gradient not in GRADIENTS:
+        raise ValueError(f"gradient must be one of {GRADIENTS}, got {gradient!r}")
+    if gradient == "sum" and model.cfg.pre_ln and model.arch.norm == "layernorm":
+        raise ValueError(f"{model.cfg.name} is a pre-LayerNorm model: its output does not change when a constant is "
+                         f"added to every dim of an embedding, so the summed input gradient (gradient='sum') is 0 up "
+                         f"to rounding. Use gradient='norm' (CLI: --gradient norm)")
 
 
 def attribution_compare(
@@ -254,6 +272,7 @@ def attribution_compare(
     *,
     blank_id: int | None = None,
     blank_out: str = "drop",
+    gradient: str = "sum",
     scale: int = DEFAULT_SCALE,
     batch_size: int = 32,
     progress: bool = True,
@@ -267,6 +286,8 @@ def attribution_compare(
             one for all prompts or one per prompt; default each topic sentence's topic.
         blank_id: token that replaces a blanked-out token; default [UNK] (else padding).
         blank_out: "drop" (signed out(x) - out(blanked)) or "abs" (its absolute value).
+        gradient: "sum" (the paper's |Σ_d ∂out/∂e_{t,d}|; refused for pre-LayerNorm models, where
+            it is 0) or "norm" (‖∂out/∂e_t‖).
         scale: integer scaling of flow capacities (see `analyses.flow`).
     """
     if texts is None:
@@ -279,6 +300,7 @@ def attribution_compare(
     targets = _check_targets(model, texts, targets)
     if blank_out not in ("drop", "abs"):
         raise ValueError(f"blank_out must be 'drop' or 'abs', got {blank_out!r}")
+    _check_gradient(model, gradient)
     tok = model.tokenizer
     blank_id = next((i for i in (blank_id, tok.unk_token_id, tok.pad_token_id) if i is not None), None)
     if blank_id is None:
@@ -309,7 +331,7 @@ def attribution_compare(
         readout = _Readout(model, tokens, None if targets is None else embedded(targets[b]))
         drop = blank_out_importance(readout, tokens, content, blank_id)
         importance = {"blank-out": np.abs(drop) if blank_out == "abs" else drop,
-                      "gradient": gradient_importance(readout, tokens, content)}
+                      "gradient": gradient_importance(readout, tokens, content, gradient)}
         for name, maps in (("raw", raw), ("rollout", rollout), ("flow", flow)):
             # The explained output's row: the last position's, or the mean over the pooled ones.
             rows_b = maps[:, b, n - 1, :n] if model.cfg.is_causal else maps[:, b, :n, :n].mean(dim=1)
@@ -324,6 +346,7 @@ def attribution_compare(
     per_prompt = pd.DataFrame(rows)
     return AttributionComparison(per_prompt=per_prompt, model_name=model.cfg.name,
                                  parameters={"n_texts": len(texts), "blank_id": int(blank_id), "blank_out": blank_out,
+                                             "gradient": gradient,
                                              "scale": int(scale),
                                              "readout": "last-position logit" if model.cfg.is_causal
                                              else "cosine(pooled embedding, target)"})
@@ -411,6 +434,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default="runs", help="folder for the result bundle")
     parser.add_argument("--device", default=None)
     parser.add_argument("--blank-out", choices=["drop", "abs"], default="drop")
+    parser.add_argument("--gradient", choices=list(GRADIENTS), default="sum")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
@@ -418,7 +442,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from interp.models import load_model
 
     result = attribution_compare(load_model(args.model, device=args.device), blank_out=args.blank_out,
-                                 progress=not args.quiet)
+                                 gradient=args.gradient, progress=not args.quiet)
     frame = result.to_frame()
     print(frame.pivot(index="layer", columns=["importance", "method"], values="spearman").round(3).to_string())
     print(f"\nlast layer, next to the paper's Table 1 (n = {int(frame['n_prompts'].min())} prompts):")

@@ -5,7 +5,8 @@
     result.circuits          # layer, head, qk_norm, ov_norm, ov_copying
     result.save("runs")      # bundle, analysis "attention-patterns"
 
-QK/OV summaries, on the raw weights (no LayerNorm, no biases):
+QK/OV summaries, on the raw weights (no LayerNorm, no biases), one row per query head (under
+grouped-query attention with the key/value head it reads: `W_K(l, h)`, `W_V(l, h)`):
 
 - qk_norm, ov_norm: Frobenius norms of W_Q W_Kᵀ and W_V W_O.
 - ov_copying: the copying score of Elhage et al. (2021) of the full OV circuit

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -32,14 +32,13 @@ from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
-from interp.models import HookedModel
+from interp.models import HookedModel, Intervention, sites
+from interp.models.tokens import bos_token_id
 from interp.results import write_bundle
 
 KINDS = ("previous_token", "induction", "duplicate_token")
 # TransformerLens's head detector calls them "previous_token_head", ...; both spellings work.
 _ALIASES = {f"{kind}_head": kind for kind in KINDS}
-
-Hook = tuple[str, Callable[..., torch.Tensor | None]]
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,7 @@ def detect_heads(
     seed: int = 0,
     kinds: Sequence[str] = KINDS,
     batch_size: int = 32,
-    fwd_hooks: Sequence[Hook] = (),
+    interventions: Sequence[Intervention] = (),
     progress: bool = True,
 ) -> HeadScores:
     """Score every head of `model` as a previous-token, induction and duplicate-token head.
@@ -148,8 +147,8 @@ def detect_heads(
         kinds: which scores, any of "previous_token", "induction", "duplicate_token" (or
             TransformerLens's names "previous_token_head", ...).
         batch_size: probes per forward pass.
-        fwd_hooks: extra `(hook_name, fn)` hooks active while scoring, e.g. to ablate a head
-            and see which scores collapse.
+        interventions: interventions active while scoring (`interp.models.interventions`),
+            e.g. `interp.models.ablation.ablation(model, [(0, 3)])` to see which scores collapse.
     Returns:
         `HeadScores` holding one `[layer, head]` tensor per kind.
     """
@@ -159,24 +158,17 @@ def detect_heads(
     pairs = {kind: probe_positions(kind, probe.start, probe.span) for kind in kinds}
     n_layers = model.cfg.n_layers
     totals = {kind: torch.zeros(n_layers, model.cfg.n_heads) for kind in kinds}
-    patterns: dict[int, torch.Tensor] = {}
-
-    def keep(layer: int):
-        def hook(pattern: torch.Tensor, hook) -> None:
-            patterns[layer] = pattern.detach().float().cpu()
-        return hook
-
-    capture = [(f"blocks.{layer}.attn.hook_pattern", keep(layer)) for layer in range(n_layers)]
+    capture = [sites.pattern(layer) for layer in range(n_layers)]
     batches = torch.split(probe.tokens, batch_size)
     for tokens in tqdm(batches, desc="heads", disable=not progress):
         with torch.no_grad():
-            model.run_with_hooks(tokens, fwd_hooks=[*fwd_hooks, *capture])
+            _, cache = model.run(tokens, interventions=interventions, capture=capture)
         for kind, (queries, keys) in pairs.items():
             for layer in range(n_layers):
-                totals[kind][layer] += pattern_scores(patterns[layer], queries, keys) * len(tokens)
+                totals[kind][layer] += pattern_scores(cache.pattern(layer).float().cpu(), queries, keys) * len(tokens)
     scores = {kind: total / n_sequences for kind, total in totals.items()}
     parameters = {"n_sequences": n_sequences, "span": span, "kinds": list(kinds),
-                  "is_causal": model.cfg.is_causal, "hooked": [name for name, _ in fwd_hooks]}
+                  "is_causal": model.cfg.is_causal, "interventions": [describe(i) for i in interventions]}
     return HeadScores(scores=scores, model=model.cfg.name, seed=seed, parameters=parameters)
 
 
@@ -240,6 +232,12 @@ class HeadScores:
                             tensors=dict(self.scores), figures={"scores": self.figure()})
 
 
+def describe(intervention: Intervention) -> str:
+    """An intervention as a short label for a bundle's parameters, e.g. "Zero z(0, 3)"."""
+    positions = "" if intervention.positions is None else f" at {intervention.positions}"
+    return f"{type(intervention).__name__} {intervention.site}{positions}"
+
+
 def _kind(kind: str) -> str:
     name = _ALIASES.get(kind, kind) if isinstance(kind, str) else kind
     if name not in KINDS:
@@ -262,11 +260,13 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 
 def _specials_around(model: HookedModel) -> tuple[list[int], list[int]]:
-    """Token ids before and after a probe's spans: BOS for a causal model (as
-    TransformerLens prepends it), the tokenizer's [CLS] and [SEP] for an encoder."""
+    """Token ids before and after a probe's spans, by the model layer's one rule
+    (`interp.models.tokens`): BOS (else EOS) for a causal model, the tokenizer's [CLS] and
+    [SEP] for an encoder."""
     tok = model.tokenizer
     if model.cfg.is_causal:
-        return ([tok.bos_token_id] if tok.bos_token_id is not None else []), []
+        first = bos_token_id(tok)
+        return ([first] if first is not None else []), []
     return ([tok.cls_token_id] if tok.cls_token_id is not None else [],
             [tok.sep_token_id] if tok.sep_token_id is not None else [])
 

@@ -10,8 +10,8 @@ across the whole model.
 Pruning removes the least important heads in steps of a fraction of all heads, either in the
 order of one importance computation ("once") or recomputing importance after every step with
 the pruned heads gated off ("exact"), and records the task's metric at each step; random orders
-give the baseline curve. Pruning here is a mask (gate 0); `analyses.head_removal` makes the
-smaller model whose outputs equal the masked one.
+give the baseline curve. Pruning here is zero ablation of z (`interp.models.ablation`);
+`analyses.head_removal` makes the smaller model whose outputs equal the ablated one.
 
     task = next_token_task(ioi_task(model, n=64))
     result = pruning_curve(model, task)             # orders "once", "exact", "random"
@@ -31,12 +31,12 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from interp.models import HookedModel, ModelConfig
-from interp.models.errors import check_head, check_layer
+from interp.models import HookedModel, Intervention
+from interp.models.ablation import ablation, check_heads, head_gates
 from interp.patching import Task
 from interp.results import write_bundle
 
-Hooks = list[tuple[str, Callable]]
+Interventions = list[Intervention]
 ORDERS = ("once", "exact", "random")
 
 
@@ -47,16 +47,17 @@ class HeadTask:
     Attributes:
         name: short name for labels and bundles, e.g. "ioi".
         metric_name: what `metric` returns, e.g. "logit_diff"; higher is better.
-        loss: `(model, fwd_hooks) -> iterator of scalar losses`, one per batch of the task's data,
-            differentiable through the hooks (lower is better). None for a task that only has a
-            metric; such a task can be pruned in a given order but has no importance.
-        metric: `(model, fwd_hooks) -> float` over the whole dataset, higher is better.
+        loss: `(model, interventions) -> iterator of scalar losses`, one per batch of the task's
+            data, each from runs with the interventions applied (`model.run(...,
+            interventions=...)`), differentiable through them (lower is better). None for a task
+            that only has a metric; such a task can be pruned in a given order but has no importance.
+        metric: `(model, interventions) -> float` over the whole dataset, higher is better.
     """
 
     name: str
     metric_name: str
-    loss: Callable[[HookedModel, Hooks], Iterator[torch.Tensor]] | None
-    metric: Callable[[HookedModel, Hooks], float]
+    loss: Callable[[HookedModel, Interventions], Iterator[torch.Tensor]] | None
+    metric: Callable[[HookedModel, Interventions], float]
 
 
 def next_token_task(task: Task, metric: str = "logit_diff", batch_size: int = 16) -> HeadTask:
@@ -68,23 +69,23 @@ def next_token_task(task: Task, metric: str = "logit_diff", batch_size: int = 16
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
-    def answer_logits(model: HookedModel, hooks: Hooks, rows: slice) -> torch.Tensor:
-        logits = model.run_with_hooks(task.clean[rows], fwd_hooks=hooks)
+    def answer_logits(model: HookedModel, interventions: Interventions, rows: slice) -> torch.Tensor:
+        logits = model.run(task.clean[rows], interventions=interventions)[0]
         index = torch.arange(logits.shape[0], device=logits.device)
         return logits[index, task.answer_pos[rows].to(logits.device)].float()   # [batch, d_vocab]
 
-    def loss(model: HookedModel, hooks: Hooks) -> Iterator[torch.Tensor]:
+    def loss(model: HookedModel, interventions: Interventions) -> Iterator[torch.Tensor]:
         for start in range(0, task.batch, batch_size):
             rows = slice(start, start + batch_size)
-            logits = answer_logits(model, hooks, rows)
+            logits = answer_logits(model, interventions, rows)
             yield torch.nn.functional.cross_entropy(logits, task.answer[rows].to(logits.device))
 
-    def score(model: HookedModel, hooks: Hooks) -> float:
+    def score(model: HookedModel, interventions: Interventions) -> float:
         values = []
         with torch.no_grad():
             for start in range(0, task.batch, batch_size):
                 rows = slice(start, start + batch_size)
-                logits = answer_logits(model, hooks, rows)
+                logits = answer_logits(model, interventions, rows)
                 index = torch.arange(logits.shape[0], device=logits.device)
                 diff = logits[index, task.answer[rows].to(logits.device)] - logits[index, task.wrong[rows].to(logits.device)]
                 values.append(diff if metric == "logit_diff" else (diff > 0).float())
@@ -93,50 +94,21 @@ def next_token_task(task: Task, metric: str = "logit_diff", batch_size: int = 16
     return HeadTask(name=task.name, metric_name=metric, loss=loss, metric=score)
 
 
-# ---------------------------------------------------------------- gates and masks
-
-
-def head_set(cfg: ModelConfig, heads: Iterable[tuple[int, int]]) -> set[tuple[int, int]]:
-    """`heads` as a set of (layer, head), each checked against the model's shape."""
-    try:
-        pairs = [(int(layer), int(head)) for layer, head in heads]
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"heads must be (layer, head) pairs, got {heads!r}") from err
-    for layer, head in pairs:
-        check_layer(layer, cfg.n_layers)
-        check_head(head, cfg.n_heads)
-    return set(pairs)
-
-
-def gate_hooks(gates: Float[torch.Tensor, "n_layers n_heads"]) -> Hooks:
-    """Hooks multiplying each head's z (`[batch, pos, head, d_head]`) by its gate, so that
-    gradients with respect to `gates` reach it."""
-    def gate(layer: int):
-        return lambda z, hook: z * gates[layer].to(z.dtype)[:, None]
-    return [(f"blocks.{layer}.attn.hook_z", gate(layer)) for layer in range(gates.shape[0])]
-
-
-def mask_hooks(model: HookedModel, heads: Iterable[tuple[int, int]]) -> Hooks:
-    """Hooks that zero the outputs of `heads` before W_O (hooks only on layers that lose one)."""
-    mask = torch.ones(model.cfg.n_layers, model.cfg.n_heads, device=model.device)
-    for layer, head in head_set(model.cfg, heads):
-        mask[layer, head] = 0.0
-    return [hook for layer, hook in enumerate(gate_hooks(mask)) if not bool(mask[layer].all())]
+# ---------------------------------------------------------------- importance
 
 
 def head_importance(model: HookedModel, task: HeadTask, pruned: Iterable[tuple[int, int]] = (),
                     normalize: bool = True) -> Float[torch.Tensor, "n_layers n_heads"]:
-    """I_h = mean over the task's batches of |∂loss/∂ξ_h|, with the `pruned` heads' gates at 0
-    (their importance is reported as 0). `normalize` divides each layer by its L2 norm."""
+    """I_h = mean over the task's batches of |∂loss/∂ξ_h| (ξ: `interp.models.ablation.head_gates`
+    on each head's z), with the `pruned` heads' gates at 0 (their importance is reported as 0). `normalize` divides each layer by its L2 norm."""
     _check_task(task, needs_loss=True)
-    pruned = head_set(model.cfg, pruned)
+    pruned = check_heads(model.cfg, pruned)
     gates = torch.ones(model.cfg.n_layers, model.cfg.n_heads, device=model.device)
     for layer, head in pruned:
         gates[layer, head] = 0.0
     gates.requires_grad_(True)
-    model.bridge.eval()
     total, n_batches = torch.zeros_like(gates), 0
-    for loss in task.loss(model, gate_hooks(gates)):
+    for loss in task.loss(model, head_gates(model, gates)):
         (grad,) = torch.autograd.grad(loss, gates)
         total += grad.abs()
         n_batches += 1
@@ -224,7 +196,7 @@ def pruning_curve(model: HookedModel, task: HeadTask, step: float = 0.1, orders:
 
 
 class _MetricCache:
-    """The task's metric with a set of heads masked, computed once per set."""
+    """The task's metric with a set of heads zero-ablated, computed once per set."""
 
     def __init__(self, model: HookedModel, task: HeadTask):
         self.model, self.task, self.values = model, task, {}
@@ -233,7 +205,7 @@ class _MetricCache:
         key = frozenset(heads)
         if key not in self.values:
             with torch.no_grad():
-                self.values[key] = self.task.metric(self.model, mask_hooks(self.model, heads))
+                self.values[key] = self.task.metric(self.model, ablation(self.model, heads))
         return self.values[key]
 
 

@@ -32,7 +32,7 @@ import plotly.graph_objects as go
 import torch
 from jaxtyping import Bool, Float, Int
 
-from interp.models import HookedModel
+from interp.models import HookedModel, sites
 from interp.results import write_bundle
 
 
@@ -60,60 +60,15 @@ def attention_patterns(
 ) -> PromptAttention:
     """Run `model` on `prompts` and keep every layer's attention pattern.
 
-    `prompts` is a list of texts (each tokenized alone, as `model.to_tokens` does, then
-    right-padded together with a mask, so padding never changes a prompt's attention) or a
+    `prompts` is a list of texts (each tokenized alone, then right-padded together with a
+    mask, so padding never changes a prompt's attention: `HookedModel.collect`) or a
     `[batch, pos]` token tensor with an optional `attention_mask` (1 = real token).
     Patterns come back as float32 on the CPU.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    tokens, mask = tokenize_prompts(model, prompts, attention_mask)
-    patterns = per_layer_activations(model, tokens, mask, "attn.hook_pattern", batch_size)
-    ids = model.tokenizer.convert_ids_to_tokens
-    str_tokens = [ids(row[keep].tolist()) for row, keep in zip(tokens.cpu(), mask.cpu())]
-    return PromptAttention(patterns, mask.cpu(), str_tokens, model.cfg.name, tokens.cpu())
-
-
-def per_layer_activations(model: HookedModel, tokens: torch.Tensor, mask: torch.Tensor, hook: str,
-                          batch_size: int) -> torch.Tensor:
-    """`blocks.{l}.{hook}` of every layer, stacked on a leading layer axis (float32, CPU),
-    running `batch_size` prompts at a time: `[layer, batch, ...]`."""
-    names = [f"blocks.{layer}.{hook}" for layer in range(model.cfg.n_layers)]
-    chunks = []
-    for start in range(0, len(tokens), batch_size):
-        rows = slice(start, start + batch_size)
-        _, cache = model.run_with_cache(tokens[rows], attention_mask=mask[rows].long(), names_filter=names)
-        chunks.append(torch.stack([cache[name].detach().float().cpu() for name in names]))
-    return torch.cat(chunks, dim=1)
-
-
-def tokenize_prompts(model: HookedModel, prompts, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """`tokens [batch, pos]` and a bool `mask [batch, pos]` from texts or a token tensor."""
-    if isinstance(prompts, torch.Tensor):
-        tokens = prompts if prompts.ndim == 2 else prompts.reshape(1, -1)
-        if tokens.numel() == 0:
-            raise ValueError(f"prompts must hold at least one token, got a tensor of shape {tuple(prompts.shape)}")
-        if attention_mask is None:
-            return tokens, torch.ones(tokens.shape, dtype=torch.bool)
-        if attention_mask.shape != tokens.shape:
-            raise ValueError(f"attention_mask must have the tokens' shape {tuple(tokens.shape)}, "
-                             f"got {tuple(attention_mask.shape)}")
-        return tokens, attention_mask.bool().cpu()
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    if attention_mask is not None:
-        raise ValueError("attention_mask goes with a token tensor; texts are padded and masked here")
-    if len(prompts) == 0:
-        raise ValueError("prompts must hold at least one text, got an empty list")
-    rows = [model.to_tokens(text)[0].cpu() for text in prompts]
-    tok = model.tokenizer
-    pad = next((i for i in (tok.pad_token_id, tok.eos_token_id) if i is not None), 0)
-    width = max(len(row) for row in rows)
-    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for b, row in enumerate(rows):
-        tokens[b, : len(row)], mask[b, : len(row)] = row, True
-    return tokens, mask
+    layers = range(model.cfg.n_layers)
+    collected = model.collect(prompts, [sites.pattern(layer) for layer in layers], attention_mask, batch_size)
+    return PromptAttention(collected.stack("pattern", layers), collected.mask, collected.str_tokens,
+                           model.cfg.name, collected.tokens)
 
 
 def residual_attention(

@@ -24,7 +24,7 @@ import torch
 
 from interp.models import HookedModel
 
-from .pruning import HeadTask, Hooks
+from .pruning import HeadTask, Interventions
 
 Triplet = tuple[str, str, str]
 DATA = Path(__file__).resolve().parent / "data" / "sentence_pairs.tsv"
@@ -53,19 +53,19 @@ def sentence_pair_task(model: HookedModel, triplets: Sequence[Triplet] | None = 
         raise ValueError(f"temperature must be > 0, got {temperature}")
     anchors, paraphrases, others = (list(column) for column in zip(*triplets))
 
-    def loss(model: HookedModel, hooks: Hooks) -> Iterator[torch.Tensor]:
+    def loss(model: HookedModel, interventions: Interventions) -> Iterator[torch.Tensor]:
         for start in range(0, len(anchors), batch_size):
             rows = slice(start, start + batch_size)
-            a = model.encode(anchors[rows], fwd_hooks=hooks)
-            candidates = model.encode(paraphrases[rows] + others[rows], fwd_hooks=hooks)
+            a = model.encode(anchors[rows], interventions=interventions)
+            candidates = model.encode(paraphrases[rows] + others[rows], interventions=interventions)
             logits = a @ candidates.T / temperature
             yield torch.nn.functional.cross_entropy(logits, torch.arange(len(a), device=logits.device))
 
-    def pair_accuracy(model: HookedModel, hooks: Hooks) -> float:
+    def pair_accuracy(model: HookedModel, interventions: Interventions) -> float:
         with torch.no_grad():
-            a = model.encode(anchors, fwd_hooks=hooks)
-            same = (a * model.encode(paraphrases, fwd_hooks=hooks)).sum(dim=1)
-            different = (a * model.encode(others, fwd_hooks=hooks)).sum(dim=1)
+            a = model.encode(anchors, interventions=interventions)
+            same = (a * model.encode(paraphrases, interventions=interventions)).sum(dim=1)
+            different = (a * model.encode(others, interventions=interventions)).sum(dim=1)
         return (same[:, None] > different[None, :]).float().mean().item()
 
     return HeadTask(name="sentence-pairs", metric_name="pair_accuracy", loss=loss, metric=pair_accuracy)

@@ -11,9 +11,9 @@ frames, and attention redistribution (METHODS.md §3).
   |x_d / RMS(x)|; a token is a sink at a layer when φ > τ. Without given dims, the sink dims
   are those holding a massive activation anywhere.
 - Reference frames (Ruscio et al., 2025): see `reference_frame` for the exact rule.
-- Attention redistribution (Kang et al., 2025): `redistribution_hooks` edits chosen heads'
-  patterns so attention on sink tokens is scaled by p and the freed mass goes to the other
-  tokens in proportion to their attention.
+- Attention redistribution (Kang et al., 2025): `redistribution` gives interventions that edit
+  chosen heads' patterns so attention on sink tokens is scaled by p and the freed mass goes to
+  the other tokens in proportion to their attention.
 
 Pitfalls the code keeps visible: whether a BOS token was prepended (`SinkResult.bos_prepended`)
 changes everything; in causal models a late key is seen by few queries, so its α is the
@@ -33,8 +33,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -43,12 +44,13 @@ import torch
 from jaxtyping import Bool, Float, Int
 from plotly.subplots import make_subplots
 
-from analyses.rollout import attention_patterns, check_patterns, per_layer_activations, tokenize_prompts
-from interp.models import HookedModel
+from analyses.rollout import check_patterns
+from interp.models import HookedModel, Splice, sites
+from interp.models.ablation import check_heads
+from interp.models.tokens import bos_token_id
 from interp.results import write_bundle
 
 FRAMES = ("none", "centralized", "distributed", "bidirectional")
-Hook = tuple[str, Callable[..., torch.Tensor | None]]
 
 
 # ---------------------------------------------------------------------------- sink rate
@@ -298,42 +300,33 @@ def sink_analysis(
     batch_size: int = 32,
 ) -> SinkResult:
     """Sink rates, massive activations and hidden-state sink tokens of `model` on `prompts`
-    (texts, each tokenized as `model.to_tokens` does, or a token tensor with a mask).
+    (texts, each tokenized alone and right-padded as `HookedModel.collect` does, or a token
+    tensor with a mask).
 
     Massive activations are searched in every block's output (`resid_post`). φ is computed
     on `sink_dims`, or when None on the dims of the massive activations found; with neither,
-    `phi` is None. Patterns come from `analyses.rollout.attention_patterns`.
+    `phi` is None. Patterns and residuals come from one pass of `model.collect`.
     """
     epsilon = _check_epsilon(epsilon)
-    attention = attention_patterns(model, prompts, attention_mask=attention_mask, batch_size=batch_size)
-    alpha = sink_scores(attention.patterns, attention.mask, model.cfg.is_causal)
-    hidden, mask = residual_states(model, prompts, attention_mask, batch_size)
-    massive = find_massive(hidden, mask, abs_threshold, ratio, attention.str_tokens)
+    layers = range(model.cfg.n_layers)
+    wanted = [sites.pattern(layer) for layer in layers] + [sites.resid_post(layer) for layer in layers]
+    collected = model.collect(prompts, wanted, attention_mask, batch_size)
+    alpha = sink_scores(collected.stack("pattern", layers), collected.mask, model.cfg.is_causal)
+    hidden = collected.stack("resid_post", layers)
+    massive = find_massive(hidden, collected.mask, abs_threshold, ratio, collected.str_tokens)
     dims = sorted(set(massive["dim"].tolist())) if sink_dims is None else [int(d) for d in sink_dims]
     phi = sink_token_scores(hidden, dims) if dims else None
     tok = model.tokenizer
-    start = {i for i in (tok.bos_token_id, tok.cls_token_id) if i is not None}
-    first = attention.tokens[:, 0].tolist()
-    return SinkResult(alpha=alpha, mask=attention.mask, epsilon=epsilon, is_causal=model.cfg.is_causal,
-                      model_name=model.cfg.name, str_tokens=attention.str_tokens,
+    start = {bos_token_id(tok)} if model.cfg.is_causal else {tok.cls_token_id}
+    first = collected.tokens[:, 0].tolist()
+    return SinkResult(alpha=alpha, mask=collected.mask, epsilon=epsilon, is_causal=model.cfg.is_causal,
+                      model_name=model.cfg.name, str_tokens=collected.str_tokens,
                       bos_prepended=all(i in start for i in first), massive=massive, phi=phi, sink_dims=dims,
                       tau=tau, frame_min_rate=frame_min_rate,
                       parameters={"abs_threshold": abs_threshold, "ratio": ratio, "n_prompts": len(first)})
 
 
 # ---------------------------------------------------------------------------- hidden states
-
-
-def residual_states(
-    model: HookedModel,
-    prompts: Sequence[str] | Int[torch.Tensor, "batch pos"],
-    attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
-    batch_size: int = 32,
-) -> tuple[Float[torch.Tensor, "layer batch pos d_model"], Bool[torch.Tensor, "batch pos"]]:
-    """Every block's output `resid_post` (float32, CPU) and the real-token mask, with prompts
-    tokenized and padded exactly as `attention_patterns` does."""
-    tokens, mask = tokenize_prompts(model, prompts, attention_mask)
-    return per_layer_activations(model, tokens, mask, "hook_resid_post", batch_size), mask.cpu()
 
 
 def _check_hidden(hidden, mask) -> torch.Tensor:
@@ -416,42 +409,33 @@ def redistribute(
     return torch.where(movable, p * on_sink + rest * scale, pattern)
 
 
-def redistribution_hooks(
+def redistribution(
     model: HookedModel,
     heads: Sequence[tuple[int, int]],
     sink_positions: Sequence[int] | Bool[torch.Tensor, "batch k"] | Bool[torch.Tensor, "k"],
     p: float = 0.6,
-) -> list[Hook]:
-    """Forward hooks on `blocks.{l}.attn.hook_pattern` applying `redistribute` to the chosen
-    `heads` [(layer, head), ...]; other heads are untouched. `sink_positions` are key
-    indices shared by all prompts, or a bool mask `[k]` / `[batch, k]` of sink keys.
-    Compose with other interventions: `model.run_with_hooks(tokens, fwd_hooks=hooks + more)`.
+) -> list[Splice]:
+    """Interventions applying `redistribute` to the patterns of the chosen `heads`
+    [(layer, head), ...] (one `Splice` on `pattern(layer, head)` each); other heads are
+    untouched. `sink_positions` are key indices shared by all prompts, or a bool mask `[k]` /
+    `[batch, k]` of sink keys. Compose with other interventions:
+    `model.run(tokens, interventions=redistribution(...) + more)`.
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
         raise ValueError(f"p must be a number in [0, 1], got {p!r}")
     if len(heads) == 0:
         raise ValueError("heads must name at least one (layer, head) pair, got none")
-    by_layer: dict[int, list[int]] = {}
-    for pair in heads:
-        if len(pair) != 2:
-            raise ValueError(f"heads must be (layer, head) pairs, got {pair!r}")
-        layer, head = int(pair[0]), int(pair[1])
-        if not (0 <= layer < model.cfg.n_layers and 0 <= head < model.cfg.n_heads):
-            raise ValueError(f"head ({layer}, {head}) does not exist: {model.cfg.name} has layers "
-                             f"0..{model.cfg.n_layers - 1} and heads 0..{model.cfg.n_heads - 1}")
-        by_layer.setdefault(layer, []).append(head)
+    heads = check_heads(model.cfg, heads)
     if not isinstance(sink_positions, torch.Tensor) and len(sink_positions) == 0:
         raise ValueError("sink_positions must name at least one key position, got none")
+    edit = partial(_redistribute_one_head, sink_positions=sink_positions, p=p)
+    return [Splice(sites.pattern(layer, head), fn=edit) for layer, head in heads]
 
-    def hook_for(chosen: list[int]):
-        def hook(pattern: torch.Tensor, hook) -> torch.Tensor:
-            sink = _sink_mask(sink_positions, pattern.shape[0], pattern.shape[-1]).to(pattern.device)
-            out = pattern.clone()
-            out[:, chosen] = redistribute(pattern[:, chosen], sink, p)
-            return out
-        return hook
 
-    return [(f"blocks.{layer}.attn.hook_pattern", hook_for(sorted(set(chosen)))) for layer, chosen in by_layer.items()]
+def _redistribute_one_head(pattern: Float[torch.Tensor, "batch q k"], sink_positions, p: float
+                           ) -> Float[torch.Tensor, "batch q k"]:
+    sink = _sink_mask(sink_positions, pattern.shape[0], pattern.shape[-1]).to(pattern.device)
+    return redistribute(pattern[:, None], sink, p)[:, 0]
 
 
 def _sink_mask(positions, batch: int, n_keys: int) -> Bool[torch.Tensor, "batch k"]:

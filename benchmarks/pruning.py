@@ -10,7 +10,8 @@ are plain Hugging Face modules with eager attention; the timed forward pass is t
 body (`base_model`: embeddings and blocks, no unembedding, which pruning does not touch), no
 gradients; each timing
 is the median of `--reps` alternating runs of the unpruned and pruned model on the same
-random tokens. The pruned model's outputs are checked against the masked model first.
+random tokens. The pruned model's outputs are checked first against the model with the same
+heads' z zeroed (`interp.models.ablation`).
 Paper (Michel et al.): +17.5% throughput for BERT-base with 50% of heads pruned, batch 16-64.
 """
 
@@ -27,10 +28,11 @@ import tempfile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analyses.head_removal import remove_heads  # noqa: E402
-from analyses.pruning import head_importance, least_important, mask_hooks  # noqa: E402
+from analyses.pruning import head_importance, least_important  # noqa: E402
 from analyses.sentence_pairs import sentence_pair_task  # noqa: E402
 from benchmarks.common import machine, markdown_table, timed  # noqa: E402
 from interp.models import load_model  # noqa: E402
+from interp.models.ablation import ablation  # noqa: E402
 from benchmarks.patching import gpt2_small_shaped  # noqa: E402
 
 
@@ -63,7 +65,7 @@ def main() -> None:
         check = torch.randint(1000, 2000, (2, 16), generator=torch.Generator().manual_seed(1))
         pruned = remove_heads(model, heads)
         with torch.no_grad():
-            masked = model.run_with_hooks(check, fwd_hooks=mask_hooks(model, heads))
+            masked = model.run(check, interventions=ablation(model, heads))[0]
             out = pruned(check).logits if model.cfg.is_causal else forward(pruned, check)
         error = (masked - out).abs().max().item()
         full = model.hf_copy().to(args.device)

@@ -106,7 +106,7 @@ def _attribution_compare(args: argparse.Namespace) -> None:
     texts = None
     if args.task:
         texts = _task(args.task, model, n=args.n, seed=args.seed).clean_prompts
-    result = attribution_compare(model, texts, blank_out=args.blank_out, progress=not args.quiet)
+    result = attribution_compare(model, texts, blank_out=args.blank_out, gradient=args.gradient, progress=not args.quiet)
     print(result.table().round(2).to_string())
     print(f"bundle: {result.save(args.out)}")
 
@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="raw attention, rollout and flow vs blank-out and gradient importance (Abnar & Zuidema, Table 1)")
     p.add_argument("model", nargs="?", default="minilm")
     p.add_argument("--blank-out", choices=["drop", "abs"], default="drop")
+    p.add_argument("--gradient", choices=["sum", "norm"], default="sum",
+                   help="input-gradient importance: the paper's |sum over dims| (default; refused for pre-LayerNorm "
+                        "models such as GPT-2, where it is 0) or the gradient's L2 norm")
     p.add_argument("--task", default=None,
                    help="take the prompts from a task's clean prompts (e.g. ioi for zoo/ioi-small); default: 120 topic sentences")
     p.add_argument("--n", type=int, default=120, help="prompts from --task (default: 120)")

@@ -3,14 +3,15 @@ and bad input."""
 
 import pytest
 import torch
-from transformers import BertModel, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, BertModel, GPT2LMHeadModel
 
 from analyses.heads import (KINDS, HeadScores, detect_heads, make_probe, pattern_scores,
                             probe_positions, random_prompts)
 from interp import load_model
+from interp.models.ablation import ablation
 from interp.results import read_bundle
 from interp.zoo.registry import get_embedded
-from tests.helpers import random_gpt2, random_gpt2_folder
+from tests.helpers import random_gpt2, random_gpt2_folder, random_model_folder
 
 # BOS + span (3 tokens) + repeat: positions 0 | 1 2 3 | 4 5 6
 START, SPAN, N_POS = 1, 3, 7
@@ -100,13 +101,35 @@ def _reference_scores(attentions, probe, kind):
     return torch.stack([sum(att[:, :, q, k] for q, k in pairs).mean(0) / len(pairs) for att in attentions])
 
 
-def test_detect_heads_matches_hugging_face_attentions(gpt2_folder, small_gpt2):
-    scores = detect_heads(small_gpt2, n_sequences=5, span=7, seed=3, batch_size=2, progress=False)
-    probe = make_probe(small_gpt2, 5, 7, seed=3)
-    attentions = _hf_attentions(GPT2LMHeadModel, gpt2_folder, probe.tokens)
+@pytest.mark.parametrize("family,shape", [("gpt2", dict(n_layers=2, n_heads=4, d_model=32, seed=41)),
+                                          ("llama", dict(n_layers=2, n_heads=6, n_kv_heads=2, d_model=48, seed=42))])
+def test_detect_heads_matches_hugging_face_attentions(family, shape, tmp_path):
+    """On random models with peaked attention (random_model's weights), GQA included."""
+    folder = random_model_folder(tmp_path / family, family, **shape)
+    model = load_model(folder, device="cpu")
+    scores = detect_heads(model, n_sequences=5, span=7, seed=3, batch_size=2, progress=False)
+    probe = make_probe(model, 5, 7, seed=3)
+    attentions = _hf_attentions(AutoModelForCausalLM, folder, probe.tokens)
+    assert max(float(a.max()) for a in attentions) > 0.9, "some attention is far from uniform"
     for kind in KINDS:
         torch.testing.assert_close(scores[kind], _reference_scores(attentions, probe, kind), atol=1e-5, rtol=0)
-    assert scores["induction"].shape == (2, 4)
+    assert scores["induction"].shape == (2, shape["n_heads"])
+
+
+def test_interventions_change_the_scores_as_hugging_face_with_the_head_removed(tmp_path):
+    """Zeroing L0H1's z while scoring equals Hugging Face with L0H1's output columns zeroed."""
+    folder = random_model_folder(tmp_path / "gpt2", "gpt2", n_layers=2, n_heads=4, d_model=32, seed=43)
+    model = load_model(folder, device="cpu")
+    scores = detect_heads(model, n_sequences=4, span=6, seed=1, interventions=ablation(model, [(0, 1)]), progress=False)
+    probe = make_probe(model, 4, 6, seed=1)
+    hf = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+    with torch.no_grad():
+        hf.transformer.h[0].attn.c_proj.weight[8:16] = 0  # Conv1D rows of head 1 (d_head 8)
+        attentions = hf(probe.tokens, output_attentions=True).attentions
+    torch.testing.assert_close(scores["induction"], _reference_scores(attentions, probe, "induction"), atol=1e-5, rtol=0)
+    plain = detect_heads(model, n_sequences=4, span=6, seed=1, progress=False)
+    assert (plain["induction"][1] - scores["induction"][1]).abs().max() > 1e-3
+    assert scores.parameters["interventions"] == ["Zero z(0, 1)"]
 
 
 def test_probe_layout_causal(small_gpt2):

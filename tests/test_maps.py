@@ -7,14 +7,14 @@ import warnings
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
 from analyses.maps import (RELATIONS, load_relation, load_relations, map_rows, maps_scores, read_pairs,
                            salient_operations)
 from interp import load_model
 from interp.results import read_bundle
 from interp.zoo.recipes.common import build_word_tokenizer
-from tests.helpers import random_gpt2
+from tests.helpers import random_model, random_model_folder
 
 WORDS = [f"w{i}" for i in range(13)]
 
@@ -80,44 +80,86 @@ def test_salient_operations_of_hand_built_head(hand_built):
 
 
 def test_chunked_rows_equal_full_matrix(tmp_path):
-    model = random_gpt2(tmp_path, n_layer=2, n_head=4, n_embd=32, vocab=60)
+    model = random_model(tmp_path, "gpt2", n_layers=2, n_heads=4, d_model=32, vocab=60, seed=73)
     E, U = model.W_E(), model.W_U()
+    vocab = E.shape[0]
     for layer in range(2):
         W_V, W_O = model.W_V(layer), model.W_O(layer)
         full = torch.stack([E @ W_V[h] @ W_O[h] @ U for h in range(4)])            # [head, vocab, vocab]
         rows = torch.empty_like(full)
         chunks = 0
-        for sl, values in map_rows(E, W_V, W_O, U, max_bytes=4 * 4 * 63 * 7):     # 7 rows a chunk
+        for sl, values in map_rows(E, W_V, W_O, U, max_bytes=4 * 4 * vocab * 7):  # 7 rows a chunk
             rows[:, sl] = values
             chunks += 1
-        assert chunks == 9
-        torch.testing.assert_close(rows, full, atol=1e-5, rtol=0)
-
-    gen = torch.Generator().manual_seed(1)
-    pairs = [(f"w{s}", f"w{t}") for s, t in torch.randint(0, 60, (40, 2), generator=gen).tolist()]
-    result = maps_scores(model, {"random": pairs}, min_pairs=30, max_bytes=4 * 4 * 63 * 5, progress=False)
-    ids = torch.tensor([[model.tokenizer.convert_tokens_to_ids(w) for w in p] for p in pairs])
-    for layer in range(2):
-        for head in range(4):
-            M = E @ model.W_V(layer, head) @ model.W_O(layer, head) @ U
-            top, bottom = M[ids[:, 0]].topk(10).indices, (-M[ids[:, 0]]).topk(10).indices
-            assert result.scores[layer, head, 0] == (top == ids[:, 1:]).any(-1).float().mean()
-            assert result.suppression[layer, head, 0] == (bottom == ids[:, 1:]).any(-1).float().mean()
+        assert chunks == -(-vocab // 7)
+        torch.testing.assert_close(rows, full, atol=1e-4, rtol=1e-5)
 
 
-def test_mlp0_embedding_is_first_mlp_on_embeddings(tmp_path):
-    model = random_gpt2(tmp_path, n_layer=2, n_head=2, n_embd=16, vocab=40)
-    pairs = [(f"w{i}", f"w{(i * 7) % 40}") for i in range(40)]
-    result = maps_scores(model, {"r": pairs}, embedding="mlp0", progress=False)
-    block = model.hf_model.transformer.h[0]
-    ids = torch.tensor([[model.tokenizer.convert_tokens_to_ids(w) for w in p] for p in pairs])
+# Random models of three families, grouped-query attention included (6 query heads over 2
+# key/value heads), to check MAPS against dense maps built from the Hugging Face tensors.
+FAMILY_SHAPES = {"llama": dict(n_layers=2, n_heads=6, n_kv_heads=2, d_model=48, seed=74),
+                 "gpt_neox": dict(n_layers=2, n_heads=4, d_model=32, seed=75),
+                 "gemma2": dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=48, d_head=16, seed=76)}
+
+
+def hf_value_output(hf, family: str, layer: int, head: int):
+    """(W_V [d_model, d_head] of the key/value head query head `head` reads, W_O [d_head, d_model]),
+    cut by hand from the Hugging Face projections."""
+    c = hf.config
+    d_head = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    rows = slice(head * d_head, (head + 1) * d_head)
+    if family == "gpt_neox":
+        attn = hf.gpt_neox.layers[layer].attention
+        qkv = attn.query_key_value.weight.detach().view(c.num_attention_heads, 3, d_head, c.hidden_size)
+        return qkv[head, 2].T, attn.dense.weight.detach()[:, rows].T
+    attn = hf.model.layers[layer].self_attn
+    kv = head // (c.num_attention_heads // c.num_key_value_heads)
+    kv_rows = slice(kv * d_head, (kv + 1) * d_head)
+    return attn.v_proj.weight.detach()[kv_rows].T, attn.o_proj.weight.detach()[:, rows].T
+
+
+def hf_sources(hf, family: str, ids: torch.Tensor, embedding: str) -> torch.Tensor:
+    """What a layer-1 head reads: the embeddings as the model makes them (Gemma's scale included),
+    or block 0's MLP sublayer on them (its norms included)."""
     with torch.no_grad():
-        x = block.mlp(block.ln_2(model.W_E()[ids[:, 0]]))
-    for head in range(2):
-        top = (x @ model.W_V(1, head) @ model.W_O(1, head) @ model.W_U()).topk(10).indices
-        assert result.scores[1, head, 0] == (top == ids[:, 1:]).any(-1).float().mean()
-    plain = maps_scores(model, {"r": pairs}, progress=False)
-    assert torch.equal(result.scores[0], plain.scores[0])                # layer 0 keeps E
+        x = hf.get_input_embeddings()(ids)
+        if embedding == "E":
+            return x
+        block = hf.gpt_neox.layers[0] if family == "gpt_neox" else hf.model.layers[0]
+        if family == "gemma2":
+            return block.post_feedforward_layernorm(block.mlp(block.pre_feedforward_layernorm(x)))
+        return block.mlp(block.post_attention_layernorm(x))
+
+
+@pytest.mark.parametrize("family", list(FAMILY_SHAPES))
+@pytest.mark.parametrize("embedding", ["E", "mlp0"])
+def test_scores_equal_dense_maps_from_hugging_face_tensors(family, embedding, tmp_path):
+    """score = fraction of pairs whose target is in the top 10 of x . W_V[kv(h)] W_O[h] . U, with
+    every matrix cut from the HF checkpoint and every query head scored (MAPS under GQA)."""
+    folder = random_model_folder(tmp_path / family, family, vocab=60, **FAMILY_SHAPES[family])
+    model = load_model(folder, device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    words = [f"w{i}" for i in range(60)]
+    pairs = [(words[i], words[(7 * i + 3) % 60]) for i in range(60)]
+    result = maps_scores(model, {"shift": pairs}, embedding=embedding, progress=False)
+    assert result.scores.shape == (2, model.cfg.n_heads, 1) and not result.scores.isnan().any()
+    ids = torch.tensor([model.tokenizer.convert_tokens_to_ids(list(p)) for p in pairs])
+    U = hf.get_output_embeddings().weight.detach().T
+    for layer in range(2):
+        x = hf_sources(hf, family, ids[:, 0], "E" if layer == 0 else embedding)  # layer 0 always reads E
+        for head in range(model.cfg.n_heads):
+            W_V, W_O = hf_value_output(hf, family, layer, head)
+            M = x @ W_V @ W_O @ U                                                # [pairs, vocab]
+            hits = (M.topk(10).indices == ids[:, 1:]).any(-1).float().mean()
+            misses = ((-M).topk(10).indices == ids[:, 1:]).any(-1).float().mean()
+            assert result.scores[layer, head, 0] == hits, (layer, head)
+            assert result.suppression[layer, head, 0] == misses, (layer, head)
+    assert result.scores.std() > 0, "heads differ"
+    table = salient_operations(model, 1, model.cfg.n_heads - 1, n=5, k=3, embedding=embedding)
+    W_V, W_O = hf_value_output(hf, family, 1, model.cfg.n_heads - 1)
+    x = hf_sources(hf, family, torch.tensor(table["token_id"].tolist()), embedding)
+    expected = (x @ W_V @ W_O).norm(dim=-1) / x.norm(dim=-1)
+    torch.testing.assert_close(torch.tensor(table["norm_ratio"].tolist()), expected, rtol=1e-4, atol=0)
 
 
 def test_loader_on_wordpiece_tokenizer():
@@ -221,6 +263,8 @@ def test_encoder_without_lm_head_uses_tied_embedding(tmp_path):
     pairs = [(words[i], words[(i * 3 + 1) % 40]) for i in range(40)]
     result = maps_scores(model, {"r": pairs}, progress=False)
     assert result.unembedding == "tied W_E (encoder without LM head)"
+    with pytest.raises(ValueError, match=r"embedding='mlp0' runs block 0's MLP .* bert is an encoder"):
+        maps_scores(model, {"r": pairs}, embedding="mlp0", progress=False)
     attn = hf.encoder.layer[0].attention
     E = hf.embeddings.word_embeddings.weight.detach()
     W_V, W_O = attn.self.value.weight.detach().T, attn.output.dense.weight.detach().T   # [d_model, d_model]

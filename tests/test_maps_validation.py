@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 import torch
-from transformers import GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
 from analyses.maps import (CAUSAL_TEMPLATES, DEFAULT_TEMPLATES, RELATIONS, causal_validation, copying_relation,
                            dynamic_validation, head_ablation_effects, load_relations, maps_scores, rank_agreement,
@@ -17,10 +17,11 @@ from analyses.maps.validation import last_position_z
 from circuits.tasks import ioi_task
 from interp import load_model
 from interp.cli import main
+from interp.models import Mean, Splice, sites
 from interp.results import list_bundles, read_bundle
 from interp.zoo.recipes.ioi_data import NAMES
 from interp.zoo.registry import CHECKPOINTS
-from tests.helpers import random_gpt2_folder
+from tests.helpers import random_model_folder
 
 INDUCTION_TEMPLATES = ["t1 t2 {} t3 t4 t1 t2", "t10 t20 t30 {} t40 t50 t10 t20 t30", "t60 {} t61 t62 t60",
                        "t5 t6 t7 {} t8 t5 t6 t7"]   # the next token repeats the source: induction copies it
@@ -45,10 +46,17 @@ def minilm():
     return load_model("minilm", device="cpu")
 
 
-@pytest.fixture(scope="module")
-def random_model(tmp_path_factory):
-    folder = random_gpt2_folder(tmp_path_factory.mktemp("random"), n_layer=2, n_head=4, n_embd=32, vocab=60)
-    reference = GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+RANDOM_SHAPES = {"gpt2": dict(n_layers=2, n_heads=4, d_model=32, seed=81),
+                 "llama": dict(n_layers=2, n_heads=6, n_kv_heads=2, d_model=48, seed=82),
+                 "gpt_neox": dict(n_layers=2, n_heads=4, d_model=32, seed=83)}
+
+
+@pytest.fixture(scope="module", params=list(RANDOM_SHAPES))
+def random_model(request, tmp_path_factory):
+    """(hooked model, plain HF model): random GPT-2, Llama with grouped-query attention, GPT-NeoX."""
+    folder = random_model_folder(tmp_path_factory.mktemp(request.param), request.param, vocab=60,
+                                 **RANDOM_SHAPES[request.param])
+    reference = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     return load_model(folder, device="cpu"), reference
 
 
@@ -124,59 +132,88 @@ def test_template_tokens_match_to_tokens(minilm, ioi):
 
 
 def test_forced_z_equals_one_hot_attention_row(random_model):
-    """Without context, z[last] := v[source] in every layer; on GPT-2 the bridge also lets us
-    edit hook_pattern, so compare with a one-hot last row and read the pattern back."""
+    """Without context, z[last, h] := v[source, kv(h)] in every layer; on causal models the
+    attention pattern itself can be edited, so compare with a one-hot last row (a Splice on
+    each layer's pattern) and read the pattern back."""
     model, _ = random_model
     sources = torch.tensor(model.tokenizer.convert_tokens_to_ids([f"w{i}" for i in range(5)]))
     batch = template_tokens(model, "w1 w2 {} w3 w4", sources)
     assert (batch.source_pos, batch.last_pos) == (3, 5)
     forced = last_position_z(model, batch, forced=True)                              # [layer, n, head, d_head]
+    seen = _one_hot_run(model, batch)
+    for layer in range(model.cfg.n_layers):
+        row = seen.pattern(layer)[:, :, batch.last_pos]                              # [n, head, k]
+        assert torch.equal(row, torch.nn.functional.one_hot(torch.tensor(batch.source_pos), 6).float().expand_as(row))
+        torch.testing.assert_close(forced[layer], seen.z(layer)[:, batch.last_pos], atol=1e-5, rtol=0)
+    natural = last_position_z(model, batch, forced=False)
+    assert (natural - forced).abs().max() > 1e-1                                    # the forcing does something
 
-    patterns, zs = {}, {}
 
-    def one_hot(pattern, hook):
+def test_forced_z_when_the_source_is_the_last_token(random_model):
+    """Source and query at one position: forcing layer 0 changes what layer 1's values read,
+    which the layer-by-layer runs must see. Reference: the one-hot pattern as above."""
+    model, _ = random_model
+    sources = torch.tensor(model.tokenizer.convert_tokens_to_ids([f"w{i}" for i in range(5)]))
+    batch = template_tokens(model, "w1 w2 {}", sources)
+    assert batch.source_pos == batch.last_pos == 3
+    forced = last_position_z(model, batch, forced=True)
+    seen = _one_hot_run(model, batch)
+    for layer in range(model.cfg.n_layers):
+        torch.testing.assert_close(forced[layer], seen.z(layer)[:, 3], atol=1e-5, rtol=0)
+
+
+def _one_hot_run(model, batch):
+    """A run in which every layer's last query row is one-hot on the source, with patterns and z kept."""
+    def one_hot(pattern):
         pattern = pattern.clone()
         pattern[:, :, batch.last_pos] = 0.0
         pattern[:, :, batch.last_pos, batch.source_pos] = 1.0
         return pattern
 
-    hooks = []
-    for layer in range(model.cfg.n_layers):
-        hooks += [(f"blocks.{layer}.attn.hook_pattern", one_hot),
-                  (f"blocks.{layer}.attn.hook_pattern", lambda p, hook, layer=layer: patterns.__setitem__(layer, p)),
-                  (f"blocks.{layer}.attn.hook_z", lambda z, hook, layer=layer: zs.__setitem__(layer, z))]
+    layers = range(model.cfg.n_layers)
     with torch.no_grad():
-        model.run_with_hooks(batch.tokens, fwd_hooks=hooks)
-    for layer in range(model.cfg.n_layers):
-        row = patterns[layer][:, :, batch.last_pos]                                 # [n, head, k]
-        assert torch.equal(row, torch.nn.functional.one_hot(torch.tensor(batch.source_pos), 6).float().expand_as(row))
-        torch.testing.assert_close(forced[layer], zs[layer][:, batch.last_pos], atol=1e-5, rtol=0)
-    natural = last_position_z(model, batch, forced=False)
-    assert (natural - forced).abs().max() > 1e-2                                    # the forcing does something
+        return model.run(batch.tokens, interventions=[Splice(sites.pattern(l), fn=one_hot) for l in layers],
+                         capture=[s for l in layers for s in (sites.pattern(l), sites.z(l))])[1]
 
 
-def hf_reference_scores(hf: GPT2LMHeadModel, tokens: torch.Tensor, targets: torch.Tensor, k: int,
+def hf_reference_scores(hf, tokens: torch.Tensor, targets: torch.Tensor, k: int,
                         without_context: bool) -> torch.Tensor:
-    """Dynamic scores `[layer, head]` from Hugging Face's own forward pass, for templates
-    ending with the source. Without context the source's residual stream holds nothing from
-    other tokens, i.e. it is the model run on the source alone at its position."""
+    """Dynamic scores `[layer, head]` from Hugging Face's own forward pass (GPT-2, NeoX, Llama), for
+    templates ending with the source. Without context the source's residual stream holds
+    nothing from other tokens, i.e. it is the model run on the source alone at its position."""
     n, n_pos = tokens.shape
-    d, n_heads = hf.config.n_embd, hf.config.n_head
+    c = hf.config
+    n_heads, d = c.num_attention_heads, c.hidden_size
+    d_head = getattr(c, "head_dim", None) or d // n_heads
+    group = n_heads // (getattr(c, "num_key_value_heads", None) or n_heads)
     with torch.no_grad():
         if without_context:
             out = hf(tokens[:, -1:], position_ids=torch.full((n, 1), n_pos - 1), output_hidden_states=True)
         else:
             out = hf(tokens, output_hidden_states=True, output_attentions=True)
         scores = []
-        for layer, block in enumerate(hf.transformer.h):
-            x = block.ln_1(out.hidden_states[layer])
-            v = block.attn.c_attn(x)[..., 2 * d:].reshape(n, x.shape[1], n_heads, d // n_heads)
+        for layer in range(c.num_hidden_layers):
+            if c.model_type == "gpt2":
+                block = hf.transformer.h[layer]
+                x = block.ln_1(out.hidden_states[layer])
+                v = block.attn.c_attn(x)[..., 2 * d:]
+                W_O = block.attn.c_proj.weight.reshape(n_heads, d_head, d)            # Conv1D: [in, out]
+            elif c.model_type == "gpt_neox":  # q, k, v interleaved per head
+                block = hf.gpt_neox.layers[layer]
+                x = block.input_layernorm(out.hidden_states[layer])
+                v = block.attention.query_key_value(x).reshape(n, x.shape[1], n_heads, 3, d_head)[..., 2, :]
+                W_O = block.attention.dense.weight.T.reshape(n_heads, d_head, d)
+            else:
+                block = hf.model.layers[layer]
+                x = block.input_layernorm(out.hidden_states[layer])
+                v = block.self_attn.v_proj(x)
+                W_O = block.self_attn.o_proj.weight.T.reshape(n_heads, d_head, d)
+            v = v.reshape(n, x.shape[1], -1, d_head).repeat_interleave(group, dim=2)  # one per query head
             if without_context:
                 z = v[:, -1]
             else:
                 z = torch.einsum("nhk,nkhe->nhe", out.attentions[layer][:, :, -1], v)
-            W_O = block.attn.c_proj.weight.reshape(n_heads, d // n_heads, d)         # Conv1D: [in, out]
-            logits = torch.einsum("nhe,hed->nhd", z, W_O) @ hf.lm_head.weight.T
+            logits = torch.einsum("nhe,hed->nhd", z, W_O) @ hf.get_output_embeddings().weight.T
             scores.append((logits.topk(k).indices == targets[:, None, None]).any(-1).float().mean(0))
     return torch.stack(scores)
 
@@ -200,7 +237,8 @@ def test_dynamic_scores_match_hugging_face_reference(random_model):
     assert list(frame.columns) == ["relation", "r_without_context", "r_with_context", "n_pairs", "n_heads",
                                    "static_max", "without_context_max", "with_context_max"]
     assert frame.loc[1, "with_context_max"] == float(result.with_context[..., 1].max())
-    assert frame["n_heads"].tolist() == [8, 8] and frame["n_pairs"].tolist() == [60, 60]
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    assert frame["n_heads"].tolist() == [n_heads, n_heads] and frame["n_pairs"].tolist() == [60, 60]
     x, y = result.static[..., 0].reshape(-1), result.without_context[..., 0].reshape(-1)
     assert abs(frame.loc[0, "r_without_context"] - float(torch.corrcoef(torch.stack([x, y]))[0, 1])) < 1e-6
 
@@ -260,11 +298,10 @@ def test_mean_ablation_of_one_head_equals_hand_mean(induction):
     result = causal_validation(induction, [rel], INDUCTION_TEMPLATES[:1], m=4, n_random=1, ablation="mean",
                                progress=False)
     tokens = template_tokens(induction, INDUCTION_TEMPLATES[0], rel.source_ids).tokens
-    _, cache = induction.run_with_cache(tokens, names_filter="blocks.1.attn.hook_z")
-    mean = cache["blocks.1.attn.hook_z"].mean(0)
+    _, cache = induction.run_with_cache(tokens, sites=[sites.z(1)])
+    mean = cache.z(1).mean(0)                                                        # [pos, head, d_head]
     with torch.no_grad():
-        logits = induction.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_z",
-                                                              lambda z, hook: mean.expand_as(z).clone())])[:, -1]
+        logits = induction.run(tokens, interventions=[Mean(sites.z(1), value=mean)])[0][:, -1]
     expected = (logits.argmax(-1) == rel.target_ids).float().mean()
     assert abs(result.top[0, 3] - expected) < 1e-6
 

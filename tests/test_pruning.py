@@ -6,20 +6,22 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from analyses.head_removal import load_pruned, n_heads_per_layer, remove_heads, save_pruned
-from analyses.pruning import (HeadTask, head_importance, least_important, mask_hooks, next_token_task,
-                              pruning_curve)
+from analyses.head_removal import head_counts, load_pruned, n_heads_per_layer, remove_heads, save_pruned
+from analyses.pruning import HeadTask, head_importance, least_important, next_token_task, pruning_curve
 from analyses.sentence_pairs import load_sentence_pairs, sentence_pair_task
 from circuits.tasks import induction_task
 from interp import load_model
 from interp.cli import main as cli_main
+from interp.models import Add, Scale, sites
+from interp.models.ablation import ablation
 from interp.results import read_bundle
-from tests.helpers import random_gpt2, random_task
+from tests.helpers import random_model, random_model_folder, random_task
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    return random_gpt2(tmp_path_factory.mktemp("gpt2"), n_layer=3, n_head=4)
+    """A random GPT-2 (3 layers x 4 heads, d_head 8) whose heads have sizeable effects."""
+    return random_model(tmp_path_factory.mktemp("gpt2"), "gpt2", n_layers=3, n_heads=4, d_model=32, seed=5)
 
 
 @pytest.fixture(scope="module")
@@ -29,27 +31,22 @@ def minilm():
 
 def test_importance_equals_output_times_gradient_of_each_head(tiny):
     """METHODS §2: ∂L/∂ξ_h = Att_h(x)ᵀ ∂L/∂Att_h(x), with Att_h the head's output before W_O.
-    The reference reads z and its gradient from hooks, without gates."""
+    The reference reads z and, through a zero shift added to it, its gradient, without gates."""
     task = random_task(tiny, seed=1, batch=6)
     head_task = next_token_task(task, batch_size=2)
+    layers = range(tiny.cfg.n_layers)
     reference = torch.zeros(tiny.cfg.n_layers, tiny.cfg.n_heads)
     for start in range(0, task.batch, 2):
         rows = slice(start, start + 2)
-        zs = []
-
-        def keep(z, hook):
-            z = z.clone()  # the activation the rest of the forward pass reads
-            z.retain_grad()
-            zs.append(z)
-            return z
-
-        hooks = [(f"blocks.{l}.attn.hook_z", keep) for l in range(tiny.cfg.n_layers)]
-        logits = tiny.run_with_hooks(task.clean[rows], fwd_hooks=hooks)[torch.arange(2), task.answer_pos[rows]]
-        torch.nn.functional.cross_entropy(logits, task.answer[rows]).backward()
-        for layer, z in enumerate(zs):
-            reference[layer] += (z * z.grad).sum(dim=(0, 1, 3)).abs().detach()
-        tiny.hf_model.zero_grad(set_to_none=True)
+        shifts = [torch.zeros(2, task.n_pos, tiny.cfg.n_heads, tiny.cfg.d_head, requires_grad=True) for _ in layers]
+        out, cache = tiny.run(task.clean[rows], interventions=[Add(sites.z(l), value=s) for l, s in zip(layers, shifts)],
+                              capture=[sites.z(l) for l in layers])
+        logits = out[torch.arange(2), task.answer_pos[rows]]
+        grads = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, task.answer[rows]), shifts)
+        for layer in layers:
+            reference[layer] += (cache.z(layer).detach() * grads[layer]).sum(dim=(0, 1, 3)).abs()
     reference /= task.batch // 2
+    assert reference.min() > 1e-4, "every head matters on this model"
     raw = head_importance(tiny, head_task, normalize=False)
     assert torch.allclose(raw, reference, rtol=1e-4, atol=1e-7)
     normalised = head_importance(tiny, head_task)
@@ -64,11 +61,8 @@ def test_gate_gradient_matches_finite_difference(tiny):
     delta = 0.05  # float32 losses: a larger step keeps rounding small; the central difference is O(delta^2)
 
     def loss_at(gate: float) -> float:
-        scale = torch.ones(tiny.cfg.n_heads)
-        scale[head] = gate
-        hook = (f"blocks.{layer}.attn.hook_z", lambda z, hook: z * scale[:, None])
         with torch.no_grad():
-            return next(task.loss(tiny, [hook])).item()
+            return next(task.loss(tiny, [Scale(sites.z(layer, head), factor=gate)])).item()
 
     slope = (loss_at(1 + delta) - loss_at(1 - delta)) / (2 * delta)
     assert abs(slope) == pytest.approx(raw[layer, head].item(), rel=2e-2, abs=1e-5)
@@ -125,7 +119,7 @@ def test_induction_model_keeps_its_previous_token_head_to_the_end(tmp_path):
     task = next_token_task(induction_task(model, n=32, span=8, seed=5), metric="accuracy")
     importance = head_importance(model, task)
     assert importance[0].argmax().item() == 3
-    alone = {h: task.metric(model, mask_hooks(model, [(0, h)])) for h in range(4)}
+    alone = {h: task.metric(model, ablation(model, [(0, h)])) for h in range(4)}
     assert alone[3] < min(alone[h] for h in (0, 1, 2))
     result = pruning_curve(model, task, step=0.25, orders=["exact"])
     assert (0, 3) not in result.heads_to_prune(0.75, order="exact")
@@ -145,30 +139,67 @@ def _random_heads(cfg, seed):
     return sorted(set(heads) | {(1, h) for h in range(cfg.n_heads)})  # layer 1 loses every head
 
 
+# Llama, 8 query heads over 2 key/value heads (groups of 4): layer 0 loses key/value head 0 with
+# its four query heads, layer 1 keeps groups of 3 (heads 1 and 6 go), layer 2 loses every head.
+LLAMA_HEADS = [(0, 0), (0, 1), (0, 2), (0, 3), (1, 1), (1, 6), *((2, h) for h in range(8))]
+LLAMA_COUNTS = [(4, 1), (6, 2), (1, 1)]
+RANDOM_SHAPES = {"gpt_neox": dict(n_layers=3, n_heads=4, d_model=32, seed=31),
+                 "llama": dict(n_layers=3, n_heads=8, n_kv_heads=2, d_model=64, seed=32)}
+
+
+@pytest.fixture(scope="module")
+def random_folders(tmp_path_factory):
+    return {name: random_model_folder(tmp_path_factory.mktemp(name), name, **shape)
+            for name, shape in RANDOM_SHAPES.items()}
+
+
+def _load(name, dtype, minilm, random_folders):
+    if name == "minilm":
+        return minilm
+    if name in random_folders:
+        return load_model(random_folders[name], device="cpu", dtype=dtype)
+    return load_model(name, device="cpu", dtype=dtype)
+
+
+NEOX_FLOAT64 = pytest.mark.xfail(
+    strict=True, reason="the TransformerLens bridge runs GPT-NeoX in float64 ~1.5e-7 away from Hugging Face "
+                        "(load_model raises ParityError); test_removal_float64_neox_equals_hugging_face_masking "
+                        "checks the removal against Hugging Face itself meanwhile")
+
+
 @pytest.mark.parametrize("name,dtype", [("zoo/ioi-small", torch.float32), ("minilm", torch.float32),
-                                        ("zoo/ioi-small", torch.float64)])
-def test_removed_heads_model_equals_masked_model_and_round_trips(name, dtype, tmp_path, minilm):
-    """To 1e-5 in float32, where the bridge's split q/k/v and Hugging Face's fused c_attn
-    already differ by a few 1e-6 on logits of ~20; to 1e-10 in float64."""
-    model = minilm if name == "minilm" else load_model(name, device="cpu", dtype=dtype)
-    heads = _random_heads(model.cfg, seed=7)
-    texts = (["When Mary and John went to the store, John gave a drink to", "Then Anna"] if model.cfg.is_causal
-             else ["A cat sat on the mat.", "The printer is out of paper today."])
-    enc = model.tokenizer(texts, padding=True, return_tensors="pt")
-    tokens = model.to_tokens(texts) if model.cfg.is_causal else enc["input_ids"]
-    mask = None if model.cfg.is_causal else enc["attention_mask"]
+                                        ("zoo/ioi-small", torch.float64), ("gpt_neox", torch.float32),
+                                        pytest.param("gpt_neox", torch.float64, marks=NEOX_FLOAT64),
+                                        ("llama", torch.float32), ("llama", torch.float64)])
+def test_removed_heads_model_equals_ablated_model_and_round_trips(name, dtype, tmp_path, minilm, random_folders):
+    """The smaller model's outputs equal the model's with the heads' z zeroed
+    (`interp.models.ablation`): to 1e-5 in float32 (the bridge's split q/k/v and Hugging Face's
+    fused projections already differ by a few 1e-6), to 1e-10 in float64."""
+    model = _load(name, dtype, minilm, random_folders)
+    heads = LLAMA_HEADS if name == "llama" else _random_heads(model.cfg, seed=7)
+    if name in random_folders:
+        tokens, mask = torch.randint(3, model.cfg.d_vocab, (3, 12), generator=torch.Generator().manual_seed(0)), None
+    elif model.cfg.is_causal:
+        tokens, mask = model.to_tokens(["When Mary and John went to the store, John gave a drink to", "Then Anna"]), None
+    else:
+        enc = model.tokenizer(["A cat sat on the mat.", "The printer is out of paper today."], padding=True,
+                              return_tensors="pt")
+        tokens, mask = enc["input_ids"], enc["attention_mask"]
 
     def run(hf):
         out = hf(tokens) if model.cfg.is_causal else hf.base_model(tokens, attention_mask=mask)
         return out.logits if model.cfg.is_causal else out.last_hidden_state
 
     with torch.no_grad():
-        masked = model.run_with_hooks(tokens, fwd_hooks=mask_hooks(model, heads), attention_mask=mask)
+        masked = model.run(tokens, interventions=ablation(model, heads), attention_mask=mask)[0]
         pruned = remove_heads(model, heads)
         out = run(pruned)
+        assert (masked - model(tokens, attention_mask=mask)).abs().max() > 0.1, "the removed heads matter"
     real = slice(None) if mask is None else mask.bool()
     assert (masked[real] - out[real]).abs().max().item() < (1e-5 if dtype == torch.float32 else 1e-10)
     assert out.dtype == dtype
+    if name == "llama":
+        assert head_counts(pruned) == LLAMA_COUNTS
     kept = [model.cfg.n_heads - sum(1 for l, _ in heads if l == layer) for layer in range(model.cfg.n_layers)]
     assert n_heads_per_layer(pruned) == [max(k, 1) for k in kept]  # a fully pruned layer keeps one silent head
     assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.hf_copy().parameters())
@@ -177,14 +208,73 @@ def test_removed_heads_model_equals_masked_model_and_round_trips(name, dtype, tm
     config = json.loads((folder / "config.json").read_text())
     assert {int(l): sorted(hs) for l, hs in config["pruned_heads"].items()} == \
         {l: sorted(h for ll, h in heads if ll == l) for l in {l for l, _ in heads}}
+    assert list(zip(config["heads_per_layer"], config["key_value_heads_per_layer"])) == head_counts(pruned)
     reloaded, tokenizer = load_pruned(folder)
     with torch.no_grad():
         assert torch.equal(run(reloaded), out)
+    assert reloaded.dtype == dtype and head_counts(reloaded) == head_counts(pruned)
+    texts = ["Then Anna", "A cat sat."]
     assert tokenizer(texts)["input_ids"] == model.tokenizer(texts)["input_ids"]
     with pytest.raises(ValueError, match="load_pruned"):
         load_model(folder)
     with pytest.raises(FileExistsError):
         save_pruned(pruned, model.tokenizer, folder)
+
+
+def test_removal_float64_neox_equals_hugging_face_masking(random_folders):
+    """GPT-NeoX in float64 against Hugging Face with the heads' columns of the output
+    projection zeroed (what zeroing their z does), to 1e-10."""
+    from transformers import AutoModelForCausalLM
+
+    folder = random_folders["gpt_neox"]
+    model = load_model(folder, device="cpu", dtype=torch.float64, check=False)
+    heads = _random_heads(model.cfg, seed=7)
+    masked = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float64, attn_implementation="eager").eval()
+    d_head = model.cfg.d_head
+    tokens = torch.randint(3, model.cfg.d_vocab, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for layer, head in heads:
+            masked.gpt_neox.layers[layer].attention.dense.weight[:, head * d_head:(head + 1) * d_head] = 0
+        expected = masked(tokens).logits
+        got = remove_heads(model, heads)(tokens).logits
+    assert (got - expected).abs().max().item() < 1e-10
+
+
+@pytest.mark.parametrize("family,shape,heads,counts", [
+    ("gemma2", dict(n_layers=3, n_heads=4, n_kv_heads=2, d_model=48, d_head=16, seed=33),
+     [(0, 0), (0, 1), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2), (2, 3)], [(2, 1), (2, 2), (1, 1)]),
+    ("qwen2", dict(n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, seed=34), [(0, 1), (0, 3)], [(2, 2), (4, 2)]),
+    ("mistral", dict(n_layers=2, n_heads=4, n_kv_heads=1, d_model=40, seed=35), [(0, 3), (1, 0), (1, 1)],
+     [(3, 1), (2, 1)]),
+])
+def test_removal_on_the_other_grouped_query_families(family, shape, heads, counts, tmp_path):
+    """Gemma2 (soft-capping, sliding windows, sandwich norms), Qwen2 (q/k/v biases) and Mistral
+    (one key/value head for all) in float64: removed equals ablated to 1e-10, and round-trips."""
+    model = load_model(random_model_folder(tmp_path / family, family, **shape), device="cpu", dtype=torch.float64)
+    tokens = torch.randint(3, model.cfg.d_vocab, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        masked = model.run(tokens, interventions=ablation(model, heads))[0]
+        pruned = remove_heads(model, heads)
+        out = pruned(tokens).logits
+        assert (masked - model(tokens)).abs().max() > 0.1
+    assert (masked - out).abs().max().item() < 1e-10
+    assert head_counts(pruned) == counts
+    reloaded, _ = load_pruned(save_pruned(pruned, model.tokenizer, tmp_path / "pruned"))
+    with torch.no_grad():
+        assert torch.equal(reloaded(tokens).logits, out)
+
+
+def test_uneven_key_value_groups_are_refused(random_folders, tmp_path):
+    model = load_model(random_folders["llama"], device="cpu")
+    with pytest.raises(ValueError, match=r"layer 1: the remaining query heads \[0, 2, 3, 4, 5, 6, 7\] read key/value "
+                                         r"heads 0 \(3 query heads\), 1 \(4 query heads\)"):
+        remove_heads(model, [(0, 0), (0, 1), (0, 2), (0, 3), (1, 1)])
+    folder = save_pruned(remove_heads(model, LLAMA_HEADS), model.tokenizer, tmp_path / "p")
+    config = json.loads((folder / "config.json").read_text())
+    config["pruned_heads"]["1"] = [1]  # edited by hand into a grouping Hugging Face cannot hold
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="same number of query heads"):
+        load_pruned(folder)
 
 
 def test_corrupt_pruned_folder_is_refused(tmp_path):
@@ -197,10 +287,14 @@ def test_corrupt_pruned_folder_is_refused(tmp_path):
         load_pruned(folder)
     config["pruned_heads"] = {"0": [1, 2]}  # the weights were cut for one head only
     (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"records heads per layer \[3, 4\].*give \[2, 4\]"):
+        load_pruned(folder)
+    config["heads_per_layer"], config["key_value_heads_per_layer"] = [2, 4], [2, 4]
+    (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="has shape"):
         load_pruned(folder)
     with pytest.raises(ValueError, match="no pruned heads recorded"):
-        save_pruned(GPT2LMHeadModel(model.hf_model.config), model.tokenizer, tmp_path / "q")
+        save_pruned(GPT2LMHeadModel(model.hf_copy().config), model.tokenizer, tmp_path / "q")
 
 
 # ---------------------------------------------------------------- the sentence-pair task
@@ -231,7 +325,7 @@ def test_sentence_pair_metric_equals_sentence_transformers(minilm):
 def test_bad_input_is_refused(tiny, minilm):
     task = next_token_task(random_task(tiny))
     with pytest.raises(IndexError, match="layer 3"):
-        mask_hooks(tiny, [(3, 0)])
+        head_importance(tiny, task, pruned=[(3, 0)])
     with pytest.raises(IndexError, match="head 4"):
         head_importance(tiny, task, pruned=[(0, 4)])
     with pytest.raises(ValueError, match="step"):

@@ -11,6 +11,7 @@ from networkx.algorithms.flow import edmonds_karp
 from analyses.flow import FlowGraph, attention_flow
 from analyses.rollout import attention_patterns, attention_rollout, residual_attention
 from interp import load_model
+from interp.models import Add, sites
 from interp.results import read_bundle
 
 # Two layers, two heads, three tokens. Block 0 heads average to [[1,0,0],[.5,0,.5],[.5,.5,0]];
@@ -172,42 +173,58 @@ def test_bad_input_is_rejected(minilm):
 
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
-    from tests.helpers import random_gpt2
+    from tests.helpers import random_model
 
-    return random_gpt2(tmp_path_factory.mktemp("gpt2"))
+    return random_model(tmp_path_factory.mktemp("gpt2"), "gpt2", n_layers=3, n_heads=4, d_model=32, seed=51)
 
 
-def test_importances_match_finite_differences_and_direct_blanking(tiny_gpt2):
-    from analyses.attribution_compare import _Readout, blank_out_importance, gradient_importance
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_importances_match_finite_differences_and_direct_blanking(family, tiny_gpt2, tmp_path):
+    from analyses.attribution_compare import _Readout, blank_out_importance, embedding_gradient, gradient_importance
+    from tests.helpers import random_model
 
-    model = tiny_gpt2
+    model = tiny_gpt2 if family == "gpt2" else random_model(tmp_path, "llama", n_layers=2, n_heads=4, n_kv_heads=2,
+                                                            d_model=32, seed=52)
     tokens = model.to_tokens("w3 w7 w1 w9 w4")[0]
     readout = _Readout(model, tokens, None)
     positions = [1, 2, 3, 4, 5]
-    grads = gradient_importance(readout, tokens, positions)
-    eps = 1e-3
-    for i, p in enumerate(positions):
-        def shift(sign):
-            def hook(embed, hook):
-                embed = embed.clone()
-                embed[:, p] += sign * eps  # along the all-ones direction: Σ_d ∂out/∂e_{p,d}
-                return embed
-            with torch.no_grad():
-                return readout(tokens[None], fwd_hooks=[("hook_embed", hook)]).item()
-        assert grads[i] == pytest.approx(abs(shift(1) - shift(-1)) / (2 * eps), rel=1e-2, abs=1e-4)
+    grad = embedding_gradient(readout, tokens)  # [pos, d_model]
+    gen = torch.Generator().manual_seed(0)
+    eps = 1e-2  # float32 logits: a smaller step drowns in rounding; central differences are O(eps^2)
+    for p in positions:
+        for direction in (torch.ones(model.cfg.d_model), torch.randn(model.cfg.d_model, generator=gen)):
+            def shifted(sign):
+                step = torch.zeros(1, len(tokens), model.cfg.d_model)
+                step[:, p] = sign * eps * direction
+                with torch.no_grad():
+                    return readout(tokens[None], [Add(sites.embed(), value=step)]).item()
+            slope = (shifted(1) - shifted(-1)) / (2 * eps)
+            assert float(grad[p] @ direction) == pytest.approx(slope, rel=1e-2, abs=1e-3)
+    norms = gradient_importance(readout, tokens, positions, gradient="norm")
+    sums = gradient_importance(readout, tokens, positions, gradient="sum")
+    np.testing.assert_allclose(norms, grad[positions].norm(dim=-1).numpy(), rtol=1e-6)
+    assert norms.min() > 1e-2
+    if family == "gpt2":  # every read of the residual stream subtracts its mean: the summed gradient vanishes
+        assert sums.max() < 1e-5 * norms.max()
+    else:
+        assert sums.min() > 1e-4
     drops = blank_out_importance(readout, tokens, positions, blank_id=2)
     with torch.no_grad():
         clean = model(tokens[None])[0, -1, readout.answer].item()
         blanked = tokens.clone()
         blanked[3] = 2
         assert drops[2] == pytest.approx(clean - model(blanked[None])[0, -1, readout.answer].item(), abs=1e-5)
+    assert abs(drops).max() > 1e-2
 
 
 def test_attribution_compare_runs_on_a_causal_model(tiny_gpt2, tmp_path):
     from analyses.attribution_compare import attribution_compare
 
     texts = ["w1 w2 w3 w4 w5 w6", "w9 w8 w7 w6", "w10 w11 w12 w13 w14", "w5"]
-    result = attribution_compare(tiny_gpt2, texts, progress=False)
+    with pytest.raises(ValueError, match="pre-LayerNorm model.*gradient='norm'"):
+        attribution_compare(tiny_gpt2, texts, progress=False)
+    result = attribution_compare(tiny_gpt2, texts, gradient="norm", progress=False)
+    assert result.parameters["gradient"] == "norm"
     frame = result.to_frame()
     assert set(frame["method"]) == {"raw", "rollout", "flow"} and frame["n_prompts"].max() == 3  # "w5" is too short
     first = frame[frame["layer"] == 0].set_index(["method", "importance"])["spearman"]

@@ -8,7 +8,7 @@ import torch
 from analyses.sinks import (
     find_massive,
     redistribute,
-    redistribution_hooks,
+    redistribution,
     reference_frame,
     sink_analysis,
     sink_rates,
@@ -16,6 +16,7 @@ from analyses.sinks import (
     sink_token_scores,
 )
 from interp import load_model
+from interp.models import sites
 from interp.results import read_bundle
 
 SENTENCES = [
@@ -118,41 +119,42 @@ def test_redistribution_by_hand():
 
 @pytest.fixture(scope="module")
 def tiny_gpt2(tmp_path_factory):
-    from tests.helpers import random_gpt2
-    return random_gpt2(tmp_path_factory.mktemp("sinks") / "gpt2", n_layer=2, n_head=4, n_embd=32)
+    from tests.helpers import random_model
+    return random_model(tmp_path_factory.mktemp("sinks") / "gpt2", "gpt2", n_layers=2, n_heads=4, d_model=32, seed=61)
 
 
-def test_redistribution_hooks_change_what_the_model_computes(tiny_gpt2):
-    m = tiny_gpt2
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """Grouped-query attention: 4 query heads over 2 key/value heads."""
+    from tests.helpers import random_model
+    return random_model(tmp_path_factory.mktemp("sinks") / "llama", "llama", n_layers=2, n_heads=4, n_kv_heads=2,
+                        d_model=32, seed=62)
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
+def test_redistribution_changes_what_the_model_computes(name, request):
+    m = request.getfixturevalue(name)
     tokens = m.to_tokens(["w1 w2 w3 w4 w5 w6", "w7 w8 w9 w10 w11 w12"])
     base, cache = m.run_with_cache(tokens)
-    hooks = redistribution_hooks(m, heads=[(1, 2), (0, 1)], sink_positions=[0], p=0.6)
-    seen = {}
-    keep = [(f"blocks.1.attn.{name}", lambda act, hook, name=name: seen.__setitem__(name, act.detach()))
-            for name in ("hook_v", "hook_z")]
-    out = m.run_with_hooks(tokens, fwd_hooks=hooks + keep)
+    edits = redistribution(m, heads=[(1, 2), (0, 1)], sink_positions=[0], p=0.6)
+    with torch.no_grad():
+        out, seen = m.run(tokens, interventions=edits, capture=[sites.v(1), sites.z(1)])
     # Layer 1's pattern does not depend on the edit in layer 1 but does on the one in layer 0,
-    # so rebuild it from the values seen in the edited run: z must be the edited pattern @ v.
-    v, z = seen["hook_v"], seen["hook_z"]
-    clean_z = cache.z(1)
-    layer_0 = [hook for hook in hooks if hook[0].startswith("blocks.0.")]
-    pattern_1 = _pattern_in_run(m, tokens, layer_0)  # layer 1's pattern with only layer 0 edited
+    # so rebuild it from the values seen in the edited run: z must be the edited pattern @ v
+    # (each query head reading its key/value head).
+    v = seen.v(1).repeat_interleave(m.cfg.n_heads // m.cfg.n_kv_heads, dim=2)
+    layer_0 = [edit for edit in edits if edit.site.layer == 0]
+    with torch.no_grad():
+        pattern_1 = m.run(tokens, interventions=layer_0, capture=[sites.pattern(1)])[1].pattern(1)
     moved = pattern_1.clone()
     sink = torch.zeros(tokens.shape, dtype=torch.bool)
     sink[:, 0] = True
     moved[:, 2:3] = redistribute(pattern_1[:, 2:3], sink, 0.6)
     torch.testing.assert_close(moved.sum(-1), torch.ones_like(moved.sum(-1)))
     assert (moved - pattern_1).abs().max() > 0.05  # so the check below tells edited from unedited
-    torch.testing.assert_close(z, torch.einsum("bhqk,bkhd->bqhd", moved, v), atol=1e-6, rtol=1e-5)
-    assert not torch.allclose(z[:, :, 2], clean_z[:, :, 2], atol=1e-4)
-    assert (out - base).abs().max() > 1e-5
-
-
-def _pattern_in_run(m, tokens, hooks):
-    seen = {}
-    m.run_with_hooks(tokens, fwd_hooks=list(hooks) + [
-        ("blocks.1.attn.hook_pattern", lambda act, hook: seen.__setitem__("p", act.detach().clone()))])
-    return seen["p"]
+    torch.testing.assert_close(seen.z(1), torch.einsum("bhqk,bkhd->bqhd", moved, v), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(seen.z(1)[:, :, 2], cache.z(1)[:, :, 2], atol=1e-4)
+    assert (out - base).abs().max() > 1e-2
 
 
 def test_sink_analysis_on_causal_model_and_bundle(tiny_gpt2, tmp_path):
@@ -220,9 +222,12 @@ def test_bad_input_is_rejected(minilm, tiny_gpt2):
     with pytest.raises(ValueError, match="sink_dims"):
         sink_token_scores(torch.zeros(1, 1, 2, 8), [8])
     with pytest.raises(ValueError, match="p must be"):
-        redistribution_hooks(tiny_gpt2, [(0, 0)], [0], p=1.5)
-    with pytest.raises(ValueError, match="does not exist"):
-        redistribution_hooks(tiny_gpt2, [(2, 0)], [0])
-    hooks = redistribution_hooks(tiny_gpt2, [(0, 0)], [40])
+        redistribution(tiny_gpt2, [(0, 0)], [0], p=1.5)
+    with pytest.raises(IndexError, match="layer 2 is out of range"):
+        redistribution(tiny_gpt2, [(2, 0)], [0])
+    edits = redistribution(tiny_gpt2, [(0, 0)], [40])
     with pytest.raises(ValueError, match="sink_positions must lie"):
-        tiny_gpt2.run_with_hooks(tiny_gpt2.to_tokens("w1 w2"), fwd_hooks=hooks)
+        tiny_gpt2.run(tiny_gpt2.to_tokens("w1 w2"), interventions=edits)
+    encoder_edits = redistribution(minilm, [(0, 0)], [0])
+    with pytest.raises(ValueError, match="ignores edits of attention patterns"):  # the lens backend on encoders
+        minilm.run(minilm.to_tokens("a cat"), interventions=encoder_edits)

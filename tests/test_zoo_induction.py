@@ -13,6 +13,7 @@ from transformers import GPT2LMHeadModel
 
 from analyses.heads import detect_heads
 from interp import load_model
+from interp.models.ablation import ablation
 from interp.zoo.recipes import induction
 from interp.zoo.registry import get_embedded
 
@@ -35,14 +36,6 @@ def model():
 @pytest.fixture(scope="module")
 def scores(model):
     return detect_heads(model, n_sequences=N_SEQUENCES, span=SPAN, seed=FRESH_SEED, progress=False)
-
-
-def _zero(head: int):
-    def hook(z, hook):
-        z = z.clone()
-        z[:, :, head] = 0
-        return z
-    return hook
 
 
 def _fresh_repeats(vocab: list[int], bos: int, n: int, span: int, seed: int) -> torch.Tensor:
@@ -97,7 +90,7 @@ def test_zeroing_the_previous_token_head_collapses_induction(model, card, scores
 
     def ablated(head):
         return detect_heads(model, n_sequences=N_SEQUENCES, span=SPAN, seed=FRESH_SEED, kinds=["induction"],
-                            fwd_hooks=[(f"blocks.{l0}.attn.hook_z", _zero(head))], progress=False)["induction"]
+                            interventions=ablation(model, [(l0, head)]), progress=False)["induction"]
 
     before = scores["induction"]
     for layer, head in card["induction_heads"]:

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from interp.models import Patch, sites
 from interp.zoo.recipes import ioi, ioi_data
 from interp.zoo.recipes.ioi_data import (COLOR_TEMPLATES, COLORS, IOI_TEMPLATES, NAMES, THINGS,
                                          colored_object_prompts, ioi_prompts, template_regex)
@@ -172,11 +173,12 @@ def test_held_out_object_pairs_never_in_training_texts(training_texts):
 
 
 def test_card_circuit_matches_the_model_layer(model):
-    """The card's numbers for its top head (Hugging Face hooks) hold through TransformerLens hooks."""
+    """The card's numbers for its top head (the recipe's Hugging Face hooks) hold through the model
+    layer's sites and interventions."""
     card = model_card()
     circuit = card["circuit"]
     top = max(circuit["heads"], key=lambda h: h["abc_noising"])
-    layer, head, z_name = top["layer"], top["head"], f"blocks.{top['layer']}.attn.hook_z"
+    layer, head = top["layer"], top["head"]
     assert top["abc_noising"] > 0.1
     prompts = ioi_prompts("test", card["eval"]["n_per_template"], seed=card["eval"]["seed"])
     ids = model.tokenizer.convert_tokens_to_ids
@@ -190,18 +192,14 @@ def test_card_circuit_matches_the_model_layer(model):
             return (logits[rows, -1, answer] - logits[rows, -1, wrong]).sum().item()
 
         clean = model.to_tokens([p.clean for p in group])
-        clean_logits, clean_cache = model.run_with_cache(clean, names_filter=f"blocks.{layer}.attn.hook_pattern")
+        clean_logits, clean_cache = model.run_with_cache(clean, sites=[sites.pattern(layer)])
         corrupt_logits, corrupt_cache = model.run_with_cache(model.to_tokens([p.corrupt for p in group]),
-                                                             names_filter=z_name)
-
-        def patch(z, hook):
-            z[:, :, head] = corrupt_cache[z_name][:, :, head]
-            return z
-
+                                                             sites=[sites.z(layer)])
         clean_ld += logit_diff(clean_logits)
         corrupt_ld += logit_diff(corrupt_logits)
         with torch.no_grad():
-            patched_ld += logit_diff(model.run_with_hooks(clean, fwd_hooks=[(z_name, patch)]))
+            patched = model.run(clean, interventions=[Patch(sites.z(layer, head), source=corrupt_cache)])[0]
+        patched_ld += logit_diff(patched)
         words = [p.clean.split() for p in group]
         s2 = torch.tensor([len(w) - w[::-1].index(p.wrong) for w, p in zip(words, group)])  # BOS first
         attn_s2 += clean_cache.pattern(layer)[rows, head, -1, s2].sum().item()

@@ -54,25 +54,25 @@ def source_embeddings(model: HookedModel, token_ids: Int[torch.Tensor, "n"], lay
     """The rows of E a head at `layer` reads for `token_ids` (float32, on the model's device).
 
     embedding="E": the raw token embeddings. embedding="mlp0": for layers > 0, the first
-    MLP's output on the embeddings, mlp0(ln_2(E)), as the MAPS reference does for GPT-2
-    (layer 0 keeps E); GPT-2-style models only.
+    MLP's output on the embeddings, mlp0(norm(E)) (`HookedModel.mlp(0, ...)`), as the MAPS
+    reference does for GPT-2 (layer 0 keeps E); causal models of every described family.
+    Gemma's embedding scale is applied, as block 0 sees it (it changes no top-k of the E map).
     """
     if embedding not in EMBEDDINGS:
         raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
-    x = model.W_E()[token_ids.to(model.device)]
+    x = model.W_E()[token_ids.to(model.device)] * model.weights.embed_scale
     if embedding == "E" or layer == 0:
         return x.float()
-    block = _gpt2_block0(model)
     with torch.no_grad():
-        return block.mlp(block.ln_2(x)).float()
+        return _first_mlp(model, x).float()
 
 
-def _gpt2_block0(model: HookedModel):
-    blocks = getattr(getattr(model.hf_model, "transformer", None), "h", None)
-    if blocks is None or not hasattr(blocks[0], "ln_2"):
-        raise ValueError(f"embedding='mlp0' is implemented for GPT-2-style models only; "
-                         f"{model.cfg.name} is a {model.cfg.architecture}")
-    return blocks[0]
+def _first_mlp(model: HookedModel, x: Float[torch.Tensor, "n d_model"]) -> Float[torch.Tensor, "n d_model"]:
+    try:
+        return model.mlp(0, x)
+    except ValueError as err:
+        raise ValueError(f"embedding='mlp0' runs block 0's MLP on the embeddings, which {model.cfg.name} "
+                         f"({model.cfg.architecture}) cannot: {err}") from err
 
 
 def map_rows(x: Float[torch.Tensor, "n d_model"], W_V: Float[torch.Tensor, "head d_model d_head"],
@@ -151,7 +151,7 @@ def maps_scores(
     for layer in layers:
         model.W_V(layer)  # checks the range, with the model's own message
     if embedding == "mlp0":
-        _gpt2_block0(model)
+        _first_mlp(model, model.W_E()[:1])  # refuses models without a plain-tensor MLP before any work
 
     sources, inverse = torch.unique(torch.cat([r.source_ids for r in rels]), return_inverse=True)
     positions = inverse.to(device).split([r.n_usable for r in rels])

@@ -13,9 +13,9 @@ otherwise). Two settings:
   source token, so the head's output is its OV circuit applied to the source's residual
   stream (which, for the source itself, then holds nothing from other tokens: every way
   other tokens reach it goes through its own, now forced, attention row). The forcing is
-  done on hook_z: `z[q] := v[source]`, which is exactly a one-hot attention row on the
+  done on z: `z[q, h] := v[source, kv(h)]`, which is exactly a one-hot attention row on the
   source (z = Σ_k A[q, k] v[k]), and works on every architecture (TransformerLens's bridge
-  ignores edits of hook_pattern on encoders such as BERT).
+  ignores edits of attention patterns on encoders such as BERT).
 
 U is W_U for models with an LM head and the tied token embedding W_E^T for encoders without
 one (minilm), as for the static scores; no final LayerNorm is applied, like the static map.
@@ -51,8 +51,8 @@ from jaxtyping import Float, Int
 from scipy import stats
 from tqdm.auto import tqdm
 
-from analyses.pruning import mask_hooks
-from interp.models import HookedModel
+from interp.models import HookedModel, Intervention, Patch, sites
+from interp.models.ablation import ablation, z_means
 from interp.patching import Task
 
 from .relations import MIN_PAIRS, Pairs, Relation, load_relation
@@ -205,31 +205,29 @@ def _chunks(n: int, size: int):
 
 def last_position_z(model: HookedModel, batch: TemplateBatch, rows: slice = slice(None), *,
                     forced: bool) -> Float[torch.Tensor, "layer n head d_head"]:
-    """Every head's z at `batch.last_pos` (float32), in one run with hooks.
+    """Every head's z at `batch.last_pos` (float32).
 
-    forced=True: in every layer, the last query row attends only to `batch.source_pos`
-    (z[last] := v[source], the same as a one-hot attention row)."""
-    values: dict[int, torch.Tensor] = {}
-    out: list[torch.Tensor | None] = [None] * model.cfg.n_layers
-
-    def keep_v(v, hook, layer):
-        values[layer] = v[:, batch.source_pos]
-
-    def read_z(z, hook, layer):
-        if forced:
-            z = z.clone()
-            z[:, batch.last_pos] = values[layer]
-        out[layer] = z[:, batch.last_pos].detach().float()
-        return z
-
-    hooks = []
-    for layer in range(model.cfg.n_layers):
-        if forced:
-            hooks.append((f"blocks.{layer}.attn.hook_v", partial(keep_v, layer=layer)))
-        hooks.append((f"blocks.{layer}.attn.hook_z", partial(read_z, layer=layer)))
+    forced=True: in every layer, the last query row attends only to `batch.source_pos`:
+    z[last, h] := v[source, kv(h)] (the key/value head query head h reads), the same as a
+    one-hot attention row. Layer l's values depend on the forcing in layers < l only, so they
+    are read layer by layer: run l forces layers 0..l-1 (`Patch` of z at the last position)
+    and captures layer l's values. One run per layer; without forcing, one run in all."""
+    tokens = batch.tokens[rows]
+    layers = range(model.cfg.n_layers)
     with torch.no_grad():
-        model.run_with_hooks(batch.tokens[rows], fwd_hooks=hooks)
-    return torch.stack(out)
+        if not forced:
+            _, cache = model.run_with_cache(tokens, sites=[sites.z(layer) for layer in layers])
+            return torch.stack([cache.z(layer)[:, batch.last_pos].float() for layer in layers])
+        group = model.cfg.n_heads // model.cfg.n_kv_heads
+        forced_z, patches = [], []
+        for layer in layers:
+            _, cache = model.run(tokens, interventions=patches, capture=[sites.v(layer)])
+            z_last = cache.v(layer)[:, batch.source_pos].repeat_interleave(group, dim=1)  # [n, head, d_head]
+            forced_z.append(z_last.float())
+            full = z_last.new_zeros(tokens.shape[0], tokens.shape[1], *z_last.shape[1:])
+            full[:, batch.last_pos] = z_last
+            patches.append(Patch(sites.z(layer), positions=batch.last_pos, source=full))
+    return torch.stack(forced_z)
 
 
 def head_logits(z: Float[torch.Tensor, "n head d_head"], W_O: Float[torch.Tensor, "head d_head d_model"],
@@ -321,40 +319,12 @@ def _check_ablation(ablation: str) -> None:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
 
 
-def _heads_by_layer(heads: Sequence[int], n_heads: int) -> dict[int, list[int]]:
-    """Flat head indices (layer * n_heads + head) grouped by layer."""
-    by_layer: dict[int, list[int]] = {}
-    for flat in heads:
-        by_layer.setdefault(int(flat) // n_heads, []).append(int(flat) % n_heads)
-    return by_layer
-
-
-def ablation_hooks(model: HookedModel, heads: Sequence[int],
-                   means: Sequence[Float[torch.Tensor, "pos head d_head"]] | None = None) -> list:
-    """hook_z hooks that zero (means=None, `analyses.pruning.mask_hooks`) or mean-ablate the
-    given flat heads; `means[layer]` is the replacement z of every head at every position."""
-    n_heads = model.cfg.n_heads
-    if means is None:
-        return mask_hooks(model, [divmod(int(flat), n_heads) for flat in heads])
-
-    def ablate(z, hook, layer, picked):
-        z = z.clone()
-        z[:, :, picked] = means[layer][None, : z.shape[1], picked].to(z.dtype)
-        return z
-
-    return [(f"blocks.{layer}.attn.hook_z", partial(ablate, layer=layer, picked=picked))
-            for layer, picked in _heads_by_layer(heads, n_heads).items()]
-
-
-def mean_z(model: HookedModel, tokens: Int[torch.Tensor, "n pos"], batch_size: int = 64
-           ) -> list[Float[torch.Tensor, "pos head d_head"]]:
-    """Per layer, every head's z averaged over the prompts (at each position)."""
-    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
-    sums = [0.0] * len(names)
-    for rows in _chunks(tokens.shape[0], batch_size):
-        _, cache = model.run_with_cache(tokens[rows], names_filter=names)
-        sums = [s + cache[name].float().sum(0) for s, name in zip(sums, names)]
-    return [s / tokens.shape[0] for s in sums]
+def _ablation(model: HookedModel, heads: Sequence[int], means: Float[torch.Tensor, "layer pos head d_head"] | None
+              ) -> list[Intervention]:
+    """Zero (means=None) or mean ablation of flat heads (layer * n_heads + head), through
+    `interp.models.ablation`."""
+    pairs = [divmod(int(flat), model.cfg.n_heads) for flat in heads]
+    return ablation(model, pairs, kind="zero" if means is None else "mean", means=means)
 
 
 def _accuracy(model: HookedModel, batches: Sequence[TemplateBatch], targets: Int[torch.Tensor, "n"],
@@ -362,10 +332,10 @@ def _accuracy(model: HookedModel, batches: Sequence[TemplateBatch], targets: Int
     """Fraction of (pair, template) instances whose target is in the top-k next tokens."""
     hits, count = 0, 0
     for b, batch in enumerate(batches):
-        hooks = ablation_hooks(model, heads, None if means is None else means[b])
+        interventions = _ablation(model, heads, None if means is None else means[b])
         for rows in _chunks(batch.tokens.shape[0], batch_size):
             with torch.no_grad():
-                logits = model.run_with_hooks(batch.tokens[rows], fwd_hooks=hooks)[:, batch.last_pos]
+                logits = model.run(batch.tokens[rows], interventions=interventions)[0][:, batch.last_pos]
             top = logits.topk(k, dim=-1).indices.cpu()
             hits += int((top == targets[rows, None]).any(-1).sum())
             count += top.shape[0]
@@ -422,7 +392,7 @@ def causal_validation(
     order = []
     for i, rel in enumerate(tqdm(rels, desc="MAPS causal", disable=not progress)):
         batches = [template_tokens(model, t, rel.source_ids) for t in _templates_for(rel.name, templates)]
-        means = [mean_z(model, b.tokens, batch_size) for b in batches] if ablation == "mean" else None
+        means = [z_means(model, b.tokens, batch_size=batch_size) for b in batches] if ablation == "mean" else None
         accuracy = partial(_accuracy, model, batches, rel.target_ids, k=k, means=means, batch_size=batch_size)
         ranked = static.scores[:, :, i].reshape(-1).argsort(descending=True, stable=True)
         order.append(ranked[:m].tolist())
@@ -451,14 +421,14 @@ def head_ablation_effects(model: HookedModel, task: Task, *, ablation: str = "ze
 
     ablation "mean": z := its mean over the task's clean prompts at each position."""
     _check_ablation(ablation)
-    means = mean_z(model, task.clean, batch_size) if ablation == "mean" else None
+    means = z_means(model, task.clean, batch_size=batch_size) if ablation == "mean" else None
     metric = task.metric_fn()
 
     def mean_metric(heads: Sequence[int]) -> float:
-        hooks, picked = ablation_hooks(model, heads, means), []
+        interventions, picked = _ablation(model, heads, means), []
         for rows in _chunks(task.batch, batch_size):
             with torch.no_grad():
-                logits = model.run_with_hooks(task.clean[rows], fwd_hooks=hooks)
+                logits = model.run(task.clean[rows], interventions=interventions)[0]
             picked.append(logits[torch.arange(logits.shape[0]), task.answer_pos[rows].to(logits.device)].float())
         return float(metric(torch.cat(picked), task).mean())
 

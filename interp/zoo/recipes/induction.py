@@ -137,12 +137,13 @@ def measure_ground_truth(model_or_folder, config: InductionConfig | None = None)
     Returns a JSON-ready dict: the top previous-token and induction heads, every head scoring
     at least `INDUCTION_HEAD_SCORE` as an induction head (best first), every head's scores, the
     in-context loss on the first and on the repeated half of the probes, and the effect on the
-    top induction head of zeroing each layer-0 head's `hook_z`.
+    top induction head of zeroing each layer-0 head's z (`interp.models.ablation`).
     """
     # analyses sits above interp; this build-time measurement is the one place a recipe
     # needs it, so it is imported here and never when interp is imported.
     from analyses.heads import detect_heads, make_probe
     from interp.models import HookedModel, load_model
+    from interp.models.ablation import ablation
 
     config = config or InductionConfig()
     model = model_or_folder if isinstance(model_or_folder, HookedModel) else load_model(model_or_folder, device="cpu")
@@ -154,16 +155,16 @@ def measure_ground_truth(model_or_folder, config: InductionConfig | None = None)
     with torch.no_grad():
         first, repeated = in_context_losses(model(probe.tokens), probe.tokens, probe.start, probe.span)
 
-    ablation = {}
+    zeroing = {}
     for head in range(model.cfg.n_heads):
-        hook = ("blocks.0.attn.hook_z", _zero_head(head))
-        after = detect_heads(model, **probe_args, kinds=["induction"], fwd_hooks=[hook], progress=False)
+        zeroed = ablation(model, [(0, head)])
+        after = detect_heads(model, **probe_args, kinds=["induction"], interventions=zeroed, progress=False)
         with torch.no_grad():
-            logits = model.run_with_hooks(probe.tokens, fwd_hooks=[hook])
+            logits = model.run(probe.tokens, interventions=zeroed)[0]
         _, rep_after = in_context_losses(logits, probe.tokens, probe.start, probe.span)
-        ablation[f"L0H{head}"] = {"induction_score": round(float(after["induction"][ind[0], ind[1]]), 4),
-                                  "induction_scores_layer1": [round(float(v), 4) for v in after["induction"][1]],
-                                  "loss_repeated_half": round(rep_after, 4)}
+        zeroing[f"L0H{head}"] = {"induction_score": round(float(after["induction"][ind[0], ind[1]]), 4),
+                                 "induction_scores_layer1": [round(float(v), 4) for v in after["induction"][1]],
+                                 "loss_repeated_half": round(rep_after, 4)}
     induction_heads = [[int(row["layer"]), int(row["head"])]
                        for _, row in scores.top("induction", k=scores["induction"].numel()).iterrows()
                        if row["score"] >= INDUCTION_HEAD_SCORE]
@@ -176,10 +177,10 @@ def measure_ground_truth(model_or_folder, config: InductionConfig | None = None)
         "loss_first_half": round(first, 4),
         "loss_repeated_half": round(repeated, 4),
         "ablation": {
-            "hook": "blocks.0.attn.hook_z (one head zeroed)",
+            "intervention": "Zero z(0, h): one layer-0 head's z zeroed (interp.models.ablation)",
             "induction_score_before": round(float(scores["induction"][ind[0], ind[1]]), 4),
-            "previous_token_head_zeroed": ablation[f"L0H{prev[1]}"] if prev[0] == 0 else None,
-            "each_layer0_head": ablation,
+            "previous_token_head_zeroed": zeroing[f"L0H{prev[1]}"] if prev[0] == 0 else None,
+            "each_layer0_head": zeroing,
         },
         "probe": {**probe_args, "layout": "BOS + span + span, span tokens distinct"},
     }
@@ -195,14 +196,6 @@ def in_context_losses(logits: torch.Tensor, tokens: torch.Tensor, start: int, sp
     first = loss[:, start - 1:start + span - 1].mean().item()
     repeated = loss[:, start + span:start + 2 * span - 1].mean().item()
     return first, repeated
-
-
-def _zero_head(head: int):
-    def hook(z: torch.Tensor, hook) -> torch.Tensor:
-        z = z.clone()
-        z[:, :, head] = 0
-        return z
-    return hook
 
 
 def check_ground_truth(truth: dict) -> list[str]:
@@ -286,7 +279,7 @@ probes `<bos> + span + span` (span {truth['probe']['span']} distinct random toke
 
 - In-context loss: first half {truth['loss_first_half']:.3f} nats, repeated half {truth['loss_repeated_half']:.3f} nats
   (the repeat's first token left out; uniform guessing is {torch.log(torch.tensor(float(config.vocab_size))):.3f}).
-- Zeroing L{prev[0]}H{prev[1]} (`blocks.0.attn.hook_z`) takes the induction head's score from
+- Zeroing L{prev[0]}H{prev[1]}'s z (`interp.models.ablation`) takes the induction head's score from
   {truth['ablation']['induction_score_before']:.3f} to {zeroed.get('induction_score', float('nan')):.3f}. Each layer-0 head zeroed in turn:
 
 | zeroed | induction score of L{ind[0]}H{ind[1]} | induction scores of L1H0..L1H{config.n_head - 1} | loss on repeated half |
