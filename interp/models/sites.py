@@ -4,7 +4,8 @@ A `Site` names one activation of a forward pass: a kind, and the layer (and head
 belongs to. Analyses speak only in sites; each backend maps them to its own locations
 (TransformerLens hook names for the `lens` backend). Shapes (`pos` = sequence position):
 
-    embed                 [batch, pos, d_model]   token embeddings (scaled, for Gemma)
+    embed                 [batch, pos, d_model]   token embeddings (scaled, for Gemma; for BERT the
+                                                  embedding block's LayerNormed output)
     resid_pre(l)          [batch, pos, d_model]   residual stream entering block l
     resid_mid(l)          [batch, pos, d_model]   between attention and MLP (sequential blocks only)
     resid_post(l)         [batch, pos, d_model]   leaving block l
