@@ -67,7 +67,7 @@ def tl_sweep(tl_fn, model, task, clean_cache, metric, axes, shape, sample=40, se
         grid = grid[torch.randperm(len(grid), generator=torch.Generator().manual_seed(seed))[:sample]]
     index_df = pd.DataFrame(grid.numpy(), columns=list(axes))
     with torch.no_grad():
-        values = tl_fn(bridge(model), task.corrupt, clean_cache, metric, index_df=index_df)
+        values = tl_fn(bridge(model), task.corrupt, clean_cache, metric, index_df=index_df, index_axis_names=None)
     return grid, values
 
 

@@ -16,6 +16,10 @@ BACKEND_PACKAGES = ("transformer_lens", "nnsight")
 BACKEND_ATTRIBUTES = {"run_with_hooks", "bridge", "_backend", "hf_model", "add_hook", "reset_hooks"}
 HOOK_KEYWORDS = {"fwd_hooks", "bwd_hooks", "names_filter"}
 HOOK_NAME = re.compile(r"^(blocks\.\d+\.|hook_\w+$)")
+# SAELens's file format spells some keys and values like hooks (cfg.json's `hook_name`,
+# `reshape_activations: "hook_z"`); the modules that read and write that format may name them.
+FILE_FORMAT_WORDS = {"analyses/sae/config.py": {"hook_z"},
+                     "analyses/sae/saelens_io.py": {"hook_name", "hook_head_index"}}
 
 
 def _sources():
@@ -29,9 +33,9 @@ def _sources():
                 yield f"{path.relative_to(ROOT)} cell {i}", "".join(cell["source"])
 
 
-def violations(source: str) -> list[str]:
+def violations(source: str, allowed: frozenset[str] = frozenset()) -> list[str]:
     """What in `source` reaches past the seam: backend imports, backend attributes, hook
-    arguments, and TransformerLens hook names as string constants."""
+    arguments, and TransformerLens hook names as string constants (other than `allowed`)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -42,7 +46,8 @@ def violations(source: str) -> list[str]:
             found.append(f".{node.attr} (line {node.lineno})")
         elif isinstance(node, ast.keyword) and node.arg in HOOK_KEYWORDS:
             found.append(f"{node.arg}= (line {node.value.lineno})")
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and HOOK_NAME.match(node.value):
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and HOOK_NAME.match(node.value) \
+                and node.value not in allowed:
             found.append(f"hook name {node.value!r} (line {node.lineno})")
     return found
 
@@ -58,4 +63,5 @@ def test_the_checker_catches_each_kind_of_violation():
 
 @pytest.mark.parametrize("where,source", list(_sources()), ids=lambda x: str(x) if isinstance(x, Path) else None)
 def test_no_hooks_or_backend_outside_the_model_layer(where, source):
-    assert not violations(source), f"{where} reaches past interp.models"
+    allowed = frozenset(FILE_FORMAT_WORDS.get(str(where), ()))
+    assert not violations(source, allowed), f"{where} reaches past interp.models"
