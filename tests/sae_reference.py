@@ -94,3 +94,31 @@ def random_sae(d_in: int, seed: int = 0, arch: str = "topk"):
         if arch == "topk":
             sae.W_enc.mul_(3.0)
     return sae
+
+
+def hand_attention(hf, model, tokens, real, layer):
+    """(A [b, head, q, s], v [b, s, head, d_head] of the key/value head each query head reads,
+    z [b, q, head * d_head]) from the HF model: attention probabilities, the value projection
+    applied by hand to the attention block's (normed) input, and the output projection's input."""
+    c = model.cfg
+    block = blocks(hf)[layer]
+    attn = block.attn if hasattr(block, "attn") else block.self_attn
+    out_proj = attn.c_proj if hasattr(attn, "c_proj") else attn.o_proj
+    seen = {}
+    h1 = attn.register_forward_pre_hook(lambda m, args, kwargs: seen.__setitem__(
+        "x", args[0] if args else kwargs["hidden_states"]), with_kwargs=True)
+    h2 = out_proj.register_forward_pre_hook(lambda m, args: seen.__setitem__("z", args[0]))
+    try:
+        with torch.no_grad():
+            out = hf(input_ids=tokens, attention_mask=real.long(), output_attentions=True)
+    finally:
+        h1.remove()
+        h2.remove()
+    x = seen["x"]
+    with torch.no_grad():
+        if hasattr(attn, "c_attn"):  # GPT-2: one fused projection, values last
+            v = attn.c_attn(x)[..., 2 * c.d_model:].reshape(*x.shape[:2], c.n_heads, c.d_head)
+        else:
+            v = attn.v_proj(x).reshape(*x.shape[:2], c.n_kv_heads, c.d_head)
+            v = v[:, :, [c.kv_head(h) for h in range(c.n_heads)]]
+    return out.attentions[layer], v, seen["z"]
