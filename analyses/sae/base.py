@@ -3,6 +3,7 @@ each architecture builds from its own activation and penalty."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -111,6 +112,21 @@ class SAE(nn.Module):
 
     def forward(self, x: Float[torch.Tensor, "... d_in"]) -> Float[torch.Tensor, "... d_in"]:
         return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def fold_activation_norm_scaling_factor(self, scale: float) -> None:
+        """Make an SAE trained on activations multiplied by `scale` read raw activations (SAELens's
+        name): W_enc *= scale, W_dec /= scale, b_dec /= scale. Every pre-activation, latent and
+        threshold stays the same, and x_hat comes out in raw units. Decoder rows then have norm
+        1 / scale (TopK's unit norm holds in training units)."""
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        if getattr(self.cfg, "rescale_acts_by_decoder_norm", False):
+            raise ValueError("cannot fold a scale into an SAE with rescale_acts_by_decoder_norm=True "
+                             "(its latents depend on the decoder norms)")
+        self.W_enc.mul_(scale)
+        self.W_dec.div_(scale)
+        self.b_dec.div_(scale)
 
     # ---- training -------------------------------------------------------------------------
 

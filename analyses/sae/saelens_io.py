@@ -150,21 +150,29 @@ def load_sae(folder: str | os.PathLike, *, device: str = "cpu", dtype: str | Non
     """Load a SAELens-format SAE folder into the registered class of its `architecture`, on
     `device` (default "cpu", whatever cfg.json says, as SAELens's `load_from_disk`) and in
     `dtype` (default: cfg.json's)."""
-    cls, cfg = config_from_dict(read_cfg(folder), device=device, dtype=dtype)
-    weights = read_weights(folder)
+    return sae_from_tensors(read_cfg(folder), read_weights(folder), str(Path(folder) / WEIGHTS_FILENAME),
+                            device=device, dtype=dtype)
+
+
+def sae_from_tensors(cfg: dict, weights: dict[str, torch.Tensor], source: str, *, device: str = "cpu",
+                     dtype: str | None = None) -> SAE:
+    """An SAE from a `cfg.json` dict and its inference tensors (named as in SAELens's weights
+    file), each checked for name, shape and finiteness; `source` names where they came from."""
+    cls, config = config_from_dict(cfg, device=device, dtype=dtype)
+    weights = dict(weights)
     if "log_threshold" in weights and "threshold" not in weights:  # SAELens < 6 JumpReLU files
         weights["threshold"] = weights.pop("log_threshold").exp()
-    sae = cls(cfg)
+    sae = cls(config)
     expected = {name: tuple(p.shape) for name, p in sae.named_parameters()}
     if set(weights) != set(expected):
-        raise ValueError(f"{Path(folder) / WEIGHTS_FILENAME} holds tensors {sorted(weights)}; a {cfg.architecture!r} "
+        raise ValueError(f"{source} holds tensors {sorted(weights)}; a {config.architecture!r} "
                          f"SAE needs {sorted(expected)}")
     for name, shape in expected.items():
         if tuple(weights[name].shape) != shape:
-            raise ValueError(f"{name} in {Path(folder) / WEIGHTS_FILENAME} has shape {list(weights[name].shape)}; "
-                             f"cfg.json (d_in={cfg.d_in}, d_sae={cfg.d_sae}) needs {list(shape)}")
+            raise ValueError(f"{name} in {source} has shape {list(weights[name].shape)}; "
+                             f"cfg.json (d_in={config.d_in}, d_sae={config.d_sae}) needs {list(shape)}")
         if not torch.isfinite(weights[name]).all():
-            raise ValueError(f"{name} in {Path(folder) / WEIGHTS_FILENAME} contains NaN or inf")
+            raise ValueError(f"{name} in {source} contains NaN or inf")
     with torch.no_grad():
         for name, p in sae.named_parameters():
             p.copy_(weights[name])

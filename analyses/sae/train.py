@@ -352,3 +352,51 @@ def train_saes(saes: SAE | Mapping[str, SAE], batches: Iterable | Callable[[int]
     for sae in saes.values():
         sae.eval()
     return TrainResult(saes, trainer.states, trainer.step, trainer.tokens, trainer.history)
+
+
+def train_saes_on_store(saes: SAE | Mapping[str, SAE], store, cfg: TrainConfig, *, sites: Mapping[str, object] | None = None,
+                        checkpoint_dir: str | os.PathLike | None = None, resume: bool = True,
+                        progress: bool = True) -> TrainResult:
+    """Train `saes` on the batches of an `analyses.sae.store.ActivationStore` (one pass over the
+    model serves every SAE), then fold the store's normalisation into them.
+
+    `sites`: SAE name -> site (a Site or any spelling the store accepts); by default the store's
+    only site, or else the SAE's name. Each SAE's d_in must equal its site's width. Before
+    training, each SAE's metadata receives the store's `sae_metadata(site)` (SAELens's
+    `model_name`, `hook_name`, `hook_head_index`, `context_size`, `prepend_bos`,
+    `exclude_special_tokens`, ... and `activation_norm_scaling_factor` s), and an SAE on the z of
+    all heads gets `reshape_activations="hook_z"`. Checkpoints hold the weights in training units
+    (activations * s; metadata `activation_norm_scaling_factor_folded: false`). After training, s
+    is folded into the weights (`fold_activation_norm_scaling_factor`), so the returned SAEs
+    (the same objects) read raw activations (`activation_norm_scaling_factor_folded: true`)."""
+    if isinstance(saes, SAE):
+        saes = {"sae": saes}
+    if not saes or not all(isinstance(s, SAE) for s in saes.values()):
+        raise TypeError("saes must be an SAE or a non-empty dict of name -> SAE")
+    saes = dict(saes)
+    names: dict[str, str] = {}
+    for name, sae in saes.items():
+        if sites is not None and name in sites:
+            site = sites[name]
+        elif len(store.names) == 1:
+            site = store.names[0]
+        else:
+            site = name
+        try:
+            names[name] = store.site_name(site)
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"SAE {name!r}: {e}; pass sites={{{name!r}: one of {store.names}}}") from None
+        if sae.cfg.d_in != store.d_in[names[name]]:
+            raise ValueError(f"SAE {name!r} has d_in={sae.cfg.d_in}, but {names[name]} gives activations of width "
+                             f"{store.width_description(names[name])}")
+    for name, sae in saes.items():
+        site = store.sites[store.names.index(names[name])]
+        sae.cfg.metadata.update(store.sae_metadata(site), activation_norm_scaling_factor_folded=False)
+        if site.kind == "z" and site.head is None:
+            sae.cfg.reshape_activations = "hook_z"
+    result = train_saes(saes, store.batches, cfg, sites=names, checkpoint_dir=checkpoint_dir, resume=resume,
+                        progress=progress)
+    for name, sae in saes.items():
+        sae.fold_activation_norm_scaling_factor(store.scaling_factors[names[name]])
+        sae.cfg.metadata["activation_norm_scaling_factor_folded"] = True
+    return result
