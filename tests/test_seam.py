@@ -18,8 +18,10 @@ HOOK_KEYWORDS = {"fwd_hooks", "bwd_hooks", "names_filter"}
 HOOK_NAME = re.compile(r"^(blocks\.\d+\.|hook_\w+$)")
 # SAELens's file format spells some keys and values like hooks (cfg.json's `hook_name`,
 # `reshape_activations: "hook_z"`); the modules that read and write that format may name them.
-FILE_FORMAT_WORDS = {"analyses/sae/config.py": {"hook_z"},
-                     "analyses/sae/saelens_io.py": {"hook_name", "hook_head_index"}}
+SAELENS_KEYS = {"hook_name", "hook_head_index"}
+FILE_FORMAT_WORDS = {"analyses/sae/config.py": {"hook_z"}, "analyses/sae/train.py": {"hook_z"},
+                     "analyses/sae/saelens_io.py": SAELENS_KEYS, "analyses/sae/sites.py": SAELENS_KEYS,
+                     "analyses/sae/evals.py": SAELENS_KEYS}
 
 
 def _sources():

@@ -1,0 +1,104 @@
+"""Ground truth on zoo/ioi-small: how many of its 100 names get an SAE feature of their own.
+
+    python benchmarks/sae_names.py                                  # TopK, resid_pre(2), full size
+    python benchmarks/sae_names.py --site "resid_pre(1)" --arch standard --l1 5
+
+The corpus is the model's own training distribution: `interp.zoo.recipes.ioi_data.training_text`
+(answered IOI and colored-objects prompts and filler sentences, one per sequence; BOS first, as
+the recipe trained it), `--texts` of them for training (seed 0) and `--eval-texts` others
+(seed 1) for scoring. An SAE is trained on the site's activations (`analyses.sae.store`,
+special tokens excluded, expected_average_only_in scaling folded afterwards), then for each name
+the feature with the best F1 (`CorpusActivations.token_f1`): over the used tokens of the scoring
+texts, a true positive is a token of that name where the feature is non-zero; F1 = 2 TP /
+(tokens where the feature fires + tokens of the name). A name "has a feature" when F1 >= 0.9.
+Printed: that count, the counts at 0.5 and 0.7, median F1 / precision / recall, the spliced CE
+loss score, and the run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def name_f1(model, sae, texts, progress=False):
+    """The best feature of each of the 100 names on `texts` (a DataFrame, see token_f1)."""
+    from analyses.sae.features import sae_activations
+    from interp.zoo.recipes.ioi_data import NAMES
+
+    ids = model.tokenizer.convert_tokens_to_ids(NAMES)
+    acts = sae_activations(model, sae, texts, progress=progress)
+    return acts.token_f1(dict(zip(NAMES, ids)))
+
+
+def ioi_texts(n: int, seed: int) -> list[str]:
+    from interp.zoo.recipes.ioi_data import training_text
+
+    rng = random.Random(seed)
+    return [training_text(rng)[0] for _ in range(n)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--site", default="resid_pre(2)")
+    parser.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "standard", "jumprelu"])
+    parser.add_argument("--d-sae", type=int, default=2048)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--l1", type=float, default=5.0, help="l1_coefficient (standard) / l0_coefficient (jumprelu)")
+    parser.add_argument("--texts", type=int, default=4000)
+    parser.add_argument("--eval-texts", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from analyses.sae import make_sae
+    from analyses.sae.evals import evaluate_spliced
+    from analyses.sae.store import ActivationStore
+    from analyses.sae.train import TrainConfig, train_saes_on_store
+    from benchmarks.common import machine
+    from interp import load_model
+
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine()}")
+    start = time.perf_counter()
+    model = load_model("zoo/ioi-small")
+    store = ActivationStore(model, ioi_texts(args.texts, 0), args.site, batch_size=args.batch,
+                            cache_dir=args.cache_dir, progress=False)
+    extra = {"topk": dict(k=args.k), "batchtopk": dict(k=args.k), "standard": dict(l1_coefficient=args.l1),
+             "jumprelu": dict(l0_coefficient=args.l1)}[args.arch]
+    sae = make_sae(args.arch, d_in=store.d_in[store.names[0]], d_sae=args.d_sae, **extra)
+    cfg = TrainConfig(total_training_steps=args.steps, lr=args.lr, lr_decay_steps=args.steps // 5,
+                      dead_feature_window=50 * args.batch)
+    result = train_saes_on_store(sae, store, cfg, progress=False)
+    held_out = ioi_texts(args.eval_texts, 1)
+    table = name_f1(model, sae, held_out)
+    spliced = evaluate_spliced(model, sae, held_out[:300], progress=False)
+    elapsed = time.perf_counter() - start
+    last = result.history[-1]
+    print(f"site {args.site}, {args.arch} d_sae {args.d_sae} "
+          f"{'k ' + str(args.k) if 'topk' in args.arch else 'coefficient ' + str(args.l1)}, {args.steps} steps of "
+          f"{args.batch} tokens ({store.n_tokens} tokens per epoch), lr {args.lr}")
+    print(f"training: explained variance {last['explained_variance']:.3f}, L0 {last['l0']:.1f}; held out: "
+          f"explained variance {spliced.explained_variance:.3f}, L0 {spliced.metrics.l0:.1f}, "
+          f"ce_loss_score {spliced.ce_loss_score:.3f}, delta LM loss {spliced.delta_lm_loss:.4f}")
+    print(f"names with a feature of F1 >= 0.9: {int((table['f1'] >= 0.9).sum())} of {len(table)} "
+          f"(>= 0.7: {int((table['f1'] >= 0.7).sum())}, >= 0.5: {int((table['f1'] >= 0.5).sum())}); "
+          f"median F1 {table['f1'].median():.3f}, precision {table['precision'].median():.3f}, "
+          f"recall {table['recall'].median():.3f}; distinct best features {table['feature'].nunique()}")
+    print(table.sort_values("f1", ascending=False).head(10).to_string(index=False))
+    print(f"time {elapsed:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
