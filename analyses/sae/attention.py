@@ -1,4 +1,4 @@
-"""Attention-output SAEs attributed to heads (Kissane et al., 2024; METHODS.md §6).
+"""Attention-output SAEs attributed to heads (Kissane et al., 2024; docs/methods.md §6).
 
 An SAE on a layer's z of all heads concatenated (site `z(l)`, d_in = n_heads * d_head,
 head-major) has decoder rows W_dec[i] = [block_0 | block_1 | ... ], one block of d_head per head.

@@ -17,11 +17,11 @@ set to 0 at the same used tokens the SAE replaces). With log p the next-token lo
 - ce_loss_without_sae / ce_loss_with_sae / ce_loss_with_ablation: mean of -log p(next token) over
   the positions t whose token is used and whose next token t+1 is real (SAELens averages over
   non-special positions too; every prompt here is its own sequence, so padding is left out);
-- ce_loss_score = (CE_ablation - CE_SAE) / (CE_ablation - CE_clean) (METHODS.md's "CE loss
+- ce_loss_score = (CE_ablation - CE_SAE) / (CE_ablation - CE_clean) (docs/methods.md's "CE loss
   recovered"); delta_lm_loss = CE_SAE - CE_clean;
 - kl_div_with_sae / kl_div_with_ablation: mean over used positions of KL(p_clean || p_run) =
   sum_v p_clean (log p_clean - log p_run) (natural log); kl_div_score = (KL_ablation - KL_SAE) / KL_ablation;
-- the activation metrics of `analyses.sae.metrics.evaluate` (explained_variance as METHODS.md
+- the activation metrics of `analyses.sae.metrics.evaluate` (explained_variance as docs/methods.md
   defines it over the whole set, mse, cossim, l0, l1, l2_ratio, feature density, dead and dense
   latents) on the clean activations of the used tokens: upstream of the site the spliced run is
   the clean run, so these are the activations the SAE replaced.

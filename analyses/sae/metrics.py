@@ -5,7 +5,7 @@
 
 Every token counts once, whatever the batching:
 - explained_variance = 1 - E||x - x_hat||^2 / (E||x||^2 - ||E x||^2), both expectations over the
-  whole evaluation set (METHODS.md §6; SAELens 6's `explained_variance`, not the per-token
+  whole evaluation set (docs/methods.md §6; SAELens 6's `explained_variance`, not the per-token
   ratio `explained_variance_legacy`);
 - mse = E||x - x_hat||^2 (summed over d_in, SAELens's convention); cossim = E cos(x, x_hat)
   (0 for a zero vector, as torch.cosine_similarity);

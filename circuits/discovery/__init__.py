@@ -5,7 +5,7 @@ one `circuits.graph.Graph`.
     circuit = graph.top_n(200)                     # or .threshold(t), .greedy(n)
     evaluation = evaluate(model, task, graph)      # faithfulness at MIB's edge fractions, CPR, CMD
 
-Methods (METHODS.md §5): "exact" (each edge patched alone, the ground truth the others
+Methods (docs/methods.md §5): "exact" (each edge patched alone, the ground truth the others
 approximate), "eap", "eap-ig" (inputs variant; "eap-ig-activations" for the other), "acdc"
 (also selects its circuit), "routes" (information-flow routes, no counterfactual), "sad"
 (sparse attention decomposition of QK forms; scores only q, k and logits edges). Scores are

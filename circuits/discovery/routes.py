@@ -3,7 +3,7 @@ the prediction, from one forward pass and no counterfactual.
 
 A residual update y is a sum of parts z (the residual it starts from, each head's write from
 each source token, the MLP's write, the biases). A part's importance is its *proximity* to the
-sum, max(||y||_1 - ||y - z||_1, 0), normalised over the parts (METHODS.md §5).
+sum, max(||y||_1 - ||y - z||_1, 0), normalised over the parts (docs/methods.md §5).
 
 * `token_routes`: the token-level graph of one prompt. Nodes are residual states (layer,
   position, "pre"/"mid"/"post"); an edge is a part whose importance exceeds `threshold`

@@ -8,7 +8,7 @@ MLP's output (`m{l}`), plus constant biases (b_O), which are the same in every r
 to no node. A head reads that sum three times, once per input (`<q>`, `<k>`, `<v>`), an MLP
 once, the logits once. An *edge* u -> r is one sender's term in one receiver's input;
 patching it gives the receiver `in_r + (a_u^corr - a_u^clean)` and recomputes everything
-downstream (METHODS.md §5). Under grouped-query attention each query head has its own k
+downstream (docs/methods.md §5). Under grouped-query attention each query head has its own k
 and v inputs (the key/value projection is shared, the input is not), as in EAP-IG's
 ungrouped graphs.
 
