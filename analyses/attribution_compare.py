@@ -1,5 +1,5 @@
 """Does attention explain the output? Raw attention, rollout and flow against input-attribution
-(Abnar & Zuidema, 2020, Table 1; METHODS.md §1).
+(Abnar & Zuidema, 2020, Table 1; docs/methods.md §1).
 
 For every prompt and layer l, each attention-based map gives one score per input token: the
 row of the output being explained in raw attention Ā^l (heads averaged, no residual), in
@@ -27,32 +27,30 @@ What "out" and "the output's row" are depends on the model:
 Correlations use content tokens only (special tokens such as [CLS], [SEP] and BOS are never
 blanked out nor ranked); prompts with fewer than 3 content tokens are skipped.
 
-    python -m analyses.attribution_compare --model minilm --out runs
+    headlab attribution-compare minilm --out runs      # about 4.5 minutes on two CPU cores
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
-from plotly.subplots import make_subplots
 from scipy.stats import spearmanr
 from tqdm.auto import tqdm
 
 from interp.models import Add, HookedModel, Intervention, sites
-from interp.results import write_bundle
+from interp.patching import Task
+from interp.results import Meta, Result
+from interp.results.registry import Analysis
 
-from .flow import DEFAULT_SCALE, attention_flow
+from .figures import IMPORTANCES, METHODS
+from .flow import attention_flow
 from .rollout import attention_patterns, attention_rollout
+from .specs import ATTRIBUTION_COMPARE, AttributionCompareConfig
 
-METHODS = ("raw", "rollout", "flow")
-IMPORTANCES = ("blank-out", "gradient")
 GRADIENTS = ("sum", "norm")
 # Abnar & Zuidema (2020), Table 1: Spearman ρ, last layer of their 6-layer verb-number model.
 PAPER_TABLE_1 = {"blank-out": {"raw": 0.29, "rollout": 0.71, "flow": 0.70},
@@ -271,10 +269,10 @@ def attribution_compare(
     targets: str | Sequence[str] | None = None,
     *,
     blank_id: int | None = None,
-    blank_out: str = "drop",
-    gradient: str = "sum",
-    scale: int = DEFAULT_SCALE,
-    batch_size: int = 32,
+    blank_out: str = AttributionCompareConfig.blank_out,
+    gradient: str = AttributionCompareConfig.gradient,
+    scale: int = AttributionCompareConfig.scale,
+    batch_size: int = AttributionCompareConfig.batch_size,
     progress: bool = True,
 ) -> AttributionComparison:
     """Per-layer Spearman ρ of raw attention, rollout and flow with blank-out and
@@ -298,8 +296,7 @@ def attribution_compare(
     if isinstance(texts, str) or len(texts) == 0:
         raise ValueError(f"texts must be a non-empty list of strings, got {texts!r}")
     targets = _check_targets(model, texts, targets)
-    if blank_out not in ("drop", "abs"):
-        raise ValueError(f"blank_out must be 'drop' or 'abs', got {blank_out!r}")
+    config = AttributionCompareConfig(blank_out=blank_out, gradient=gradient, scale=scale, batch_size=batch_size)
     _check_gradient(model, gradient)
     tok = model.tokenizer
     blank_id = next((i for i in (blank_id, tok.unk_token_id, tok.pad_token_id) if i is not None), None)
@@ -345,11 +342,23 @@ def attribution_compare(
         raise ValueError("no prompt has 3 or more content tokens to rank; give longer texts")
     per_prompt = pd.DataFrame(rows)
     return AttributionComparison(per_prompt=per_prompt, model_name=model.cfg.name,
-                                 parameters={"n_texts": len(texts), "blank_id": int(blank_id), "blank_out": blank_out,
-                                             "gradient": gradient,
-                                             "scale": int(scale),
+                                 parameters={**config.as_parameters(), "n_texts": len(texts), "blank_id": int(blank_id),
                                              "readout": "last-position logit" if model.cfg.is_causal
                                              else "cosine(pooled embedding, target)"})
+
+
+def run(model: HookedModel, config: AttributionCompareConfig, task: Task | None = None, *,
+        progress: bool = True) -> "AttributionComparison":
+    """The registered analysis "attribution-compare" (`analyses.specs`): on the project's
+    topic sentences, or on a task's clean prompts."""
+    texts = None
+    if task is not None:
+        if not task.clean_prompts:
+            raise ValueError(f"task {task.name!r} has no prompt texts; attribution-compare ranks the tokens of texts")
+        texts = task.clean_prompts
+    result = attribution_compare(model, texts, **config.as_kwargs(), progress=progress)
+    result.task_name = None if task is None else task.name
+    return result
 
 
 def _check_targets(model: HookedModel, texts: Sequence[str], targets) -> list[str] | None:
@@ -367,16 +376,18 @@ def _check_targets(model: HookedModel, texts: Sequence[str], targets) -> list[st
 
 
 @dataclass
-class AttributionComparison:
+class AttributionComparison(Result):
     """Spearman ρ between attention-based maps and importance scores.
 
     `per_prompt`: one row per (prompt, layer, method, importance) with `spearman` (NaN when
     a ranking is constant) and `n_tokens`. `to_frame()` averages over prompts.
     """
 
+    spec: ClassVar[Analysis] = ATTRIBUTION_COMPARE
     per_prompt: pd.DataFrame
     model_name: str
     parameters: dict = field(default_factory=dict)
+    task_name: str | None = None
 
     def to_frame(self) -> pd.DataFrame:
         """Mean (and standard error) of ρ over prompts per (layer, method, importance), with
@@ -397,58 +408,9 @@ class AttributionComparison:
         out.columns = [f"{who} {kind}" for who, kind in out.columns]
         return out
 
-    def figure(self) -> go.Figure:
-        """ρ per layer for each method, one panel per importance; the paper's last-layer
-        values as open markers."""
-        frame = self.to_frame()
-        last = int(frame["layer"].max())
-        fig = make_subplots(rows=1, cols=2, subplot_titles=[f"vs {kind} importance" for kind in IMPORTANCES],
-                            shared_yaxes=True)
-        colours = dict(zip(METHODS, ("#888888", "#1f77b4", "#d62728")))
-        for col, kind in enumerate(IMPORTANCES, start=1):
-            for method in METHODS:
-                part = frame[(frame["importance"] == kind) & (frame["method"] == method)]
-                fig.add_trace(go.Scatter(x=part["layer"], y=part["spearman"], mode="lines+markers", name=method,
-                                         line={"color": colours[method]}, legendgroup=method, showlegend=col == 1,
-                                         error_y={"type": "data", "array": part["sem"]}), row=1, col=col)
-                fig.add_trace(go.Scatter(x=[last], y=[PAPER_TABLE_1[kind][method]], mode="markers",
-                                         marker={"symbol": "circle-open", "size": 11, "color": colours[method]},
-                                         name=f"paper {method}", legendgroup=method, showlegend=False), row=1, col=col)
-            fig.update_xaxes(title_text="layer (0-based block)", row=1, col=col)
-        fig.update_yaxes(title_text="Spearman ρ (mean over prompts)", row=1, col=1)
-        fig.update_layout(title=f"Attention vs input importance: {self.model_name} "
-                                f"(open markers: Abnar & Zuidema 2020, Table 1)")
-        return fig
+    def meta(self) -> Meta:
+        return Meta(model=self.model_name, task=self.task_name, parameters=self.parameters,
+                    extra={"paper_table_1": PAPER_TABLE_1})
 
-    def save(self, runs_dir: str | Path, name: str | None = None) -> Path:
-        """Write a result bundle (analysis "attribution-compare"); returns its folder."""
-        meta = {"analysis": "attribution-compare", "model": self.model_name, "parameters": self.parameters,
-                "paper_table_1": PAPER_TABLE_1}
-        return write_bundle(runs_dir, meta, tables={"summary": self.to_frame(), "per_prompt": self.per_prompt},
-                            figures={"spearman": self.figure()}, name=name)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Raw attention, rollout and flow vs blank-out and gradient importance.")
-    parser.add_argument("--model", default="minilm")
-    parser.add_argument("--out", default="runs", help="folder for the result bundle")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--blank-out", choices=["drop", "abs"], default="drop")
-    parser.add_argument("--gradient", choices=list(GRADIENTS), default="sum")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from interp.models import load_model
-
-    result = attribution_compare(load_model(args.model, device=args.device), blank_out=args.blank_out,
-                                 gradient=args.gradient, progress=not args.quiet)
-    frame = result.to_frame()
-    print(frame.pivot(index="layer", columns=["importance", "method"], values="spearman").round(3).to_string())
-    print(f"\nlast layer, next to the paper's Table 1 (n = {int(frame['n_prompts'].min())} prompts):")
-    print(result.table().round(2).to_string())
-    print(f"bundle: {result.save(args.out)}")
-
-
-if __name__ == "__main__":
-    main()
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"summary": self.to_frame(), "per_prompt": self.per_prompt}

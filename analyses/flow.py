@@ -18,7 +18,9 @@ int32 (larger values wrap around silently: a capacity of 3e9 gives a flow of 0).
 are Â rounded to multiples of 1/`scale`, `scale` = 2^30 by default, so no capacity or flow
 can exceed 2^31 - 1 (Â <= 1 and an output's total flow <= 1). A flow value is the capacity of
 a minimum cut, so its error is at most 0.5/scale per edge of that cut: about 1e-9 relative in
-practice (the tests hold it to 1e-6 against networkx on the unrounded capacities).
+practice (the tests hold it to 1e-6 against networkx on the unrounded capacities). `scale`
+must lie in [2^20, 2^30]: coarser rounding (say `scale=1`, capacities 0 or 1) gives flows that
+are wrong, not merely imprecise.
 
     result = attention_flow(load_model("minilm"), ["The cat sat on the mat."])
     result.maps                   # [layer, batch, q, k], rows of real queries sum to 1
@@ -37,11 +39,11 @@ from scipy.sparse.csgraph import maximum_flow
 from tqdm.auto import tqdm
 
 from interp.models import HookedModel
+from interp.patching import Task
+from interp.results.registry import Analysis
 
 from .rollout import AttentionMaps, PromptAttention, resolve_source, residual_attention
-
-DEFAULT_SCALE = 2**30
-MAX_SCALE = 2**30  # capacities up to (1 + 1e-6) * 2^30 stay below int32's 2^31 - 1
+from .specs import FLOW, MAX_FLOW_SCALE, MIN_FLOW_SCALE, FlowConfig
 
 
 class FlowGraph:
@@ -52,10 +54,11 @@ class FlowGraph:
     """
 
     def __init__(self, a_hat: Float[np.ndarray, "layer n n"] | Float[torch.Tensor, "layer n n"],
-                 scale: int = DEFAULT_SCALE):
-        if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or not 1 <= scale <= MAX_SCALE:
-            raise ValueError(f"scale must be an int in [1, 2**30] (scipy's max-flow holds int32 capacities), "
-                             f"got {scale!r}")
+                 scale: int = FlowConfig.scale):
+        if (isinstance(scale, bool) or not isinstance(scale, (int, np.integer))
+                or not MIN_FLOW_SCALE <= scale <= MAX_FLOW_SCALE):
+            raise ValueError(f"scale must be an int in [2**20, 2**30] (scipy's max-flow holds int32 capacities; "
+                             f"coarser rounding gives wrong flows), got {scale!r}")
         a_hat = _check_a_hat(a_hat)
         n_layers, n, _ = a_hat.shape
         self.n_layers, self.n_pos, self.scale = n_layers, n, int(scale)
@@ -103,7 +106,7 @@ def attention_flow(
     *,
     layers: Sequence[int] | None = None,
     queries: Sequence[int] | None = None,
-    scale: int = DEFAULT_SCALE,
+    scale: int = FlowConfig.scale,
     progress: bool = True,
 ) -> FlowResult:
     """Attention flow from outputs to input tokens, per layer and prompt.
@@ -142,6 +145,12 @@ def attention_flow(
                       layers=layers, parameters={"scale": int(scale), "queries": queries})
 
 
+def run(model: HookedModel, config: FlowConfig, task: Task | None = None, *, progress: bool = True) -> FlowResult:
+    """The registered analysis "flow" (`analyses.specs`)."""
+    return attention_flow(model, list(config.texts), layers=config.layers, queries=config.queries,
+                          scale=config.scale, progress=progress)
+
+
 def _check_indices(name: str, values: Sequence[int], size: int) -> list[int]:
     values = list(values)
     if not values:
@@ -156,4 +165,4 @@ def _check_indices(name: str, values: Sequence[int], size: int) -> list[int]:
 class FlowResult(AttentionMaps):
     """Normalised attention-flow maps `[layer, batch, q, k]` (see `attention_flow`)."""
 
-    analysis: ClassVar[str] = "flow"
+    spec: ClassVar[Analysis] = FLOW

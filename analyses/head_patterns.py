@@ -3,7 +3,7 @@
     result = head_patterns(load_model("zoo/induction-2l"))   # 4 repeated-random-span probes
     result.to_frame()        # prompt, layer, head, query, key, value, query_token, key_token
     result.circuits          # layer, head, qk_norm, ov_norm, ov_copying
-    result.save("runs")      # bundle, analysis "attention-patterns"
+    result.save("runs")      # bundle, analysis "head-patterns"
 
 QK/OV summaries, on the raw weights (no LayerNorm, no biases), one row per query head (under
 grouped-query attention with the key/value head it reads: `W_K(l, h)`, `W_V(l, h)`):
@@ -19,37 +19,44 @@ grouped-query attention with the key/value head it reads: `W_K(l, h)`, `W_V(l, h
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
 
 from interp.models import HookedModel
-from interp.models.errors import check_head, check_layer
-from interp.results import write_bundle
+from interp.patching import Task
+from interp.results import Meta, Result
+from interp.results.registry import Analysis
 
 from .heads import make_probe
 from .rollout import attention_patterns
+from .specs import HEAD_PATTERNS, MAX_PATTERN_PROMPTS, HeadPatternsConfig
 
 
-def head_patterns(model: HookedModel, prompts: Sequence[str] | Int[torch.Tensor, "batch pos"] | None = None,
-                  max_prompts: int = 8) -> "HeadPatterns":
-    """Every head's attention on `prompts` (texts or token ids; default: 4 probes of a random
-    span of 8 plain tokens written twice, where previous-token and induction heads show) and
-    the QK/OV summaries of every head."""
+def head_patterns(model: HookedModel, prompts: Sequence[str] | Int[torch.Tensor, "batch pos"] | None = None
+                  ) -> "HeadPatterns":
+    """Every head's attention on `prompts` (texts or token ids `[batch, pos]`, at most 8: the
+    full patterns are kept; default: 4 probes of a random span of 8 plain tokens written
+    twice, where previous-token and induction heads show) and the QK/OV summaries of every
+    head."""
     if prompts is None:
         prompts = make_probe(model, n_sequences=4, span=8).tokens
     if len(prompts) == 0:
         raise ValueError("head_patterns needs at least one prompt")
-    if len(prompts) > max_prompts:
-        raise ValueError(f"head_patterns keeps every head's full pattern, so it takes at most {max_prompts} "
-                         f"prompts (max_prompts); got {len(prompts)}")
+    if len(prompts) > MAX_PATTERN_PROMPTS:
+        raise ValueError(f"head_patterns keeps every head's full pattern, so it takes at most {MAX_PATTERN_PROMPTS} "
+                         f"prompts; got {len(prompts)}")
     attention = attention_patterns(model, prompts)
     return HeadPatterns(model_name=model.cfg.name, patterns=attention.patterns, str_tokens=attention.str_tokens,
                         circuits=circuit_summary(model))
+
+
+def run(model: HookedModel, config: HeadPatternsConfig, task: Task | None = None, *,
+        progress: bool = True) -> "HeadPatterns":
+    """The registered analysis "head-patterns" (`analyses.specs`)."""
+    return head_patterns(model, list(config.texts) or None)
 
 
 def circuit_summary(model: HookedModel) -> pd.DataFrame:
@@ -71,9 +78,12 @@ def circuit_summary(model: HookedModel) -> pd.DataFrame:
 
 
 @dataclass
-class HeadPatterns:
+class HeadPatterns(Result):
     """`patterns [layer, prompt, head, q, k]` (zero past each prompt's real tokens),
-    `str_tokens[p]` the real tokens of prompt p, `circuits` the QK/OV summary table."""
+    `str_tokens[p]` the real tokens of prompt p, `circuits` the QK/OV summary table.
+    `figure(prompt=, layer=, head=)` draws one head's pattern."""
+
+    spec: ClassVar[Analysis] = HEAD_PATTERNS
 
     model_name: str
     patterns: Float[torch.Tensor, "layer prompt head q k"]
@@ -96,24 +106,12 @@ class HeadPatterns:
                 "key_token": [tokens[k] for k in key.flatten().tolist()]}))
         return pd.concat(frames, ignore_index=True)
 
-    def figure(self, layer: int = 0, head: int = 0, prompt: int = 0) -> go.Figure:
-        n_layers, n_prompts, n_heads = self.patterns.shape[:3]
-        check_layer(layer, n_layers)
-        check_head(head, n_heads)
-        if not 0 <= prompt < n_prompts:
-            raise IndexError(f"prompt {prompt} out of range: there are {n_prompts} prompts")
-        tokens = self.str_tokens[prompt]
-        labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
-        grid = self.patterns[layer, prompt, head, :len(tokens), :len(tokens)].numpy()
-        fig = go.Figure(go.Heatmap(z=grid, x=labels, y=labels, zmin=0, zmax=1, colorscale="Blues"))
-        fig.update_layout(title=f"{self.model_name} L{layer}H{head}, prompt {prompt}", xaxis_title="key",
-                          yaxis_title="query", yaxis_autorange="reversed")
-        return fig
+    def meta(self) -> Meta:
+        return Meta(model=self.model_name, parameters={"n_prompts": len(self.str_tokens)},
+                    extra={"str_tokens": self.str_tokens})
 
-    def save(self, runs_dir: str | Path, name: str | None = None) -> Path:
-        """Bundle (analysis "attention-patterns"): tables patterns and qk_ov, tensor patterns,
-        figure of L0H0 on the first prompt."""
-        meta = {"analysis": "attention-patterns", "model": self.model_name, "str_tokens": self.str_tokens,
-                "parameters": {"n_prompts": len(self.str_tokens)}}
-        return write_bundle(runs_dir, meta, tables={"patterns": self.to_frame(), "qk_ov": self.circuits},
-                            tensors={"patterns": self.patterns}, figures={"pattern": self.figure()}, name=name)
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"patterns": self.to_frame(), "qk_ov": self.circuits}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"patterns": self.patterns}

@@ -17,26 +17,29 @@ heads"). A probe is a random span of `span` distinct plain tokens written twice:
     scores.top("induction")            # DataFrame: layer, head, score (best first)
     scores.figure()                    # heatmaps layers x heads, one per kind
     scores.save("runs")                # a result bundle, analysis="heads"
+
+Options and their defaults are `analyses.specs.HeadsConfig`'s.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 import torch
 from jaxtyping import Float, Int
-from plotly.subplots import make_subplots
 from tqdm.auto import tqdm
 
 from interp.models import HookedModel, Intervention, sites
 from interp.models.tokens import bos_token_id
-from interp.results import write_bundle
+from interp.patching import Task
+from interp.results import Meta, Result
+from interp.results.registry import Analysis
 
-KINDS = ("previous_token", "induction", "duplicate_token")
+from .specs import HEADS, KINDS, HeadsConfig
+
 # TransformerLens's head detector calls them "previous_token_head", ...; both spellings work.
 _ALIASES = {f"{kind}_head": kind for kind in KINDS}
 
@@ -132,11 +135,11 @@ def random_prompts(model: HookedModel, n_sequences: int, length: int | None = No
 
 def detect_heads(
     model: HookedModel,
-    n_sequences: int = 64,
-    span: int = 20,
-    seed: int = 0,
-    kinds: Sequence[str] = KINDS,
-    batch_size: int = 32,
+    n_sequences: int = HeadsConfig.n_sequences,
+    span: int = HeadsConfig.span,
+    seed: int = HeadsConfig.seed,
+    kinds: Sequence[str] = HeadsConfig.kinds,
+    batch_size: int = HeadsConfig.batch_size,
     interventions: Sequence[Intervention] = (),
     progress: bool = True,
 ) -> HeadScores:
@@ -152,8 +155,8 @@ def detect_heads(
     Returns:
         `HeadScores` holding one `[layer, head]` tensor per kind.
     """
-    kinds = _kinds(kinds)
-    _check_int("batch_size", batch_size, 1)
+    config = HeadsConfig(n_sequences=n_sequences, span=span, seed=seed, kinds=_kinds(kinds), batch_size=batch_size)
+    kinds = config.kinds
     probe = make_probe(model, n_sequences, span, seed)
     pairs = {kind: probe_positions(kind, probe.start, probe.span) for kind in kinds}
     n_layers = model.cfg.n_layers
@@ -167,18 +170,25 @@ def detect_heads(
             for layer in range(n_layers):
                 totals[kind][layer] += pattern_scores(cache.pattern(layer).float().cpu(), queries, keys) * len(tokens)
     scores = {kind: total / n_sequences for kind, total in totals.items()}
-    parameters = {"n_sequences": n_sequences, "span": span, "kinds": list(kinds),
-                  "is_causal": model.cfg.is_causal, "interventions": [describe(i) for i in interventions]}
-    return HeadScores(scores=scores, model=model.cfg.name, seed=seed, parameters=parameters)
+    parameters = {**config.as_parameters(), "is_causal": model.cfg.is_causal,
+                  "interventions": [describe(i) for i in interventions]}
+    del parameters["seed"]
+    return HeadScores(scores=scores, model_name=model.cfg.name, seed=seed, parameters=parameters)
+
+
+def run(model: HookedModel, config: HeadsConfig, task: Task | None = None, *, progress: bool = True) -> HeadScores:
+    """The registered analysis "heads" (`analyses.specs`)."""
+    return detect_heads(model, **config.as_kwargs(), progress=progress)
 
 
 @dataclass
-class HeadScores:
+class HeadScores(Result):
     """Per-head detector scores: `scores[kind]` is a `[layer, head]` tensor of mean attention
     (between 0 and 1) to the key each kind names."""
 
+    spec: ClassVar[Analysis] = HEADS
     scores: dict[str, Float[torch.Tensor, "layer head"]]
-    model: str
+    model_name: str
     seed: int
     parameters: dict = field(default_factory=dict)
 
@@ -195,6 +205,15 @@ class HeadScores:
                 for layer in range(score.shape[0]) for head in range(score.shape[1])]
         return pd.DataFrame(rows, columns=["layer", "head", "kind", "score"])
 
+    def meta(self) -> Meta:
+        return Meta(model=self.model_name, parameters=self.parameters, seed=self.seed)
+
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"scores": self.to_frame()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return dict(self.scores)
+
     def top(self, kind: str, k: int = 1) -> pd.DataFrame:
         """The `k` heads with the highest `kind` score: columns layer, head, score, best first."""
         score = self[kind]
@@ -204,32 +223,10 @@ class HeadScores:
         return pd.DataFrame({"layer": (flat // n_heads).tolist(), "head": (flat % n_heads).tolist(),
                              "score": values.tolist()})
 
-    def figure(self, kind: str | None = None) -> go.Figure:
-        """Heatmap(s) of layers x heads, cells labelled "L{l}H{h}"; all kinds side by side
-        when `kind` is None."""
-        kinds = list(self.scores) if kind is None else [_kind(kind)]
-        for name in kinds:
-            self[name]
-        fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=kinds, horizontal_spacing=0.08)
-        for col, name in enumerate(kinds, start=1):
-            score = self.scores[name]
-            n_layers, n_heads = score.shape
-            labels = [[f"L{layer}H{head}" for head in range(n_heads)] for layer in range(n_layers)]
-            fig.add_trace(go.Heatmap(
-                z=score.tolist(), x=[f"H{h}" for h in range(n_heads)], y=[f"L{l}" for l in range(n_layers)],
-                text=labels, texttemplate="%{text}<br>%{z:.2f}", zmin=0, zmax=1, colorscale="Blues",
-                showscale=col == len(kinds), name=name,
-                hovertemplate=f"%{{text}}<br>{name}: %{{z:.3f}}<extra></extra>"), row=1, col=col)
-            fig.update_yaxes(autorange="reversed", row=1, col=col)
-        fig.update_layout(title=f"Head detector scores: {self.model}")
-        return fig
-
-    def save(self, runs_dir: str | Path) -> Path:
-        """Write a result bundle (analysis "heads") with the long table, the `[layer, head]`
-        tensors and the heatmaps; returns its folder."""
-        meta = {"analysis": "heads", "model": self.model, "seed": self.seed, "parameters": self.parameters}
-        return write_bundle(runs_dir, meta, tables={"scores": self.to_frame()},
-                            tensors=dict(self.scores), figures={"scores": self.figure()})
+    def figure(self, name: str | None = None, kind: str | None = None) -> go.Figure:
+        """Heatmaps of layers x heads (`analyses.figures.draw_detector_scores`), cells labelled
+        "L{l}H{h}"; all kinds side by side, or only `kind`."""
+        return super().figure(name, kind=None if kind is None else _kind(kind))
 
 
 def describe(intervention: Intervention) -> str:

@@ -1,4 +1,4 @@
-"""Head importance and iterative pruning (Michel, Levy & Neubig, 2019; METHODS §2).
+"""Head importance and iterative pruning (Michel, Levy & Neubig, 2019; docs/methods.md §2).
 
 Every head's output (its z, before W_O) gets a gate ξ_h, 1 by default: MHA(x) = Σ_h ξ_h Att_h(x).
 The importance of head h on a task is I_h = E |∂L/∂ξ_h|, the gradient of the task's *loss*
@@ -13,7 +13,11 @@ the pruned heads gated off ("exact"), and records the task's metric at each step
 give the baseline curve. Pruning here is zero ablation of z (`interp.models.ablation`);
 `analyses.head_removal` makes the smaller model whose outputs equal the ablated one.
 
-    task = next_token_task(ioi_task(model, n=64))
+The task is an `interp.patching.Task`: its loss (the answer's cross-entropy, or the task's
+own loss) drives importance, its score (the mean metric, or the task's own score) is what the
+curves record.
+
+    task = ioi_task(model, n=64)
     result = pruning_curve(model, task)             # orders "once", "exact", "random"
     result.to_frame()                               # order, fraction, n_pruned, metric, metric_std
     result.heads_to_prune(0.4)                      # [(layer, head), ...]
@@ -21,94 +25,40 @@ give the baseline curve. Pruning here is zero ablation of z (`interp.models.abla
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import ClassVar, Iterable
 
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from interp.models import HookedModel, Intervention
+from interp.models import HookedModel
 from interp.models.ablation import ablation, check_heads, head_gates
 from interp.patching import Task
-from interp.results import write_bundle
+from interp.results import Meta, Result
+from interp.results.registry import Analysis
 
-Interventions = list[Intervention]
-ORDERS = ("once", "exact", "random")
-
-
-@dataclass
-class HeadTask:
-    """What importance and pruning are measured on.
-
-    Attributes:
-        name: short name for labels and bundles, e.g. "ioi".
-        metric_name: what `metric` returns, e.g. "logit_diff"; higher is better.
-        loss: `(model, interventions) -> iterator of scalar losses`, one per batch of the task's
-            data, each from runs with the interventions applied (`model.run(...,
-            interventions=...)`), differentiable through them (lower is better). None for a task
-            that only has a metric; such a task can be pruned in a given order but has no importance.
-        metric: `(model, interventions) -> float` over the whole dataset, higher is better.
-    """
-
-    name: str
-    metric_name: str
-    loss: Callable[[HookedModel, Interventions], Iterator[torch.Tensor]] | None
-    metric: Callable[[HookedModel, Interventions], float]
-
-
-def next_token_task(task: Task, metric: str = "logit_diff", batch_size: int = 16) -> HeadTask:
-    """A `HeadTask` from a patching task's clean prompts: loss = cross-entropy of the answer
-    token at the answer position; metric = mean logit difference (answer − wrong) or
-    "accuracy" (fraction of prompts where the answer's logit beats the wrong one's)."""
-    if metric not in ("logit_diff", "accuracy"):
-        raise ValueError(f"metric must be 'logit_diff' or 'accuracy', got {metric!r}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
-    def answer_logits(model: HookedModel, interventions: Interventions, rows: slice) -> torch.Tensor:
-        logits = model.run(task.clean[rows], interventions=interventions)[0]
-        index = torch.arange(logits.shape[0], device=logits.device)
-        return logits[index, task.answer_pos[rows].to(logits.device)].float()   # [batch, d_vocab]
-
-    def loss(model: HookedModel, interventions: Interventions) -> Iterator[torch.Tensor]:
-        for start in range(0, task.batch, batch_size):
-            rows = slice(start, start + batch_size)
-            logits = answer_logits(model, interventions, rows)
-            yield torch.nn.functional.cross_entropy(logits, task.answer[rows].to(logits.device))
-
-    def score(model: HookedModel, interventions: Interventions) -> float:
-        values = []
-        with torch.no_grad():
-            for start in range(0, task.batch, batch_size):
-                rows = slice(start, start + batch_size)
-                logits = answer_logits(model, interventions, rows)
-                index = torch.arange(logits.shape[0], device=logits.device)
-                diff = logits[index, task.answer[rows].to(logits.device)] - logits[index, task.wrong[rows].to(logits.device)]
-                values.append(diff if metric == "logit_diff" else (diff > 0).float())
-        return torch.cat(values).mean().item()
-
-    return HeadTask(name=task.name, metric_name=metric, loss=loss, metric=score)
+from .specs import ORDERS, PRUNING, PruningConfig
 
 
 # ---------------------------------------------------------------- importance
 
 
-def head_importance(model: HookedModel, task: HeadTask, pruned: Iterable[tuple[int, int]] = (),
+def head_importance(model: HookedModel, task: Task, pruned: Iterable[tuple[int, int]] = (),
                     normalize: bool = True) -> Float[torch.Tensor, "n_layers n_heads"]:
     """I_h = mean over the task's batches of |∂loss/∂ξ_h| (ξ: `interp.models.ablation.head_gates`
-    on each head's z), with the `pruned` heads' gates at 0 (their importance is reported as 0). `normalize` divides each layer by its L2 norm."""
-    _check_task(task, needs_loss=True)
+    on each head's z; the loss: `Task.losses`), with the `pruned` heads' gates at 0 (their
+    importance is reported as 0). `normalize` divides each layer by its L2 norm."""
+    _check_task(task)
     pruned = check_heads(model.cfg, pruned)
     gates = torch.ones(model.cfg.n_layers, model.cfg.n_heads, device=model.device)
     for layer, head in pruned:
         gates[layer, head] = 0.0
     gates.requires_grad_(True)
     total, n_batches = torch.zeros_like(gates), 0
-    for loss in task.loss(model, head_gates(model, gates)):
+    for loss in task.losses(model, head_gates(model, gates)):
         (grad,) = torch.autograd.grad(loss, gates)
         total += grad.abs()
         n_batches += 1
@@ -136,26 +86,21 @@ def least_important(importance: torch.Tensor, exclude: Iterable[tuple[int, int]]
 # ---------------------------------------------------------------- pruning curves
 
 
-def pruning_curve(model: HookedModel, task: HeadTask, step: float = 0.1, orders: Iterable[str] = ORDERS,
-                  n_random: int = 3, seed: int = 0, max_fraction: float = 1.0,
+def pruning_curve(model: HookedModel, task: Task, step: float = PruningConfig.step,
+                  orders: Iterable[str] = PruningConfig.orders, n_random: int = PruningConfig.n_random,
+                  seed: int = PruningConfig.seed, max_fraction: float = PruningConfig.max_fraction,
                   progress: bool = False) -> "PruningResult":
-    """Task metric after pruning 0, step, 2·step, ... (up to `max_fraction`) of all heads.
+    """The task's score (`Task.evaluate`) after pruning 0, step, 2·step, ... (up to
+    `max_fraction`) of all heads.
 
     Orders: "once" (importance computed on the full model), "exact" (recomputed after each
     step with the pruned heads gated off), "random" (`n_random` seeded random orders; the curve
     is their mean, `metric_std` their standard deviation).
     """
-    _check_task(task, needs_loss=bool(set(orders) & {"once", "exact"}))
-    orders = list(orders)
-    unknown = [o for o in orders if o not in ORDERS]
-    if unknown or not orders:
-        raise ValueError(f"orders must be a non-empty subset of {ORDERS}, got {orders}")
-    if not 0 < step <= 1:
-        raise ValueError(f"step must be a fraction in (0, 1], got {step}")
-    if not 0 < max_fraction <= 1:
-        raise ValueError(f"max_fraction must be in (0, 1], got {max_fraction}")
-    if n_random < 1:
-        raise ValueError(f"n_random must be >= 1, got {n_random}")
+    _check_task(task)
+    config = PruningConfig(step=step, orders=tuple(orders) if not isinstance(orders, str) else orders,
+                           n_random=n_random, seed=seed, max_fraction=max_fraction)
+    orders = list(config.orders)
     total = model.cfg.n_layers * model.cfg.n_heads
     counts = sorted({round(k * step * total) for k in range(int(max_fraction / step + 1e-9) + 1)})
     metric = _MetricCache(model, task)
@@ -189,23 +134,36 @@ def pruning_curve(model: HookedModel, task: HeadTask, step: float = 0.1, orders:
         rows += merged.assign(order="random").to_dict("records")
     bar.close()
     curve = pd.DataFrame(rows)[["order", "fraction", "n_pruned", "metric", "metric_std"]]
+    parameters = {**config.as_parameters(), "metric": task.metric_name}
+    del parameters["seed"]
     return PruningResult(model_name=model.cfg.name, task_name=task.name, metric_name=task.metric_name,
                          importance=importance, raw_importance=raw, curve=curve, orders=pruning_orders,
-                         parameters={"step": step, "orders": orders, "n_random": n_random, "seed": seed,
-                                     "max_fraction": max_fraction, "metric": task.metric_name})
+                         parameters=parameters, seed=seed)
+
+
+def run(model: HookedModel, config: PruningConfig, task: Task, *, progress: bool = True) -> "PruningResult":
+    """The registered analysis "pruning" (`analyses.specs`); `config.metric` replaces a
+    next-token task's metric."""
+    if config.metric is not None:
+        if not task.has_pairs or task.score is not None:
+            raise ValueError(f"metric {config.metric!r} applies to next-token tasks; task {task.name!r} has its own "
+                             f"score ({task.metric_name})")
+        task = dataclasses.replace(task, metric=config.metric)
+    kwargs = {k: v for k, v in config.as_kwargs().items() if k != "metric"}
+    return pruning_curve(model, task, **kwargs, progress=progress)
 
 
 class _MetricCache:
-    """The task's metric with a set of heads zero-ablated, computed once per set."""
+    """The task's score with a set of heads zero-ablated, computed once per set."""
 
-    def __init__(self, model: HookedModel, task: HeadTask):
+    def __init__(self, model: HookedModel, task: Task):
         self.model, self.task, self.values = model, task, {}
 
     def __call__(self, heads: list[tuple[int, int]]) -> float:
         key = frozenset(heads)
         if key not in self.values:
             with torch.no_grad():
-                self.values[key] = self.task.metric(self.model, ablation(self.model, heads))
+                self.values[key] = self.task.evaluate(self.model, ablation(self.model, heads))
         return self.values[key]
 
 
@@ -219,17 +177,14 @@ def _curve_rows(order: str, heads: list[tuple[int, int]], counts: list[int], tot
     return rows
 
 
-def _check_task(task: HeadTask, needs_loss: bool) -> None:
-    if not isinstance(task, HeadTask):
-        raise TypeError(f"task must be a HeadTask (see next_token_task, sentence_pair_task), got "
-                        f"{type(task).__name__}")
-    if needs_loss and task.loss is None:
-        raise ValueError(f"task {task.name!r} has no loss; head importance needs a differentiable loss "
-                         f"(only orders=['random'] work without one)")
+def _check_task(task: Task) -> None:
+    if not isinstance(task, Task):
+        raise TypeError(f"task must be an interp.patching.Task (e.g. circuits.tasks.ioi_task, "
+                        f"analyses.sentence_pairs.sentence_pair_task), got {type(task).__name__}")
 
 
 @dataclass
-class PruningResult:
+class PruningResult(Result):
     """Importance of every head and the metric-vs-fraction-pruned curves.
 
     Attributes:
@@ -239,6 +194,7 @@ class PruningResult:
         orders: the pruning order of every head for "once" and "exact".
     """
 
+    spec: ClassVar[Analysis] = PRUNING
     model_name: str
     task_name: str
     metric_name: str
@@ -247,6 +203,7 @@ class PruningResult:
     curve: pd.DataFrame
     orders: dict[str, list[tuple[int, int]]]
     parameters: dict = field(default_factory=dict)
+    seed: int | None = None
 
     def to_frame(self) -> pd.DataFrame:
         return self.curve.copy()
@@ -281,24 +238,17 @@ class PruningResult:
         ok = (rows["metric"] >= base - tolerance * abs(base)).cummin()
         return float(rows["fraction"][ok].max())
 
-    def figure(self) -> go.Figure:
-        fig = go.Figure()
-        for order, rows in self.curve.groupby("order", sort=False):
-            error = dict(type="data", array=rows["metric_std"]) if order == "random" else None
-            fig.add_trace(go.Scatter(x=rows["fraction"], y=rows["metric"], mode="lines+markers", name=order,
-                                     error_y=error))
-        fig.update_layout(title=f"Pruning heads of {self.model_name} on {self.task_name}",
-                          xaxis_title="fraction of heads pruned", yaxis_title=self.metric_name)
-        return fig
+    def meta(self) -> Meta:
+        return Meta(model=self.model_name, task=self.task_name, parameters=self.parameters, seed=self.seed)
 
-    def save(self, runs_dir: str | Path, name: str | None = None) -> Path:
-        """Write a bundle (analysis "pruning"): tables curve and importance, tensor
-        importance, figure curve."""
-        meta = {"analysis": "pruning", "model": self.model_name, "task": self.task_name,
-                "parameters": self.parameters}
-        tables, tensors = {"curve": self.to_frame()}, {}
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """curve, and importance when it was computed."""
+        tables = {"curve": self.to_frame()}
         if self.importance is not None:
             tables["importance"] = self.importance_frame()
-            tensors = {"importance": self.importance, "raw_importance": self.raw_importance}
-        return write_bundle(runs_dir, meta, tables=tables, tensors=tensors, figures={"curve": self.figure()},
-                            name=name)
+        return tables
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        if self.importance is None:
+            return {}
+        return {"importance": self.importance, "raw_importance": self.raw_importance}

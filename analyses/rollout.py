@@ -1,7 +1,7 @@
 """Attention rollout (Abnar & Zuidema, 2020, "Quantifying Attention Flow in Transformers").
 
 Each layer's attention is averaged over heads, the residual connection is added as an
-identity and rows are renormalised (METHODS.md §1):
+identity and rows are renormalised (docs/methods.md §1):
 
     Â^l = (mean_h A^{l,h} + I) / rowsum(mean_h A^{l,h} + I)
 
@@ -16,24 +16,26 @@ map as the same prompt alone.
     m = load_model("minilm")
     result = attention_rollout(m, ["The cat sat on the mat.", "It rained all day."])
     result.maps                   # [layer, batch, q, k]
-    result.figure(prompt=0)       # heatmap over tokens, one slider step per layer
+    result.figure(prompt=0)       # heatmap over tokens after the last layer (layer=... for others)
     result.save("runs")           # a result bundle, analysis="rollout"
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Bool, Float, Int
 
 from interp.models import HookedModel, sites
-from interp.results import write_bundle
+from interp.patching import Task
+from interp.results import Meta, Result
+from interp.results.registry import Analysis
+
+from .specs import ROLLOUT, RolloutConfig
 
 
 @dataclass
@@ -173,11 +175,18 @@ def attention_rollout(
                          model_name=attention.model_name, layers=list(range(len(a_hat))))
 
 
+def run(model: HookedModel, config: RolloutConfig, task: Task | None = None, *, progress: bool = True
+        ) -> RolloutResult:
+    """The registered analysis "rollout" (`analyses.specs`)."""
+    return attention_rollout(model, list(config.texts))
+
+
 @dataclass
-class AttentionMaps:
+class AttentionMaps(Result):
     """Token-to-token maps per layer: `maps [layer, batch, q, k]` for the blocks named in
     `layers` (0-based), `mask [batch, pos]` (True = real token), `str_tokens[b]` the real
-    tokens of prompt b (None when built from bare patterns). NaN marks entries not computed."""
+    tokens of prompt b (None when built from bare patterns). NaN marks entries not computed.
+    `figure(prompt=, layer=)` draws one prompt's map after one block (default the last)."""
 
     maps: Float[torch.Tensor, "layer batch q k"]
     mask: Bool[torch.Tensor, "batch pos"]
@@ -185,7 +194,6 @@ class AttentionMaps:
     model_name: str
     layers: list[int]
     parameters: dict = field(default_factory=dict)
-    analysis: ClassVar[str] = "attention-maps"
 
     def to_frame(self) -> pd.DataFrame:
         """One row per (layer, prompt, query, key) of real tokens with a computed value:
@@ -204,48 +212,19 @@ class AttentionMaps:
                                             for b, p in zip(frame["prompt"], frame[column])]
         return frame
 
-    def figure(self, prompt: int = 0) -> go.Figure:
-        """Heatmap of one prompt's map over its real tokens (rows queries, columns keys),
-        with a slider over layers."""
-        if not 0 <= prompt < self.maps.shape[1]:
-            raise IndexError(f"prompt {prompt} is out of range: this result has prompts 0..{self.maps.shape[1] - 1}")
-        real = self.mask[prompt].cpu()
-        grids = self.maps[:, prompt].detach().cpu()[:, real][:, :, real].numpy()
-        tokens = self.str_tokens[prompt] if self.str_tokens is not None else [""] * int(real.sum())
-        labels = [f"{i}:{t}" for i, t in enumerate(tokens)]  # unique, so plotly keeps repeats apart
-        finite = grids[np.isfinite(grids)]
-        top = float(finite.max()) if finite.size else 1.0
-        fig = go.Figure()
-        for step, (layer, grid) in enumerate(zip(self.layers, grids)):
-            fig.add_trace(go.Heatmap(
-                z=grid, x=labels, y=labels, zmin=0, zmax=top, colorscale="Blues", visible=step == len(grids) - 1,
-                name=f"L{layer}", hovertemplate="query %{y}<br>key %{x}<br>%{z:.4f}<extra>L%{meta}</extra>",
-                meta=layer))
-        steps = [{"method": "update", "label": f"L{layer}",
-                  "args": [{"visible": [i == step for i in range(len(grids))]},
-                           {"title": self._title(prompt, layer)}]}
-                 for step, layer in enumerate(self.layers)]
-        fig.update_layout(
-            title=self._title(prompt, self.layers[-1]), xaxis_title="key (input token)",
-            yaxis={"title": "query (output position)", "autorange": "reversed"},
-            sliders=[{"active": len(grids) - 1, "steps": steps, "currentvalue": {"prefix": "after block "}}])
-        return fig
+    def meta(self) -> Meta:
+        return Meta(model=self.model_name, parameters={"layers": self.layers, **self.parameters},
+                    extra={"str_tokens": self.str_tokens})
 
-    def _title(self, prompt: int, layer: int) -> str:
-        return f"{self.analysis}: {self.model_name}, prompt {prompt}, after block {layer}"
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"maps": self.to_frame()}
 
-    def save(self, runs_dir: str | Path, name: str | None = None) -> Path:
-        """Write a result bundle (analysis `self.analysis`): the long table, the `maps` and
-        `mask` tensors, the first prompt's heatmap; returns its folder."""
-        meta = {"analysis": self.analysis, "model": self.model_name,
-                "parameters": {"layers": self.layers, **self.parameters}, "str_tokens": self.str_tokens}
-        return write_bundle(runs_dir, meta, tables={"maps": self.to_frame()},
-                            tensors={"maps": self.maps, "mask": self.mask}, figures={"heatmap": self.figure(0)},
-                            name=name)
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"maps": self.maps, "mask": self.mask}
 
 
 @dataclass
 class RolloutResult(AttentionMaps):
     """Attention rollout maps `[layer, batch, q, k]` (see `attention_rollout`)."""
 
-    analysis: ClassVar[str] = "rollout"
+    spec: ClassVar[Analysis] = ROLLOUT

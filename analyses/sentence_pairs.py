@@ -22,9 +22,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from interp.models import HookedModel
-
-from .pruning import HeadTask, Interventions
+from interp.models import HookedModel, Intervention
+from interp.patching import Task
 
 Triplet = tuple[str, str, str]
 DATA = Path(__file__).resolve().parent / "data" / "sentence_pairs.tsv"
@@ -38,8 +37,9 @@ def load_sentence_pairs() -> list[Triplet]:
 
 
 def sentence_pair_task(model: HookedModel, triplets: Sequence[Triplet] | None = None, batch_size: int = 16,
-                       temperature: float = 0.05) -> HeadTask:
-    """The retrieval task above as a `HeadTask` for `model`, an encoder with pooled embeddings."""
+                       temperature: float = 0.05) -> Task:
+    """The retrieval task above for `model`, an encoder with pooled embeddings: a `Task`
+    without token pairs, with its own loss (InfoNCE) and score (pair accuracy)."""
     if model.cfg.is_causal:
         raise ValueError("the sentence-pair task needs a sentence encoder (e.g. minilm); this model is causal")
     triplets = list(load_sentence_pairs() if triplets is None else triplets)
@@ -53,7 +53,7 @@ def sentence_pair_task(model: HookedModel, triplets: Sequence[Triplet] | None = 
         raise ValueError(f"temperature must be > 0, got {temperature}")
     anchors, paraphrases, others = (list(column) for column in zip(*triplets))
 
-    def loss(model: HookedModel, interventions: Interventions) -> Iterator[torch.Tensor]:
+    def loss(model: HookedModel, interventions: Sequence[Intervention]) -> Iterator[torch.Tensor]:
         for start in range(0, len(anchors), batch_size):
             rows = slice(start, start + batch_size)
             a = model.encode(anchors[rows], interventions=interventions)
@@ -61,11 +61,11 @@ def sentence_pair_task(model: HookedModel, triplets: Sequence[Triplet] | None = 
             logits = a @ candidates.T / temperature
             yield torch.nn.functional.cross_entropy(logits, torch.arange(len(a), device=logits.device))
 
-    def pair_accuracy(model: HookedModel, interventions: Interventions) -> float:
+    def pair_accuracy(model: HookedModel, interventions: Sequence[Intervention]) -> float:
         with torch.no_grad():
             a = model.encode(anchors, interventions=interventions)
             same = (a * model.encode(paraphrases, interventions=interventions)).sum(dim=1)
             different = (a * model.encode(others, interventions=interventions)).sum(dim=1)
         return (same[:, None] > different[None, :]).float().mean().item()
 
-    return HeadTask(name="sentence-pairs", metric_name="pair_accuracy", loss=loss, metric=pair_accuracy)
+    return Task(name="sentence-pairs", loss=loss, score=pair_accuracy, score_name="pair_accuracy")

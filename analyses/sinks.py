@@ -1,5 +1,5 @@
 """Attention sinks: sink rates, massive activations, sink tokens by hidden state, reference
-frames, and attention redistribution (METHODS.md §3).
+frames, and attention redistribution (docs/methods.md §3).
 
 - Sink rate (Gu et al., 2024): for key k, α_k^{l,h} = mean of A^{l,h}[i, k] over the real
   queries i that can see k (causal: i >= k; encoder: every real query). Head (l, h) has a
@@ -34,21 +34,23 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import torch
 from jaxtyping import Bool, Float, Int
-from plotly.subplots import make_subplots
 
-from analyses.rollout import check_patterns
 from interp.models import HookedModel, Splice, sites
 from interp.models.ablation import check_heads
 from interp.models.tokens import bos_token_id
-from interp.results import write_bundle
+from interp.patching import Task
+from interp.results import Meta, Result
+from interp.results.registry import Analysis
+
+from .heads import random_prompts
+from .rollout import check_patterns
+from .specs import SINKS, SinksConfig
 
 FRAMES = ("none", "centralized", "distributed", "bidirectional")
 
@@ -67,10 +69,13 @@ def sink_scores(
     `patterns` must be row-stochastic at real queries (checked); `mask` is True on real tokens.
     """
     patterns, mask = check_patterns(patterns, mask)
+    if not isinstance(is_causal, bool):
+        raise TypeError(f"is_causal must be True or False, got {is_causal!r}")
     n_pos = patterns.shape[-1]
     real = mask.to(torch.float64)
     sees = real[:, :, None] * real[:, None, :]  # [batch, q, k]
     if is_causal:
+        _check_causal(patterns, mask)
         sees = sees * torch.ones(n_pos, n_pos, dtype=torch.float64, device=sees.device).tril()
     total = (patterns.to(torch.float64) * sees[None, :, None]).sum(dim=-2)  # [layer, batch, head, k]
     alpha = total / sees.sum(dim=1)[None, :, None].clamp_min(1)
@@ -78,10 +83,19 @@ def sink_scores(
     return alpha.permute(1, 0, 2, 3).float().cpu()
 
 
-def _check_epsilon(epsilon: float) -> float:
-    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < 1:
-        raise ValueError(f"epsilon must be a number in (0, 1), got {epsilon!r}")
-    return float(epsilon)
+CAUSAL_SLACK = 1e-6  # attention above the diagonal beyond rounding means the pattern is not causal
+
+
+def _check_causal(patterns: torch.Tensor, mask: torch.Tensor) -> None:
+    """Refuse attention to later keys: with is_causal=True those weights would be dropped."""
+    real = mask[:, :, None] & mask[:, None, :]                         # [batch, q, k]
+    above = torch.ones(real.shape[-1], real.shape[-1], dtype=torch.bool, device=real.device).triu(1)
+    leaked = (patterns.abs() * (real & above)[None, :, None]).amax()
+    if leaked > CAUSAL_SLACK:
+        where = ((patterns.abs() * (real & above)[None, :, None]) == leaked).nonzero()[0].tolist()
+        raise ValueError(f"is_causal=True but the patterns attend to later keys (layer {where[0]}, prompt {where[1]}, "
+                         f"head {where[2]}: query {where[3]} gives {float(leaked):.3g} to key {where[4]}); "
+                         "pass is_causal=False for bidirectional attention (encoders)")
 
 
 # ---------------------------------------------------------------------------- frames
@@ -115,7 +129,7 @@ def _mode(labels: Sequence[str]) -> str:
 
 
 @dataclass
-class SinkResult:
+class SinkResult(Result):
     """Sink analysis of a batch of prompts.
 
     `alpha [batch, layer, head, k]`: α_k per prompt and head (NaN at padding);
@@ -127,6 +141,7 @@ class SinkResult:
     `frame_min_rate`: the model-level anchor threshold of `model_frame`, in percent.
     """
 
+    spec: ClassVar[Analysis] = SINKS
     alpha: Float[torch.Tensor, "batch layer head k"]
     mask: Bool[torch.Tensor, "batch pos"]
     epsilon: float
@@ -138,8 +153,9 @@ class SinkResult:
     phi: Float[torch.Tensor, "layer batch pos"] | None = None
     sink_dims: list[int] = field(default_factory=list)
     tau: float | None = None
-    frame_min_rate: float = 10.0
+    frame_min_rate: float = SinksConfig.frame_min_rate
     parameters: dict = field(default_factory=dict)
+    seed: int | None = None
 
     @property
     def has_sink(self) -> Bool[torch.Tensor, "batch layer head k"]:
@@ -183,6 +199,8 @@ class SinkResult:
 
     def _positions(self, position: int) -> Int[torch.Tensor, "batch"]:
         """Absolute key index per prompt (-1 where the prompt is too short)."""
+        if isinstance(position, bool) or not isinstance(position, (int, np.integer)):
+            raise TypeError(f"position must be an int (negative: from the end of each prompt), got {position!r}")
         n = self.n_real
         index = n + position if position < 0 else torch.full_like(n, position)
         return torch.where((index >= 0) & (index < n), index, torch.full_like(n, -1))
@@ -239,49 +257,36 @@ class SinkResult:
                              "alpha": alpha.numpy().ravel(), "sink_fraction": fraction.numpy().ravel(),
                              "frame": [frames[l][h] for l, h in zip(layer.ravel(), head.ravel())]})
 
-    def figure(self) -> go.Figure:
-        """Left: sink rate per key position. Right: per head (layers x heads), the fraction of
-        prompts with a sink at key 0."""
-        summary = self.summary()
-        labels = [f"{k}:{t}" if t else str(k) for k, t in zip(summary["key"], summary["token"])]
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("sink rate per key position", "heads with a sink at key 0"))
-        fig.add_trace(go.Bar(x=labels, y=summary["rate"], name="sink rate (%)"), row=1, col=1)
-        grid = self.head_rate_at(0).numpy()
-        fig.add_trace(go.Heatmap(z=grid, zmin=0, zmax=1, colorscale="Blues", showscale=False,
-                                 x=[f"H{h}" for h in range(grid.shape[1])], y=[f"L{l}" for l in range(grid.shape[0])],
-                                 hovertemplate="%{y}%{x}: %{z:.2f}<extra></extra>"), row=1, col=2)
-        fig.update_yaxes(title_text="% of heads (α > ε)", row=1, col=1)
-        fig.update_yaxes(autorange="reversed", row=1, col=2)
-        fig.update_layout(title=f"sinks: {self.model_name}, ε={self.epsilon}, frame {self.model_frame}, "
-                                f"BOS prepended: {self.bos_prepended}", showlegend=False)
-        return fig
+    def meta(self) -> Meta:
+        parameters = {"epsilon": self.epsilon, "is_causal": self.is_causal, "bos_prepended": self.bos_prepended,
+                      "sink_dims": self.sink_dims, "tau": self.tau, "frame_min_rate": self.frame_min_rate,
+                      **self.parameters}
+        return Meta(model=self.model_name, parameters=parameters, seed=self.seed,
+                    extra={"str_tokens": self.str_tokens, "model_frame": self.model_frame})
 
-    def save(self, runs_dir: str | Path, name: str | None = None) -> Path:
-        """Write a result bundle (analysis "sinks"): tables heads (`to_frame`), rates
-        (`summary`) and massive (when computed); tensors alpha, mask (and phi); the figure."""
-        meta = {"analysis": "sinks", "model": self.model_name, "str_tokens": self.str_tokens,
-                "parameters": {"epsilon": self.epsilon, "is_causal": self.is_causal,
-                               "bos_prepended": self.bos_prepended, "sink_dims": self.sink_dims, "tau": self.tau,
-                               "frame_min_rate": self.frame_min_rate, **self.parameters},
-                "model_frame": self.model_frame}
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """heads (`to_frame`), rates (`summary`) and, when computed, massive."""
         tables = {"heads": self.to_frame(), "rates": self.summary()}
-        tensors = {"alpha": self.alpha, "mask": self.mask}
         if self.massive is not None:
             tables["massive"] = self.massive
+        return tables
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"alpha": self.alpha, "mask": self.mask}
         if self.phi is not None:
             tensors["phi"] = self.phi
-        return write_bundle(runs_dir, meta, tables=tables, tensors=tensors, figures={"sinks": self.figure()}, name=name)
+        return tensors
 
 
 def sink_rates(
     patterns: Float[torch.Tensor, "layer batch head q k"],
     mask: Bool[torch.Tensor, "batch pos"] | None = None,
     is_causal: bool = True,
-    epsilon: float = 0.3,
+    epsilon: float = SinksConfig.epsilon,
     model_name: str = "patterns",
 ) -> SinkResult:
     """`SinkResult` from bare patterns `[layer, batch, head, q, k]` (see `sink_scores`)."""
-    epsilon = _check_epsilon(epsilon)
+    epsilon = SinksConfig(epsilon=epsilon).epsilon
     alpha = sink_scores(patterns, mask, is_causal)
     _, mask = check_patterns(patterns, mask)
     return SinkResult(alpha=alpha, mask=mask.cpu(), epsilon=epsilon, is_causal=is_causal, model_name=model_name)
@@ -291,13 +296,13 @@ def sink_analysis(
     model: HookedModel,
     prompts: Sequence[str] | Int[torch.Tensor, "batch pos"],
     attention_mask: Int[torch.Tensor, "batch pos"] | None = None,
-    epsilon: float = 0.3,
-    abs_threshold: float = 100.0,
-    ratio: float = 1000.0,
-    tau: float = 20.0,
+    epsilon: float = SinksConfig.epsilon,
+    abs_threshold: float = SinksConfig.abs_threshold,
+    ratio: float = SinksConfig.ratio,
+    tau: float = SinksConfig.tau,
     sink_dims: Sequence[int] | None = None,
-    frame_min_rate: float = 10.0,
-    batch_size: int = 32,
+    frame_min_rate: float = SinksConfig.frame_min_rate,
+    batch_size: int = SinksConfig.batch_size,
 ) -> SinkResult:
     """Sink rates, massive activations and hidden-state sink tokens of `model` on `prompts`
     (texts, each tokenized alone and right-padded as `HookedModel.collect` does, or a token
@@ -307,7 +312,8 @@ def sink_analysis(
     on `sink_dims`, or when None on the dims of the massive activations found; with neither,
     `phi` is None. Patterns and residuals come from one pass of `model.collect`.
     """
-    epsilon = _check_epsilon(epsilon)
+    config = SinksConfig(epsilon=epsilon, abs_threshold=abs_threshold, ratio=ratio, tau=tau,
+                         frame_min_rate=frame_min_rate, batch_size=batch_size)
     layers = range(model.cfg.n_layers)
     wanted = [sites.pattern(layer) for layer in layers] + [sites.resid_post(layer) for layer in layers]
     collected = model.collect(prompts, wanted, attention_mask, batch_size)
@@ -319,33 +325,58 @@ def sink_analysis(
     tok = model.tokenizer
     start = {bos_token_id(tok)} if model.cfg.is_causal else {tok.cls_token_id}
     first = collected.tokens[:, 0].tolist()
-    return SinkResult(alpha=alpha, mask=collected.mask, epsilon=epsilon, is_causal=model.cfg.is_causal,
+    return SinkResult(alpha=alpha, mask=collected.mask, epsilon=config.epsilon, is_causal=model.cfg.is_causal,
                       model_name=model.cfg.name, str_tokens=collected.str_tokens,
                       bos_prepended=all(i in start for i in first), massive=massive, phi=phi, sink_dims=dims,
-                      tau=tau, frame_min_rate=frame_min_rate,
-                      parameters={"abs_threshold": abs_threshold, "ratio": ratio, "n_prompts": len(first)})
+                      tau=config.tau, frame_min_rate=config.frame_min_rate,
+                      parameters={"abs_threshold": config.abs_threshold, "ratio": config.ratio,
+                                  "n_prompts": len(first)})
+
+
+def run(model: HookedModel, config: SinksConfig, task: Task | None = None, *, progress: bool = True) -> SinkResult:
+    """The registered analysis "sinks" (`analyses.specs`): on the given texts, or on seeded
+    random-token prompts."""
+    if config.texts:
+        prompts, seed = list(config.texts), None
+    else:
+        prompts, seed = random_prompts(model, config.n_prompts, config.length, seed=config.seed), config.seed
+    result = sink_analysis(model, prompts, epsilon=config.epsilon, abs_threshold=config.abs_threshold,
+                           ratio=config.ratio, tau=config.tau, frame_min_rate=config.frame_min_rate,
+                           batch_size=config.batch_size)
+    result.seed = seed
+    if seed is not None:
+        result.parameters.update(random_prompts=config.n_prompts, length=config.length)
+    return result
 
 
 # ---------------------------------------------------------------------------- hidden states
 
 
 def _check_hidden(hidden, mask) -> torch.Tensor:
+    """Check `hidden [layer, batch, pos, d_model]` (finite at real tokens) and `mask [batch,
+    pos]`; return the mask as bool on the CPU (all True when None)."""
     if not isinstance(hidden, torch.Tensor) or hidden.ndim != 4 or 0 in hidden.shape:
         shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
         raise ValueError(f"hidden must be a non-empty tensor [layer, batch, pos, d_model], got {shape}")
     if mask is None:
-        return torch.ones(hidden.shape[1:3], dtype=torch.bool)
-    if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(hidden.shape[1:3]):
+        mask = torch.ones(hidden.shape[1:3], dtype=torch.bool)
+    elif not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(hidden.shape[1:3]):
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(f"mask must have shape [batch, pos] = {tuple(hidden.shape[1:3])} to match hidden, got {shape}")
-    return mask.bool().cpu()
+    mask = mask.bool().cpu()
+    bad = (~torch.isfinite(hidden.detach().cpu())) & mask[None, :, :, None]
+    if bad.any():
+        where = bad.nonzero()[0].tolist()
+        raise ValueError(f"hidden holds NaN or infinite values at real tokens (first at layer {where[0]}, prompt "
+                         f"{where[1]}, position {where[2]}, dim {where[3]}); no threshold can be judged on them")
+    return mask
 
 
 def find_massive(
     hidden: Float[torch.Tensor, "layer batch pos d_model"],
     mask: Bool[torch.Tensor, "batch pos"] | None = None,
-    abs_threshold: float = 100.0,
-    ratio: float = 1000.0,
+    abs_threshold: float = SinksConfig.abs_threshold,
+    ratio: float = SinksConfig.ratio,
     str_tokens: list[list[str]] | None = None,
 ) -> pd.DataFrame:
     """Massive activations: entries with |x| > `abs_threshold` and |x| > `ratio` × the median
@@ -355,8 +386,7 @@ def find_massive(
     `str_tokens` is given, else ""), dim, value, ratio (|value| / median |x|).
     """
     mask = _check_hidden(hidden, mask)
-    if abs_threshold < 0 or ratio < 0:
-        raise ValueError(f"abs_threshold and ratio must be >= 0, got {abs_threshold} and {ratio}")
+    SinksConfig(abs_threshold=abs_threshold, ratio=ratio)  # checks both
     size = hidden.detach().float().cpu().abs()
     median = size.median(dim=-1, keepdim=True).values
     hits = (size > abs_threshold) & (size > ratio * median) & mask[None, :, :, None]

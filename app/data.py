@@ -1,5 +1,6 @@
 """The dashboard's only way to the result bundles: list them, find one by name, load its
-tables and figures (cached), and gather every per-head number the bundles hold.
+tables and stored figures (cached), and gather every per-head number the bundles hold, as
+their analyses' registrations (`app.registry`) define them.
 
 Pages are built by many request threads at once. Cached tables are only read; figures are
 cached as JSON text and every request gets its own Figure built from it, because plotly
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,8 +26,10 @@ from typing import Any, Callable
 import pandas as pd
 import plotly.graph_objects as go
 
+from app.registry import analyses, find
 from interp.results import BundleEntry, BundleError, list_bundles
 from interp.results.layout import check_name, part_file
+from interp.results.registry import Analysis
 
 _CACHE_SIZE = 256
 
@@ -59,13 +63,14 @@ class _PartCache:
 
 
 @dataclass(frozen=True)
-class HeadMetric:
-    """One number per head from one bundle, for the heads grid and the head page.
+class GridMetric:
+    """One number per head from one bundle (a registered `HeadMetric` applied to it), for the
+    heads grid and the head page.
 
     `values` has columns layer, head, value and detail (text shown on hover, may be "").
-    `quantity` titles the colour bar (what the number is, and its unit); `scale` is how it
-    is coloured (`app.views.common.SCALES`): "share" for scores in [0, 1], "signed" for
-    effects (diverging around 0, and ranked by size), "free" otherwise.
+    `label` names it, `unit` says what the number is; `scale` is how it is coloured
+    (`interp.results.figures.SCALES`): "share" for values in [0, 1], "signed" for effects
+    (diverging around 0, and ranked by size), "free" otherwise.
     """
 
     key: str
@@ -73,8 +78,33 @@ class HeadMetric:
     bundle: str
     analysis: str
     values: pd.DataFrame
-    quantity: str
+    unit: str
     scale: str
+
+    @property
+    def quantity(self) -> str:
+        """The colour bar's title."""
+        return f"{self.label}<br>({self.unit})"
+
+
+class BundleTables(Mapping):
+    """The tables of one readable bundle as a read-only mapping name -> DataFrame, loaded on
+    first use through the runs folder's cache (what registered figures are drawn from)."""
+
+    def __init__(self, runs: "Runs", entry: BundleEntry):
+        self._runs, self._entry = runs, entry
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        if name not in self._entry.bundle.table_names:
+            raise KeyError(f"bundle {self._entry.path.name} has no table {name!r}; it has "
+                           f"{self._entry.bundle.table_names}")
+        return self._runs.table(self._entry, name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entry.bundle.table_names)
+
+    def __len__(self) -> int:
+        return len(self._entry.bundle.table_names)
 
 
 class Runs:
@@ -100,21 +130,19 @@ class Runs:
         """Table `name` of a readable bundle (shared with the cache: do not modify it)."""
         return self._parts.get(entry, "tables", name, lambda: entry.bundle.table(name))
 
+    def tables(self, entry: BundleEntry) -> BundleTables:
+        """Every table of a readable bundle, loaded on first use (shared: do not modify them)."""
+        return BundleTables(self, entry)
+
     def figure(self, entry: BundleEntry, name: str) -> go.Figure:
-        """Figure `name` of a readable bundle, this caller's own (safe to restyle)."""
+        """Stored figure `name` of a readable (older) bundle, this caller's own (safe to restyle)."""
         text = self._parts.get(entry, "figures", name, lambda: entry.bundle.figure(name).to_json())
         return go.Figure(json.loads(text))
 
     def head_shape(self, model: str) -> tuple[int, int] | None:
-        """(n_layers, n_heads) of `model` as far as its readable bundles show (per-head
-        numbers and stored attention patterns), or None when none has per-head data."""
+        """(n_layers, n_heads) of `model` as far as its bundles' per-head numbers show, or
+        None when none has any."""
         frames = [m.values for m in self.head_metrics(model)[0]]
-        for entry in self.entries():
-            if entry.ok and entry.bundle.meta["model"] == model and "patterns" in entry.bundle.table_names:
-                try:
-                    frames.append(self.table(entry, "patterns"))
-                except Exception:  # noqa: BLE001 - the head page shows this bundle's error
-                    continue
         if not frames:
             return None
         return (max(int(f["layer"].max()) for f in frames) + 1, max(int(f["head"].max()) + 1 for f in frames))
@@ -123,10 +151,11 @@ class Runs:
         """Names of the models that readable bundles were made with, sorted."""
         return sorted({e.bundle.meta["model"] for e in self.entries() if e.ok})
 
-    def head_metrics(self, model: str) -> tuple[list[HeadMetric], list[tuple[str, str]]]:
-        """Every per-head metric in the readable bundles of `model`, newest bundle first,
-        and (bundle name, error) for each bundle whose tables failed to load."""
-        metrics: list[HeadMetric] = []
+    def head_metrics(self, model: str) -> tuple[list[GridMetric], list[tuple[str, str]]]:
+        """Every per-head metric in the readable bundles of `model`, by analysis in the app's
+        order, newest bundle first within one, and (bundle name, error) for each bundle whose
+        tables failed to load."""
+        metrics: list[GridMetric] = []
         errors: list[tuple[str, str]] = []
         for entry in self.entries():
             if not entry.ok or entry.bundle.meta["model"] != model:
@@ -135,7 +164,8 @@ class Runs:
                 metrics.extend(bundle_metrics(self, entry))
             except Exception as error:  # one damaged bundle must not hide the others' numbers
                 errors.append((entry.path.name, f"{type(error).__name__}: {error}"))
-        metrics.sort(key=lambda m: _ORDER.index(_family(m.analysis)))  # stable: newest first within a kind
+        order = [a.name for a in analyses()]
+        metrics.sort(key=lambda m: order.index(m.analysis))  # stable: newest first within an analysis
         return metrics, errors
 
 
@@ -148,92 +178,22 @@ def _check_folder_name(entry: BundleEntry) -> BundleEntry:
     return entry
 
 
-def bundle_metrics(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
-    """The per-head metrics of one readable bundle ([] for analyses without any). Raises
-    BundleError (damaged part), KeyError (missing table) or ValueError (unexpected columns)."""
-    extract = _EXTRACTORS.get(_family(entry.bundle.meta["analysis"]))
-    return [] if extract is None else extract(runs, entry)
+def analysis_of(entry: BundleEntry) -> Analysis | None:
+    """The registration of a readable bundle's analysis (older names included), or None."""
+    return find(entry.bundle.meta["analysis"])
 
 
-def _family(analysis: str) -> str:
-    """"patching-exact", "patching-atp", ... are all "patching"."""
-    return "patching" if analysis.startswith("patching") else analysis
-
-
-def _frame(values: pd.DataFrame, column: str, detail: pd.Series | None = None) -> pd.DataFrame:
-    frame = pd.DataFrame({"layer": values["layer"].astype(int), "head": values["head"].astype(int),
-                          "value": values[column].astype(float)})
-    frame["detail"] = "" if detail is None else detail.astype(str).to_numpy()
-    return frame.reset_index(drop=True)
-
-
-def _metrics_heads(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
-    scores = runs.table(entry, "scores")
-    name = entry.path.name
-    return [HeadMetric(f"{name}:{kind}", f"{kind.replace('_', '-')} score (heads)", name, "heads",
-                       _frame(group, "score"), f"{kind.replace('_', '-')} score<br>(share of attention)", "share")
-            for kind, group in scores.groupby("kind", sort=False)]
-
-
-def _metrics_sinks(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
-    heads = runs.table(entry, "heads")
-    first = heads[heads["key"] == 0]
-    epsilon = entry.bundle.meta.get("parameters", {}).get("epsilon")
-    return [HeadMetric(f"{entry.path.name}:sink_rate", f"sink rate at key 0 (share of prompts with α > {epsilon})",
-                       entry.path.name, "sinks", _frame(first, "sink_fraction", first["frame"]),
-                       "sink rate<br>(share of prompts)", "share")]
-
-
-def _metrics_pruning(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
-    if "importance" not in entry.bundle.table_names:  # only random orders were run
+def bundle_metrics(runs: Runs, entry: BundleEntry) -> list[GridMetric]:
+    """The per-head metrics of one readable bundle, as its analysis registers them ([] for
+    analyses without any, or not registered). Raises BundleError (damaged part), KeyError
+    (missing table) or ValueError (unexpected columns)."""
+    analysis = analysis_of(entry)
+    if analysis is None:
         return []
-    importance = runs.table(entry, "importance")
-    task = entry.bundle.meta.get("task")
-    return [HeadMetric(f"{entry.path.name}:importance", f"pruning importance ({task})", entry.path.name,
-                       "pruning", _frame(importance, "importance"), "importance<br>(E|∂loss/∂ξ_h|)", "free")]
-
-
-def _metrics_maps(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
-    scores = runs.table(entry, "scores").dropna(subset=["score"])
-    best = scores.loc[scores.groupby(["layer", "head"])["score"].idxmax()].sort_values(["layer", "head"])
-    return [HeadMetric(f"{entry.path.name}:maps_top", "MAPS top relation score", entry.path.name, "maps",
-                       _frame(best, "score", best["relation"]), "MAPS score<br>(share of pairs)", "share")]
-
-
-def patching_quantity(meta: dict) -> str:
-    """The colour-bar title of a patching sweep's effects (the same on every page)."""
-    if meta.get("parameters", {}).get("normalized", True):
-        return "patching effect<br>(normalised: 1 = clean−corrupted gap)"
-    return "patching effect<br>(metric units)"
-
-
-def patching_baseline(meta: dict) -> float:
-    """The value a patch that changes nothing gets, so that effect = value - baseline (as
-    `PatchResult.effects`)."""
-    parameters = meta.get("parameters", {})
-    denoise = parameters.get("direction", "denoise") == "denoise"
-    if parameters.get("normalized", True):
-        return 0.0 if denoise else 1.0
-    return float(meta["corrupt_metric"] if denoise else meta["clean_metric"])
-
-
-def _metrics_patching(runs: Runs, entry: BundleEntry) -> list[HeadMetric]:
-    meta = entry.bundle.meta
-    parameters = meta.get("parameters", {})
-    if list(parameters.get("axes", [])) != ["layer", "head"]:
-        return []
-    effects = _frame(runs.table(entry, "values"), "value")
-    effects["value"] -= patching_baseline(meta)
-    label = f"patching effect of {parameters.get('component')} ({parameters.get('direction')}, {meta.get('task')})"
-    return [HeadMetric(f"{entry.path.name}:effect", label, entry.path.name, meta["analysis"], effects,
-                       patching_quantity(meta), "signed")]
-
-
-_ORDER = ("heads", "sinks", "pruning", "maps", "patching")  # the grid's first choice is the first here
-_EXTRACTORS: dict[str, Callable[[Runs, BundleEntry], list[HeadMetric]]] = {
-    "heads": _metrics_heads,
-    "sinks": _metrics_sinks,
-    "pruning": _metrics_pruning,
-    "maps": _metrics_maps,
-    "patching": _metrics_patching,
-}
+    tables, meta, name = runs.tables(entry), entry.bundle.meta, entry.path.name
+    metrics = []
+    for i, metric in enumerate(analysis.head_metrics):
+        for label, values in metric.values(tables, meta):
+            metrics.append(GridMetric(f"{name}:{i}:{label}", label, name, analysis.name, values,
+                                      metric.unit_for(meta), metric.scale))
+    return metrics

@@ -1,8 +1,10 @@
-"""`headlab demo`: run every analysis on the embedded models into one runs folder, then
-serve the dashboard over it. A step that fails is reported and the others still run.
+"""`headlab demo`: run the demo steps of every registered analysis on the embedded models into
+one runs folder, then serve the dashboard over it. A step that fails is reported and the
+others still run.
 
-The steps are ordinary `headlab` command lines, so the demo shows exactly what a user would
-type; all of them together take a few minutes on two CPU cores.
+The steps are the registrations' `demo` lists (`app.registry`), run as ordinary `headlab`
+command lines, so the demo shows exactly what a user would type; together they take a few
+minutes on two CPU cores.
 """
 
 from __future__ import annotations
@@ -12,43 +14,21 @@ import io
 import time
 from pathlib import Path
 
-TEXTS = ["The cat sat on the mat because it was tired.", "Paris is the capital and largest city of France."]
-
-# (what it shows, headlab arguments without --out and --quiet)
-STEPS: list[tuple[str, list[str]]] = [
-    ("head detectors, induction model", ["heads", "zoo/induction-2l"]),
-    ("head detectors, IOI model", ["heads", "zoo/ioi-small"]),
-    ("head detectors, MiniLM", ["heads", "minilm"]),
-    ("attention patterns and QK/OV, induction model", ["patterns", "zoo/induction-2l"]),
-    ("attention patterns and QK/OV, IOI model",
-     ["patterns", "zoo/ioi-small", "--text", "When Mary and John went to the store, John gave a drink to"]),
-    ("attention patterns and QK/OV, MiniLM", ["patterns", "minilm", *[arg for text in TEXTS for arg in ("--text", text)]]),
-    ("patching every head's output (IOI)", ["patch", "zoo/ioi-small", "--task", "ioi", "--component", "z", "--n", "16"]),
-    ("patching the residual stream per position (IOI)",
-     ["patch", "zoo/ioi-small", "--task", "ioi", "--component", "resid_pre", "--per-position", "--n", "16",
-      "--template", "when-went"]),
-    ("patching every head's output (induction)",
-     ["patch", "zoo/induction-2l", "--task", "induction", "--component", "z", "--n", "16"]),
-    ("MAPS relation scores", ["maps", "minilm", "--salient", "5.7", "2.1"]),
-    ("MAPS copying scores, validated dynamically and by ablation (induction model)",
-     ["maps", "zoo/induction-2l", "--vocab-copying", "--validate", "--template", "t5 t9 {}", "--causal", "4",
-      "--causal-template", "t1 t2 {} t3 t4 t1 t2", "--n-random", "5"]),
-    ("attention rollout", ["rollout", "minilm", *[arg for text in TEXTS for arg in ("--text", text)]]),
-    ("attention flow", ["flow", "minilm", "--text", TEXTS[0]]),
-    ("attention sinks, MiniLM", ["sinks", "minilm"]),
-    ("attention sinks, IOI model", ["sinks", "zoo/ioi-small"]),
-    ("head pruning (IOI)", ["prune", "zoo/ioi-small", "--task", "ioi", "--n", "32"]),
-    ("head pruning (sentence pairs, MiniLM)", ["prune", "minilm", "--task", "sentence-pairs", "--orders", "once", "random"]),
-]
+from app.registry import analyses
 
 
-def run_steps(out: str | Path, steps: list[tuple[str, list[str]]] = STEPS) -> list[tuple[str, str, float]]:
-    """Run each step as `headlab ARGS --out OUT --quiet`; returns (step, "ok" or the error,
-    seconds) per step. Never raises for a failing step."""
-    from interp.cli import main
+def demo_steps() -> list[tuple[str, list[str]]]:
+    """(what it shows, headlab arguments without --out and --quiet) of every demo step."""
+    return [(step.what, [analysis.name, *step.args]) for analysis in analyses() for step in analysis.demo]
+
+
+def run_steps(out: str | Path, steps: list[tuple[str, list[str]]] | None = None) -> list[tuple[str, str, float]]:
+    """Run each step (default: `demo_steps()`) as `headlab ARGS --out OUT --quiet`; returns
+    (step, "ok" or the error, seconds) per step. Never raises for a failing step."""
+    from app.cli import main
 
     report = []
-    for what, args in steps:
+    for what, args in demo_steps() if steps is None else steps:
         command = [*args, "--out", str(out), "--quiet"]
         print(f"==> headlab {' '.join(command)}", flush=True)
         start = time.perf_counter()

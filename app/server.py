@@ -29,13 +29,13 @@ from typing import Callable
 from urllib.parse import parse_qs, quote, unquote
 
 import dash
-from dash import Input, Output, State, dcc, html
+from dash import ALL, MATCH, Input, Output, State, ctx, dcc, html
 from dash.exceptions import PreventUpdate
 from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
 from app.data import Runs
-from app.views.bundle import bundle_not_found, bundle_page, token_map_figure
+from app.views.bundle import bundle_not_found, bundle_page, redraw
 from app.views.common import error_card, head_href, notice
 from app.views.heads import grid_figure, grid_page, head_not_found, head_page, models_page
 from app.views.runs import runs_page
@@ -163,16 +163,13 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
         point = click["points"][0]  # the grid's axes are numeric: x is the head, y the layer
         return head_href(model, int(point["y"]), int(point["x"]))
 
-    @app.callback(Output("tokmap-graph", "figure"), Input("tokmap-prompt", "value"), Input("tokmap-layer", "value"),
-                  State("tokmap-bundle", "data"), prevent_initial_call=True)
-    def token_map(prompt, layer, name):
-        entry = runs.entry(name)
-        try:
-            if entry is None or not entry.ok:
-                raise ValueError("it is gone or unreadable")
-            return token_map_figure(runs, entry, int(prompt), int(layer))
-        except Exception as error:  # say so in the figure; the page stays usable
-            return {"layout": {"title": {"text": f"bundle {name}: {error}"}}}
+    @app.callback(Output({"type": "figure", "bundle": MATCH, "figure": MATCH}, "figure"),
+                  Input({"type": "figure-control", "bundle": MATCH, "figure": MATCH, "name": ALL}, "value"),
+                  prevent_initial_call=True)
+    def redraw_figure(values):
+        graph_id = ctx.outputs_list["id"]
+        names = [control["id"]["name"] for control in ctx.inputs_list[0]]
+        return redraw(runs, graph_id["bundle"], int(graph_id["figure"]), dict(zip(names, values)))
 
 
 def _refuse_unsafe_paths(server: Flask) -> None:

@@ -78,7 +78,7 @@ def gpt2_shaped(folder: Path, n_layer: int, n_head: int, n_embd: int):
     """A random GPT-2 of the given shape (vocab 50257, word tokenizer with a BOS token)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from interp.zoo.recipes.common import build_word_tokenizer
+    from recipes.common import build_word_tokenizer
 
     tok = build_word_tokenizer([f"w{i}" for i in range(50257 - 3)])
     torch.manual_seed(0)

@@ -36,7 +36,7 @@ def random_model_folder(folder: Path) -> int:
     its vocabulary holds."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from interp.zoo.recipes.common import build_word_tokenizer
+    from recipes.common import build_word_tokenizer
 
     words = list(dict.fromkeys(w for name in RELATIONS for pair in read_pairs(name) for w in pair))
     filler = [f"filler{i}" for i in range(VOCAB - 3 - len(words))]

@@ -36,7 +36,7 @@ from interp.patching import Task, patch  # noqa: E402
 def gpt2_small_shaped(folder: Path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from interp.zoo.recipes.common import build_word_tokenizer
+    from recipes.common import build_word_tokenizer
 
     tok = build_word_tokenizer([f"w{i}" for i in range(50257 - 3)])
     torch.manual_seed(0)
@@ -47,7 +47,7 @@ def gpt2_small_shaped(folder: Path):
 def llama_shaped(folder: Path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from interp.zoo.recipes.common import build_word_tokenizer
+    from recipes.common import build_word_tokenizer
 
     tok = build_word_tokenizer([f"w{i}" for i in range(32000 - 3)])
     torch.manual_seed(0)

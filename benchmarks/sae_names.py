@@ -3,7 +3,7 @@
     python benchmarks/sae_names.py                                  # TopK, resid_pre(2), full size
     python benchmarks/sae_names.py --site "resid_pre(1)" --arch standard --l1 5
 
-The corpus is the model's own training distribution: `interp.zoo.recipes.ioi_data.training_text`
+The corpus is the model's own training distribution: `circuits.tasks.ioi_data.training_text`
 (answered IOI and colored-objects prompts and filler sentences, one per sequence; BOS first, as
 the recipe trained it), `--texts` of them for training (seed 0) and `--eval-texts` others
 (seed 1) for scoring. An SAE is trained on the site's activations (`analyses.sae.store`,
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def name_f1(model, sae, texts, progress=False):
     """The best feature of each of the 100 names on `texts` (a DataFrame, see token_f1)."""
     from analyses.sae.features import sae_activations
-    from interp.zoo.recipes.ioi_data import NAMES
+    from circuits.tasks.ioi_data import NAMES
 
     ids = model.tokenizer.convert_tokens_to_ids(NAMES)
     acts = sae_activations(model, sae, texts, progress=progress)
@@ -37,7 +37,7 @@ def name_f1(model, sae, texts, progress=False):
 
 
 def ioi_texts(n: int, seed: int) -> list[str]:
-    from interp.zoo.recipes.ioi_data import training_text
+    from circuits.tasks.ioi_data import training_text
 
     rng = random.Random(seed)
     return [training_text(rng)[0] for _ in range(n)]

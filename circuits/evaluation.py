@@ -1,4 +1,4 @@
-"""Evaluating circuits as MIB does (Mueller et al. 2025; METHODS §7), independent of how the
+"""Evaluating circuits as MIB does (Mueller et al. 2025; docs/methods.md §7), independent of how the
 model runs.
 
 The patching engine provides `run_masks(masks) -> metric`: for each bool mask
@@ -23,25 +23,23 @@ over the fractions on a linear axis from 0.001 to 1 (MIB's default `log_scale=Fa
 
     evaluation = evaluate_circuit(graph, run_masks, task="ioi", method="eap-ig")
     evaluation.cpr, evaluation.cmd, evaluation.to_frame(), evaluation.figure()
-    evaluation.save("runs/")        # one bundle: the graph and its evaluation
+    evaluation.save("runs/")        # one bundle (analysis "circuit"): the graph and its evaluation
 """
 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal, Sequence
+from typing import Callable, ClassVar, Literal, Sequence
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 
 from circuits.graph import Graph
-
-if TYPE_CHECKING:
-    import plotly.graph_objects as go
+from circuits.specs import CIRCUIT
+from interp.results import Meta, Result
+from interp.results.registry import Analysis
 
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 SELECTIONS = ("top_n", "greedy")
@@ -365,10 +363,14 @@ def auroc(graph: Graph, reference: Graph, level: Literal["edge", "node"] = "edge
 
 
 @dataclass
-class CircuitEvaluation:
+class CircuitEvaluation(Result):
     """MIB's evaluation of a scored graph: the faithfulness curve ranked by signed score
     (`signed`, for CPR) and by |score| (`absolute`, for CMD), each with its bootstrap
-    intervals over prompts (None when `n_resamples=0`)."""
+    intervals over prompts (None when `n_resamples=0`). A `Result` of the analysis "circuit":
+    its bundle holds the graph too (`Graph.from_bundle` reads it), and its figures are the
+    faithfulness curve (`figure()`) and the circuit (`figure("circuit")`)."""
+
+    spec: ClassVar[Analysis] = CIRCUIT
 
     graph: Graph
     signed: FaithfulnessCurve
@@ -424,68 +426,25 @@ class CircuitEvaluation:
                                           "faithfulness": per_prompt[i].numpy()}))
         return pd.concat(rows, ignore_index=True)
 
-    def figure(self) -> "go.Figure":
-        """`faithfulness_figure` of `to_frame()`, titled with CPR and CMD."""
-        title = f"faithfulness — CPR {self.cpr:.3f}, CMD {self.cmd:.3f}"
-        if self.method or self.task:
-            title += f" ({' on '.join(str(v) for v in (self.method, self.task) if v)})"
-        confidence = (self.signed_bootstrap or self.absolute_bootstrap)
-        return faithfulness_figure(self.to_frame(), title, confidence.confidence if confidence else None)
-
-    def save(self, runs_dir: str | os.PathLike, *, model: str | None = None, name: str | None = None) -> Path:
-        """Write the graph and its evaluation as one bundle (analysis "circuit-evaluation"):
-        the graph's tables and tensors as `Graph.save` writes them (so `Graph.from_bundle`
-        reads it), tables `faithfulness` (`to_frame`), `summary`, `per_prompt`, tensors of
-        the raw metrics, figures `faithfulness` and `circuit`; meta holds `cpr` and `cmd`."""
-        from interp.results import write_bundle
-
-        model = model or self.graph.cfg.model_name
-        if not model:
-            raise ValueError("save needs a model name: pass model=... or build the graph with model_name=...")
-        params, tables, tensors = self.graph.bundle_parts()
+    def meta(self) -> Meta:
+        graph = self.graph.meta()
         boot = self.signed_bootstrap or self.absolute_bootstrap
-        params.update({"method": self.method, "fractions": list(self.signed.fractions),
-                       "selection": self.signed.selection,
-                       "n_resamples": boot.n_resamples if boot else 0,
-                       "confidence": boot.confidence if boot else None, "seed": boot.seed if boot else None})
-        tables.update({"faithfulness": self.to_frame(), "summary": self.summary_frame(),
-                       "per_prompt": self.per_prompt_frame()})
-        tensors.update({"signed_metric": self.signed.circuit_metric, "absolute_metric": self.absolute.circuit_metric,
-                        "full_metric": self.signed.full_metric, "empty_metric": self.signed.empty_metric})
-        figures = {"faithfulness": self.figure()}
-        if self.graph.n_circuit_edges:
-            figures["circuit"] = self.graph.figure()
-        meta = {"analysis": "circuit-evaluation", "model": model, "task": self.task, "parameters": params,
-                "seed": boot.seed if boot else None, "cpr": self.cpr, "cmd": self.cmd}
-        return write_bundle(runs_dir, meta, tables=tables, tensors=tensors, figures=figures, name=name)
+        parameters = {**graph.parameters, "method": self.method or graph.parameters.get("method"),
+                      "fractions": list(self.signed.fractions), "selection": self.signed.selection,
+                      "n_resamples": boot.n_resamples if boot else 0, "confidence": boot.confidence if boot else None}
+        return Meta(model=graph.model, task=self.task or graph.task, parameters=parameters,
+                    seed=boot.seed if boot else None, extra={"cpr": self.cpr, "cmd": self.cmd})
 
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """The graph's `edges` and `nodes`, then `faithfulness` (`to_frame`), `summary` and
+        `per_prompt`."""
+        return {**self.graph.tables(), "faithfulness": self.to_frame(), "summary": self.summary_frame(),
+                "per_prompt": self.per_prompt_frame()}
 
-def faithfulness_figure(frame: pd.DataFrame, title: str = "faithfulness",
-                        confidence: float | None = None) -> "go.Figure":
-    """Faithfulness against the fraction of edges (log x axis) from a table with columns
-    `ranking fraction n_edges n_edges_kept faithfulness ci_low ci_high` (no torch;
-    `CircuitEvaluation.to_frame`): one line per ranking, its interval as a band where the CI
-    columns are set, and the full model's level (1) dashed."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    colours = {"signed": ("#1b9e77", "rgba(27,158,119,0.2)"), "absolute": ("#7570b3", "rgba(117,112,179,0.2)")}
-    for ranking, rows in frame.groupby("ranking", sort=False):
-        line, fill = colours.get(ranking, ("#333333", "rgba(51,51,51,0.2)"))
-        x = rows["fraction"].tolist()
-        if rows["ci_low"].notna().all():
-            band = f"{confidence:.0%} interval" if confidence else "interval"
-            fig.add_trace(go.Scatter(x=x + x[::-1], y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1],
-                                     fill="toself", fillcolor=fill, line={"width": 0}, hoverinfo="skip",
-                                     name=f"{ranking} {band}"))
-        fig.add_trace(go.Scatter(
-            x=x, y=rows["faithfulness"].tolist(), mode="lines+markers", name=f"{ranking} ranking",
-            line={"color": line}, customdata=list(zip(rows["n_edges"], rows["n_edges_kept"])),
-            hovertemplate="%{x:.1%} of edges (%{customdata[0]}, %{customdata[1]} kept)<br>f = %{y:.3f}"))
-    fig.add_hline(y=1.0, line_dash="dash", line_color="#888888")
-    fig.update_layout(title=title, xaxis={"type": "log", "title": "fraction of edges", "tickformat": ".1%"},
-                      yaxis={"title": "faithfulness f(C)"}, plot_bgcolor="white")
-    return fig
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {**self.graph.tensors(), "signed_metric": self.signed.circuit_metric,
+                "absolute_metric": self.absolute.circuit_metric, "full_metric": self.signed.full_metric,
+                "empty_metric": self.signed.empty_metric}
 
 
 def evaluate_circuit(graph: Graph, run_masks: RunMasks, fractions: Sequence[float] = MIB_FRACTIONS, *,
@@ -514,4 +473,4 @@ def evaluate_circuit(graph: Graph, run_masks: RunMasks, fractions: Sequence[floa
 
 __all__ = ["MIB_FRACTIONS", "Bootstrap", "CircuitEvaluation", "FaithfulnessCurve", "NormalizedMetric", "RunMasks",
            "auroc", "bootstrap", "check_fractions", "check_gap", "cmd", "completeness", "cpr", "evaluate_circuit",
-           "faithfulness", "faithfulness_curve", "faithfulness_figure", "run_masks_checked"]
+           "faithfulness", "faithfulness_curve", "run_masks_checked"]

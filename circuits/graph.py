@@ -1,5 +1,5 @@
 """One circuit graph for every circuit method: nodes, edges, scores, a circuit mask, selection,
-pruning, and the EAP-IG / MIB JSON format (METHODS §5, §7).
+pruning, and the EAP-IG / MIB JSON format (docs/methods.md §5, §7).
 
 Nodes, in MIB's names: `input`, each attention head `a{layer}.h{head}`, each MLP `m{layer}`,
 and `logits`. A node's output is written to the residual stream; every node downstream reads
@@ -31,7 +31,8 @@ then whose receiver comes first in receiver order.
 
     graph = Graph.for_model(model).with_scores(scores)      # scores from an attribution method
     circuit = graph.top_n(200)                               # 200 edges by |score|, pruned
-    circuit.to_frame(); circuit.figure(); circuit.save("runs/", task="ioi", method="eap-ig")
+    circuit.to_frame(); circuit.figure()                     # the circuit diagram (circuits.figures)
+    circuit.described(task="ioi", method="eap-ig").save("runs/")   # a bundle (analysis "circuit")
     circuit.to_json("ioi_gpt2.json")                         # MIB's submission format
 """
 
@@ -45,22 +46,23 @@ import tempfile
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float
 
+from circuits.specs import CIRCUIT
 from interp.patching.edges import EdgeLayout
+from interp.results import Meta, Result
+from interp.results.registry import Analysis
 
 if TYPE_CHECKING:
-    import plotly.graph_objects as go
-
     from interp.models import HookedModel, ModelConfig
 
 QKV = ("q", "k", "v")
-# Bundle names: `Graph.save` writes analysis "circuit"; `CircuitEvaluation.save` writes the
-# same graph parts into an "circuit-evaluation" bundle, so `Graph.from_bundle` reads both.
+# Bundles of the analysis "circuit" hold a graph (`Graph.save`) and, from `CircuitEvaluation.save`,
+# its evaluation too; older evaluation bundles are called "circuit-evaluation".
 GRAPH_ANALYSES = ("circuit", "circuit-evaluation")
 
 
@@ -202,13 +204,17 @@ def _names(names: Iterable[str], limit: int = 8) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "") if names else "none"
 
 
-class Graph:
-    """A circuit graph of one model shape: edge and node scores and the circuit mask.
+class Graph(Result):
+    """A circuit graph of one model shape: edge and node scores and the circuit mask (a
+    `Result` of the registered analysis "circuit").
 
     Build it with `Graph.for_model`; add scores with `with_scores`, a circuit with
-    `with_circuit` or a selection (`top_n`, `threshold`, `greedy`). Tensors are described in
-    the module docstring; treat them as read-only (every method returns a new graph).
+    `with_circuit` or a selection (`top_n`, `threshold`, `greedy`); say how it was found with
+    `described`. Tensors are described in the module docstring; treat them as read-only
+    (every method returns a new graph, keeping the description).
     """
+
+    spec: ClassVar[Analysis] = CIRCUIT
 
     def __init__(self, cfg: GraphConfig,
                  scores: Float[torch.Tensor, "n_senders n_receivers"] | None = None,
@@ -233,6 +239,9 @@ class Graph:
             self.node_in_graph = self._incident_nodes(self.in_graph)
         else:
             self.node_in_graph = self._checked_node_flags(node_in_graph)
+        self.task_name: str | None = None
+        self.method: str | None = None
+        self.run_parameters: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ construction
 
@@ -264,8 +273,9 @@ class Graph:
         sender/receiver order: finite or NaN (unscored) on edges, 0 or NaN where no edge
         exists (stored as NaN); a non-zero score on a non-edge means a different layout and
         is refused. Node scores are finite or NaN."""
-        return Graph(self.cfg, self.scores if scores is None else scores, self.in_graph,
-                     self.node_scores if node_scores is None else node_scores, self.node_in_graph)
+        graph = Graph(self.cfg, self.scores if scores is None else scores, self.in_graph,
+                      self.node_scores if node_scores is None else node_scores, self.node_in_graph)
+        return graph._described_as(self)
 
     def with_circuit(self, edges: Bool[torch.Tensor, "n_senders n_receivers"] | Iterable[str]) -> "Graph":
         """A copy whose circuit is `edges`: a bool mask `[n_senders, n_receivers]` (only on
@@ -279,7 +289,24 @@ class Graph:
             mask = torch.zeros_like(self.in_graph)
             for name in edges:
                 mask[self.edge_index(name)] = True
-        return Graph(self.cfg, self.scores, mask, self.node_scores)
+        return Graph(self.cfg, self.scores, mask, self.node_scores)._described_as(self)
+
+    def described(self, task: str | None = None, method: str | None = None,
+                  parameters: dict[str, Any] | None = None) -> "Graph":
+        """A copy that says how it was found, for its bundle: the task's name, the method (e.g.
+        "eap-ig") and other parameters (JSON values; "graph" and "method" are taken)."""
+        extra = dict(parameters or {})
+        taken = [key for key in ("graph", "method") if key in extra]
+        if taken:
+            raise ValueError(f"parameters {taken} are written by the graph itself (its shape and method); "
+                             "use other keys")
+        graph = self._derived(self.in_graph, self.node_in_graph)
+        graph.task_name, graph.method, graph.run_parameters = task, method, extra
+        return graph
+
+    def _described_as(self, other: "Graph") -> "Graph":
+        self.task_name, self.method, self.run_parameters = other.task_name, other.method, dict(other.run_parameters)
+        return self
 
     # ------------------------------------------------------------------ shape and names
 
@@ -484,7 +511,7 @@ class Graph:
         graph.cfg, graph._layout = self.cfg, self._layout
         graph.scores, graph.node_scores = self.scores, self.node_scores
         graph.in_graph, graph.node_in_graph = in_graph, node_in_graph
-        return graph
+        return graph._described_as(self)
 
     def _selection_key(self, absolute: bool) -> torch.Tensor:
         """Scores to rank by (|score| with `absolute`), -inf where no edge; NaN scores on
@@ -643,40 +670,21 @@ class Graph:
                              "head": self._layout.node_head.numpy(), "score": self.node_scores.numpy(),
                              "in_graph": self.node_in_graph.numpy()})
 
-    def figure(self, max_edges: int = 500) -> "go.Figure":
-        """The circuit drawn by `circuit_figure` from this graph's tables."""
-        edges = self._edges_frame(*self.in_graph.nonzero(as_tuple=True))
-        return circuit_figure(edges, self.nodes_frame(), self.cfg.n_layers, self.cfg.n_heads,
-                              self.cfg.model_name, max_edges)
+    # ------------------------------------------------------------------ the Result protocol
 
-    # ------------------------------------------------------------------ bundles
+    def meta(self) -> Meta:
+        """Model, task, parameters (the graph's shape under "graph", the method, and what
+        `described` added)."""
+        return Meta(model=self.cfg.model_name or "", task=self.task_name,
+                    parameters={"graph": self.cfg.shape(), "method": self.method, **self.run_parameters})
 
-    def bundle_parts(self) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, torch.Tensor]]:
-        """What a bundle holding this graph stores: parameters["graph"] (its shape), tables
-        `edges` and `nodes`, tensors `scores in_graph node_scores node_in_graph`."""
-        return ({"graph": self.cfg.shape()},
-                {"edges": self.to_frame(), "nodes": self.nodes_frame()},
-                {"scores": self.scores, "in_graph": self.in_graph, "node_scores": self.node_scores,
-                 "node_in_graph": self.node_in_graph})
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """`edges` (`to_frame`) and `nodes` (`nodes_frame`)."""
+        return {"edges": self.to_frame(), "nodes": self.nodes_frame()}
 
-    def save(self, runs_dir: str | os.PathLike, *, model: str | None = None, task: str | None = None,
-             method: str | None = None, parameters: dict[str, Any] | None = None, name: str | None = None) -> Path:
-        """Write the graph as a result bundle (analysis "circuit") in `runs_dir` and return its
-        folder. `model` defaults to `cfg.model_name`; `method` (e.g. "eap-ig") and
-        `parameters` (JSON-serialisable) go into meta["parameters"] beside the graph's shape."""
-        from interp.results import write_bundle
-
-        model = model or self.cfg.model_name
-        if not model:
-            raise ValueError("save needs a model name: pass model=... or build the graph with model_name=...")
-        params, tables, tensors = self.bundle_parts()
-        extra = dict(parameters or {})
-        if "graph" in extra:
-            raise ValueError("parameters['graph'] is the graph's shape, written by save; use another key")
-        meta = {"analysis": "circuit", "model": model, "task": task,
-                "parameters": {**params, "method": method, **extra}}
-        return write_bundle(runs_dir, meta, tables=tables, tensors=tensors, figures={"circuit": self.figure()},
-                            name=name)
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"scores": self.scores, "in_graph": self.in_graph, "node_scores": self.node_scores,
+                "node_in_graph": self.node_in_graph}
 
     @classmethod
     def from_bundle(cls, path: str | os.PathLike) -> "Graph":
@@ -695,8 +703,10 @@ class Graph:
         if missing:
             raise ValueError(f"{path}: the bundle lacks the graph tensors {missing}")
         cfg = GraphConfig(**shape, model_name=bundle.meta["model"])
-        return cls(cfg, bundle.tensor("scores"), bundle.tensor("in_graph"), bundle.tensor("node_scores"),
-                   bundle.tensor("node_in_graph"))
+        graph = cls(cfg, bundle.tensor("scores"), bundle.tensor("in_graph"), bundle.tensor("node_scores"),
+                    bundle.tensor("node_in_graph"))
+        parameters = {k: v for k, v in bundle.meta["parameters"].items() if k not in ("graph", "method")}
+        return graph.described(bundle.meta.get("task"), bundle.meta["parameters"].get("method"), parameters)
 
     # ------------------------------------------------------------------ EAP-IG / MIB JSON
 
@@ -782,85 +792,6 @@ class Graph:
         return (f"Graph({self.cfg.model_name or 'model'}: {self.cfg.n_layers} layers x {self.cfg.n_heads} heads"
                 f"{', parallel' if self.cfg.parallel_attn_mlp else ''}; {self.n_edges} edges, "
                 f"{self.n_circuit_edges} in the circuit)")
-
-
-def node_position(layer: int, head: int, n_layers: int, n_heads: int) -> tuple[float, float]:
-    """Where `circuit_figure` draws a node: x is 0 for input (layer -1), 2l+1 for layer l's
-    heads, 2l+2 for its MLP (head -1), 2L+1 for logits (layer L); heads spread over y,
-    everything else at y = 0."""
-    if layer < 0:
-        return 0.0, 0.0
-    if layer == n_layers:
-        return 2.0 * n_layers + 1, 0.0
-    if head >= 0:
-        return 2.0 * layer + 1, head - (n_heads - 1) / 2
-    return 2.0 * layer + 2, 0.0
-
-
-def circuit_figure(edges: pd.DataFrame, nodes: pd.DataFrame, n_layers: int, n_heads: int,
-                   model_name: str | None = None, max_edges: int = 500) -> "go.Figure":
-    """A plotly layered diagram of a circuit from its tables (no torch; `Graph.to_frame` and
-    `Graph.nodes_frame` columns): layers left to right (input left, logits right), a marker
-    per node (in-graph nodes labelled), the in-graph edges only — the `max_edges` largest
-    by |score| — width by |score|, blue positive, red negative, grey unscored. Hovering an
-    edge's midpoint names it and its score. The trace named "heads" has one point per head
-    with customdata `[layer, head]`, for links to head pages."""
-    import plotly.graph_objects as go
-
-    _check_int(max_edges, "max_edges", 1)
-    where = {row.node: node_position(int(row.layer), int(row.head), n_layers, n_heads)
-             for row in nodes.itertuples()}
-    circuit = edges[edges["in_graph"]]
-    size = circuit["score"].abs().fillna(-1.0)
-    shown = circuit.loc[size.sort_values(ascending=False, kind="stable").index[:max_edges]]
-    top = float(shown["score"].abs().max()) if len(shown) and shown["score"].notna().any() else 0.0
-    offset = {"q": -0.25, "k": 0.0, "v": 0.25}
-
-    fig = go.Figure()
-    groups: dict[tuple[str, int], tuple[list, list]] = {}
-    mid_x, mid_y, hover = [], [], []
-    for row in shown.itertuples():
-        x0, y0 = where[row.parent]
-        x1, y1 = where[row.child]
-        y1 += offset.get(row.qkv, 0.0) if isinstance(row.qkv, str) else 0.0
-        value = float(row.score)
-        sign = "unscored" if math.isnan(value) else ("positive" if value >= 0 else "negative")
-        level = 0 if math.isnan(value) or top == 0 else min(4, int(5 * abs(value) / top))
-        xs, ys = groups.setdefault((sign, level), ([], []))
-        xs += [x0, x1, None]
-        ys += [y0, y1, None]
-        mid_x.append((x0 + x1) / 2)
-        mid_y.append((y0 + y1) / 2)
-        hover.append(f"{row.edge}<br>score {value:.4g}")
-    colours = {"positive": "#2166ac", "negative": "#b2182b", "unscored": "#999999"}
-    for (sign, level), (xs, ys) in sorted(groups.items()):
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", hoverinfo="skip", showlegend=False,
-                                 name=f"{sign} edges", line={"color": colours[sign], "width": 1 + level * 1.5},
-                                 opacity=0.7))
-    fig.add_trace(go.Scatter(x=mid_x, y=mid_y, mode="markers", name="edges", hovertext=hover,
-                             hoverinfo="text", marker={"size": 8, "color": "rgba(0,0,0,0)"}, showlegend=False))
-
-    for trace_name, members in (("heads", nodes[nodes["head"] >= 0]), ("nodes", nodes[nodes["head"] < 0])):
-        xy = [where[n] for n in members["node"]]
-        on = members["in_graph"].astype(bool).tolist()
-        fig.add_trace(go.Scatter(
-            x=[p[0] for p in xy], y=[p[1] for p in xy], mode="markers+text", name=trace_name,
-            text=[n if flag else "" for n, flag in zip(members["node"], on)], textposition="top center",
-            hovertext=[f"{n} ({'in' if flag else 'not in'} the circuit)" for n, flag in zip(members["node"], on)],
-            hoverinfo="text", showlegend=False,
-            customdata=[[int(l), int(h)] for l, h in zip(members["layer"], members["head"])],
-            marker={"size": [12 if flag else 6 for flag in on],
-                    "color": ["#333333" if flag else "#dddddd" for flag in on]}))
-    ticks = [0] + [v for l in range(n_layers) for v in (2 * l + 1, 2 * l + 2)] + [2 * n_layers + 1]
-    labels = ["input"] + [t for l in range(n_layers) for t in (f"L{l} attn", f"L{l} mlp")] + ["logits"]
-    count = f"{len(shown)} of {len(circuit)}" if len(shown) < len(circuit) else f"{len(shown)}"
-    n_nodes = int(nodes.loc[nodes["kind"] != "logits", "in_graph"].sum()) if "kind" in nodes else None
-    fig.update_layout(
-        title=f"circuit of {model_name or 'a model'}: {count} edges shown"
-              + (f", {n_nodes} nodes" if n_nodes is not None else ""),
-        xaxis={"tickvals": ticks, "ticktext": labels, "showgrid": False, "zeroline": False},
-        yaxis={"visible": False}, plot_bgcolor="white", hovermode="closest")
-    return fig
 
 
 class _DuplicateKey(Exception):
@@ -979,5 +910,4 @@ def _read_edges(path: Path, graph: Graph, edges: Any) -> tuple[torch.Tensor, tor
     return scores, in_graph
 
 
-__all__ = ["GRAPH_ANALYSES", "Graph", "GraphConfig", "GraphFormatError", "QKV", "circuit_figure", "graph_config",
-           "node_position"]
+__all__ = ["GRAPH_ANALYSES", "Graph", "GraphConfig", "GraphFormatError", "QKV", "graph_config"]

@@ -33,13 +33,13 @@ def _analyses(runs: Path) -> None:
     from analyses.head_patterns import head_patterns
     from analyses.heads import detect_heads
     from analyses.maps import maps_scores
-    from analyses.pruning import next_token_task, pruning_curve
+    from analyses.pruning import pruning_curve
     from analyses.rollout import attention_rollout
     from analyses.sinks import sink_analysis
     from circuits.tasks import ioi_task
     from interp import load_model
     from interp.patching import patch
-    from interp.zoo.recipes.ioi_data import NAMES
+    from circuits.tasks.ioi_data import NAMES
 
     induction = load_model("zoo/induction-2l", device="cpu")
     ioi = load_model("zoo/ioi-small", device="cpu")
@@ -54,8 +54,23 @@ def _analyses(runs: Path) -> None:
     attention_flow(induction, INDUCTION_PROMPTS, progress=False).save(runs)
     maps_scores(ioi, {"name_copying": [(name, name) for name in NAMES]}, salient_heads=[(0, 2)],
                 progress=False).save(runs)
-    pruning_curve(ioi, next_token_task(task), step=0.25, n_random=2).save(runs)
+    pruning_curve(ioi, task, step=0.25, n_random=2).save(runs)
     head_patterns(induction, INDUCTION_PROMPTS).save(runs, name="patterns-zoo_induction-2l")
+    _legacy(runs)
+
+
+def _legacy(runs: Path) -> None:
+    """A bundle of an analysis this version does not register, with a stored figure (as older
+    versions wrote them): its page shows the stored figure and its table as they are."""
+    import pandas as pd
+    import plotly.graph_objects as go
+
+    from interp.results import write_bundle
+
+    frame = pd.DataFrame({"layer": [0, 0, 1, 1], "head": [0, 1, 0, 1], "value": [0.1, 0.7, 0.4, 0.2]})
+    figure = go.Figure(go.Bar(x=["L0H0", "L0H1", "L1H0", "L1H1"], y=frame["value"], name="legacy"))
+    write_bundle(runs, {"analysis": "legacy-scan", "model": "zoo/ioi-small", "parameters": {}, "seed": None},
+                 tables={"values": frame}, figures={"bars": figure}, name="legacy-scan-zoo_ioi-small")
 
 
 def _damage(runs: Path) -> None:
@@ -90,7 +105,7 @@ def dashboard_server(dashboard_runs):
     """(URL, process) of `headlab dashboard RUNS --port 0`, a separate process (so that what
     it imports can be checked, and the tests' own imports do not count)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "interp.cli", "dashboard", str(dashboard_runs), "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "dashboard", str(dashboard_runs), "--port", "0"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()

@@ -13,7 +13,7 @@ from transformers import (GPT2Config, GPT2LMHeadModel, Gemma2Config, Gemma2ForCa
 
 from interp import load_model
 from interp.patching import Task
-from interp.zoo.recipes.common import build_word_tokenizer
+from recipes.common import build_word_tokenizer
 
 FAMILIES = ("gpt2", "gpt_neox", "llama", "qwen2", "gemma2", "mistral")
 

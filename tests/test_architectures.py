@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, OPTC
 from interp import load_model
 from interp.models import ParityError, UnsupportedArchitecture
 from interp.models.architectures import describe
-from interp.zoo.recipes.common import build_word_tokenizer
+from recipes.common import build_word_tokenizer
 from interp.models.tokens import encode_text
 from tests.helpers import FAMILIES, byte_bpe_tokenizer, random_model_folder
 

@@ -23,8 +23,8 @@ from circuits.evaluation import (
     evaluate_circuit,
     faithfulness,
     faithfulness_curve,
-    faithfulness_figure,
 )
+from circuits.figures import faithfulness_figure
 from circuits.graph import Graph
 from interp.results import read_bundle
 from tests.test_circuit_graph import pruned_by_networkx, random_graph, slow_top_n
@@ -475,7 +475,7 @@ def test_evaluate_circuit_end_to_end(tmp_path):
 
     path = evaluation.save(tmp_path)
     bundle = read_bundle(path)
-    assert bundle.meta["analysis"] == "circuit-evaluation" and bundle.meta["cpr"] == evaluation.cpr
+    assert bundle.meta["analysis"] == "circuit" and bundle.meta["cpr"] == evaluation.cpr
     assert bundle.meta["parameters"]["fractions"] == list(MIB_FRACTIONS)
     assert bundle.table("faithfulness")["faithfulness"].tolist() == pytest.approx(frame["faithfulness"].tolist())
     per_prompt = bundle.table("per_prompt")

@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from circuits.graph import Graph, GraphConfig, GraphFormatError, circuit_figure
+from circuits.figures import circuit_figure
+from circuits.graph import Graph, GraphConfig, GraphFormatError
 from interp.models import ModelConfig
 from interp.results import read_bundle
 
@@ -599,7 +600,7 @@ def test_figure_draws_the_circuit_edges_only():
 
 def test_bundle_round_trip(tmp_path):
     graph = random_graph(3, 2, seed=9).top_n(30, empty_ok=True)
-    path = graph.save(tmp_path, task="toy-task", method="random", parameters={"seed": 9})
+    path = graph.described("toy-task", "random", {"seed": 9}).save(tmp_path)
     bundle = read_bundle(path)
     assert bundle.meta["analysis"] == "circuit" and bundle.meta["model"] == "toy"
     assert bundle.meta["parameters"] == {"graph": {"n_layers": 3, "n_heads": 2, "parallel_attn_mlp": False,
@@ -616,5 +617,5 @@ def test_bundle_round_trip(tmp_path):
     assert torch.equal(back.in_graph, graph.in_graph) and torch.equal(back.node_in_graph, graph.node_in_graph)
     with pytest.raises(ValueError, match="model name"):
         Graph.for_model(2, 2).save(tmp_path)
-    with pytest.raises(ValueError, match="graph"):
-        graph.save(tmp_path, parameters={"graph": 1})
+    with pytest.raises(ValueError, match=r"parameters \['graph'\] are written by the graph itself"):
+        graph.described("toy-task", "random", {"graph": 1})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from interp.cli import main
+from app.cli import main
 from interp.results import list_bundles
 from tests.helpers import random_gpt2_folder
 
@@ -44,7 +44,7 @@ def test_patch_writes_a_bundle(folder, tmp_path, capsys):
     (entry,) = list_bundles(tmp_path)
     assert entry.bundle.meta["parameters"]["component"] == "z"
     assert entry.bundle.tensor("values").shape == (2, 8 + 8, 2)  # layer, pos (BOS + 8 + 7), head
-    assert "largest effects" in capsys.readouterr().out
+    assert f"bundle: {entry.path}" in capsys.readouterr().out
 
 
 def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
@@ -55,7 +55,7 @@ def test_errors_are_one_line_and_exit_2(capsys, tmp_path):
 
 def test_rollout_and_flow_write_bundles(folder, tmp_path):
     for command in ("rollout", "flow"):
-        assert main([command, str(folder), "--text", "w1 w2 w3", "--text", "w4 w5", "--quiet", "--out", str(tmp_path)]) == 0
+        assert main([command, str(folder), "--texts", "w1 w2 w3", "w4 w5", "--quiet", "--out", str(tmp_path)]) == 0
     analyses = sorted(e.bundle.meta["analysis"] for e in list_bundles(tmp_path))
     assert analyses == ["flow", "rollout"]
 
@@ -66,4 +66,4 @@ def test_maps_on_minilm_writes_a_bundle(tmp_path, capsys):
     (entry,) = list_bundles(tmp_path)
     assert entry.bundle.meta["analysis"] == "maps"
     assert "salient_L5H7" in entry.bundle.table_names
-    assert "general_copying" in capsys.readouterr().out
+    assert "MAPS top relation score: L5H7" in capsys.readouterr().out

@@ -24,11 +24,12 @@ import pandas as pd
 import pytest
 from werkzeug.test import Client
 
-from app.data import Runs
+from app.data import Runs, analysis_of
 from app.demo import run_steps
 from app.server import create_app, guard_host
-from app.views.common import bundle_href, download_href, head_href, heatmap
-from interp.cli import main
+from app.views.common import bundle_href, download_href, head_href
+from interp.results.figures import heatmap
+from app.cli import main
 from interp.results import list_bundles, read_bundle
 
 pytest_plugins = ["tests.dashboard_fixtures"]
@@ -103,7 +104,7 @@ def test_server_binds_loopback_and_lists_every_bundle(dashboard_url, dashboard_r
     assert status == 200 and "headlab dashboard" in shell
     content = page_content(dashboard_url, "/")
     names = [entry.path.name for entry in list_bundles(dashboard_runs)]
-    assert len(names) == 14  # 11 analyses + 3 damaged copies
+    assert len(names) == 15  # 11 analyses + a legacy bundle + 3 damaged copies
     for name in names:
         assert name in content, name
 
@@ -322,10 +323,13 @@ def every_page(runs: Path) -> list[tuple[str, str]]:
     return pages
 
 
-# The analyses whose bundle pages show the figures stored in the bundle.
-STORED_FIGURES = ("sinks", "maps", "attention-patterns")
+# Analyses whose bundle pages draw registered figures, and one bundle whose page shows a
+# figure stored by an older version.
+FIGURED = ("sinks", "maps", "head-patterns", "rollout", "pruning", "patch")
+LEGACY = "legacy-scan"
 # The damaged copies: their own error cards are expected on the pages that list them.
-DAMAGED = {f"bundle {name}" for name in ("broken-meta", "broken-missing", "broken-table")}
+DAMAGED_NAMES = ("broken-meta", "broken-missing", "broken-table")
+DAMAGED = {f"bundle {name}" for name in DAMAGED_NAMES}
 
 
 def one_page_per_kind(runs: Path) -> list[tuple[str, str]]:
@@ -337,7 +341,7 @@ def one_page_per_kind(runs: Path) -> list[tuple[str, str]]:
         if entry.ok and entry.path.name != "broken-table":
             meta = entry.bundle.meta
             kinds.setdefault((meta["analysis"], tuple(meta["parameters"].get("axes", ()))), entry.path.name)
-    assert len(kinds) == 10  # heads, sinks, rollout, flow, maps, pruning, patterns, patching x 3
+    assert len(kinds) == 11  # heads, sinks, rollout, flow, maps, pruning, patterns, patching x 3, legacy
     return pages + [(f"/bundle/{name}", "") for name in kinds.values()]
 
 
@@ -348,7 +352,7 @@ def test_a_hundred_concurrent_loads_of_every_page_kind(dashboard_url, dashboard_
     pages = one_page_per_kind(dashboard_runs)
     analyses = {read_bundle(dashboard_runs / p.removeprefix("/bundle/")).meta["analysis"]
                 for p, _ in pages if p.startswith("/bundle/")}
-    assert set(STORED_FIGURES) <= analyses
+    assert set(FIGURED) | {LEGACY} <= analyses
     pruning = next(e.path.name for e in list_bundles(dashboard_runs) if e.ok and e.bundle.meta["analysis"] == "pruning")
     csv_path = f"/download/{pruning}/importance.csv"
     alone = {}
@@ -404,22 +408,41 @@ def at_once(n: int, call) -> list:
     return results
 
 
-def test_stored_figures_load_concurrently_in_one_process(dashboard_runs):
-    """100 threads of one process take the stored figures that pages show from the shared
-    cache, twice each: every one is complete and equal to the bundle's own. (Copying one
-    cached plotly Figure from many threads fails most of the time: plotly briefly pops each
-    trace's "type" while it copies.)"""
+def test_figures_are_drawn_concurrently_in_one_process(dashboard_runs):
+    """100 threads of one process draw every registered figure (and take the legacy bundle's
+    stored figure) from the shared caches, twice each: every one equals the figure drawn from
+    the bundle read afresh. (Copying one cached plotly Figure from many threads fails most of
+    the time: plotly briefly pops each trace's "type" while it copies.)"""
     runs = Runs(dashboard_runs)
-    parts = [(e, name) for e in runs.entries() if e.ok and e.bundle.meta["analysis"] in STORED_FIGURES
-             for name in e.bundle.figure_names]
-    assert len(parts) == 4  # sinks, maps (two), attention patterns
-    expected = {(e.path.name, name): read_bundle(e.path).figure(name).to_json() for e, name in parts}
+    expected, parts = {}, []
+    for entry in runs.entries():
+        if not entry.ok or entry.path.name in DAMAGED_NAMES:
+            continue
+        fresh = read_bundle(entry.path)
+        analysis = analysis_of(entry)
+        if analysis is None:
+            for name in entry.bundle.figure_names:
+                parts.append((entry, ("stored", name)))
+                expected[entry.path.name, ("stored", name)] = fresh.figure(name).to_json()
+            continue
+        tables = {name: fresh.table(name) for name in fresh.table_names}
+        for figure in analysis.figures:
+            if all(t in tables for t in figure.needs):
+                parts.append((entry, ("drawn", figure.name)))
+                expected[entry.path.name, ("drawn", figure.name)] = figure.draw(tables, fresh.meta).to_json()
+    assert len(parts) >= 12 and ("stored", "bars") in [key for _, key in parts]
+
+    def draw(entry, key) -> str:
+        kind, name = key
+        if kind == "stored":
+            return runs.figure(entry, name).to_json()
+        return analysis_of(entry).figure(name).draw(runs.tables(entry), entry.bundle.meta).to_json()
 
     def take() -> str:
         for _ in range(2):
-            for entry, name in parts:
-                if runs.figure(entry, name).to_json() != expected[entry.path.name, name]:
-                    return f"{entry.path.name}/{name} differs"
+            for entry, key in parts:
+                if draw(entry, key) != expected[entry.path.name, key]:
+                    return f"{entry.path.name}/{key} differs"
         return ""
 
     failures = [r for r in at_once(100, take) if r]

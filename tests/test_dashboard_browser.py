@@ -105,20 +105,20 @@ def test_grid_dropdown_changes_the_plotted_metric(page, dashboard_url, dashboard
     importance = read_bundle(bundle(dashboard_runs, "pruning", "zoo/ioi-small").path).table("importance")
     np.testing.assert_allclose(np.array(plotted(page, "heads-grid"), dtype=float),
                                grid_values(importance, "importance"), rtol=1e-6)
-    assert colouring(page, "heads-grid")["title"].startswith("importance")
+    assert colouring(page, "heads-grid")["title"].startswith("pruning importance")
 
     page.click("#grid-metric")
     page.get_by_role("option", name=re.compile("^patching effect of z")).click()
     page.wait_for_function("document.querySelector('#heads-grid .js-plotly-plot').layout.title.text"
                            ".startsWith('patching')")
-    sweep = bundle(dashboard_runs, "patching-exact", "zoo/ioi-small", axes=["layer", "head"])
+    sweep = bundle(dashboard_runs, "patch", "zoo/ioi-small", axes=["layer", "head"])
     assert sweep.meta["parameters"]["direction"] == "denoise" and sweep.meta["parameters"]["normalized"]
     effects = grid_values(read_bundle(sweep.path).table("values"), "value")  # unpatched run: 0 when normalised
     np.testing.assert_allclose(np.array(plotted(page, "heads-grid"), dtype=float), effects, rtol=1e-6)
     limit = np.abs(effects).max()
     shown = colouring(page, "heads-grid")
     assert shown["zmid"] == 0 and np.isclose(shown["zmax"], limit) and np.isclose(shown["zmin"], -limit)
-    assert shown["title"] == "patching effect<br>(normalised: 1 = clean−corrupted gap)"
+    assert shown["title"] == "patching effect of z (denoise, ioi-test-when-went)<br>(normalised: 1 = clean−corrupted gap)"
     # The damaged copy is named on the page; the grid above still works.
     assert "bundle broken-table" in page.locator(".error-card").first.inner_text()
     page.screenshot(path=screenshots / "heads-grid.png", full_page=True)
@@ -166,7 +166,11 @@ def test_clicking_a_grid_cell_opens_that_heads_page(page, dashboard_url, dashboa
     assert f"{induction['score'].iloc[0]:.4g}" in row
     # Stored patterns of this head, from the patterns bundle, and its QK/OV norms.
     assert page.locator("text=Attention patterns on stored prompts").count() == 1
-    assert page.locator("text=qk_ov — patterns-zoo_induction-2l").count() == 1
+    qk_ov = page.locator("section:has(h3:text-is('QK / OV summaries'))")
+    assert qk_ov.locator("a", has_text="patterns-zoo_induction-2l").count() == 1
+    stored = read_bundle(bundle(dashboard_runs, "head-patterns", "zoo/induction-2l").path).table("qk_ov")
+    here = stored[(stored["layer"] == 1) & (stored["head"] == 2)]
+    assert f"{here['ov_copying'].iloc[0]:.4g}" in qk_ov.locator("table.data").inner_text()
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2")
     page.screenshot(path=screenshots / "head-induction-L1H2.png", full_page=True)
 
@@ -178,8 +182,9 @@ def test_head_page_shows_maps_sinks_and_patching(page, dashboard_url, dashboard_
                   "patching effect of z"):
         assert label in numbers, label
     salient = read_bundle(bundle(dashboard_runs, "maps", "zoo/ioi-small").path).table("salient_L0H2")
-    assert page.locator("#salient tbody tr").count() == len(salient)
-    assert salient["token"].iloc[0] in page.locator("#salient tbody tr").first.inner_text()
+    shown = page.locator("section:has(h3:text-is('MAPS: relations and salient operations')) table.data").nth(1)
+    assert shown.locator("tbody tr").count() == len(salient)
+    assert salient["token"].iloc[0] in shown.locator("tbody tr").first.inner_text()
     for title in ("Attention received per key position (sinks)", "Patching effect per position"):
         assert page.locator(f"h3:text-is('{title}')").count() == 1
     page.screenshot(path=screenshots / "head-ioi-L0H2.png", full_page=True)
@@ -188,81 +193,81 @@ def test_head_page_shows_maps_sinks_and_patching(page, dashboard_url, dashboard_
 def test_rollout_page_follows_prompt_and_layer(page, dashboard_url, dashboard_runs, screenshots):
     rollout = bundle(dashboard_runs, "rollout", "zoo/induction-2l")
     maps = read_bundle(rollout.path).table("maps")
-    open_page(page, f"{dashboard_url}/bundle/{rollout.path.name}", "#tokmap-graph .js-plotly-plot")
+    open_page(page, f"{dashboard_url}/bundle/{rollout.path.name}", "#figure-map .js-plotly-plot")
 
     def expected(prompt, layer):
         rows = maps[(maps["prompt"] == prompt) & (maps["layer"] == layer)]
         return rows.pivot(index="query", columns="key", values="value").to_numpy()
 
-    np.testing.assert_allclose(plotted(page, "tokmap-graph"), expected(0, 1), rtol=1e-6)
-    page.click("#tokmap-prompt")
+    np.testing.assert_allclose(plotted(page, "figure-map"), expected(0, 1), rtol=1e-6)
+    page.click("#control-prompt")
     page.get_by_role("option", name=re.compile("^1: ")).click()
-    page.wait_for_function("document.querySelector('#tokmap-graph .js-plotly-plot').layout.title.text"
+    page.wait_for_function("document.querySelector('#figure-map .js-plotly-plot').layout.title.text"
                            ".endsWith('prompt 1')")
-    np.testing.assert_allclose(plotted(page, "tokmap-graph"), expected(1, 1), rtol=1e-6)
-    thumb = page.locator("#tokmap-layer [role=slider]")
+    np.testing.assert_allclose(plotted(page, "figure-map"), expected(1, 1), rtol=1e-6)
+    thumb = page.locator("#control-layer [role=slider]")
     thumb.press("Home")  # the slider's thumb, to its first layer
-    page.wait_for_function("document.querySelector('#tokmap-graph .js-plotly-plot').layout.title.text"
+    page.wait_for_function("document.querySelector('#figure-map .js-plotly-plot').layout.title.text"
                            ".includes('after layer 0')")
-    np.testing.assert_allclose(plotted(page, "tokmap-graph"), expected(1, 0), rtol=1e-6)
+    np.testing.assert_allclose(plotted(page, "figure-map"), expected(1, 0), rtol=1e-6)
     thumb.press("ArrowRight")  # one whole layer on
-    page.wait_for_function("document.querySelector('#tokmap-graph .js-plotly-plot').layout.title.text"
+    page.wait_for_function("document.querySelector('#figure-map .js-plotly-plot').layout.title.text"
                            ".includes('after layer 1')")
     assert thumb.get_attribute("aria-valuenow") == "1"
-    np.testing.assert_allclose(plotted(page, "tokmap-graph"), expected(1, 1), rtol=1e-6)
-    assert colouring(page, "tokmap-graph") == {"zmin": 0, "zmax": 1, "zmid": None,
+    np.testing.assert_allclose(plotted(page, "figure-map"), expected(1, 1), rtol=1e-6)
+    assert colouring(page, "figure-map") == {"zmin": 0, "zmax": 1, "zmid": None,
                                                "title": "attribution<br>(share of the output)"}
     thumb.press("Home")
-    page.wait_for_function("document.querySelector('#tokmap-graph .js-plotly-plot').layout.title.text"
+    page.wait_for_function("document.querySelector('#figure-map .js-plotly-plot').layout.title.text"
                            ".includes('after layer 0')")
-    assert plotted(page, "tokmap-graph", "x")[0] == "0:<bos>"
+    assert plotted(page, "figure-map", "x")[0] == "0:<bos>"
     page.screenshot(path=screenshots / "rollout.png", full_page=True)
 
 
 def test_pruning_page_plots_the_curves(page, dashboard_url, dashboard_runs, screenshots):
     pruning = bundle(dashboard_runs, "pruning", "zoo/ioi-small")
     curve = read_bundle(pruning.path).table("curve")
-    open_page(page, f"{dashboard_url}/bundle/{pruning.path.name}", "#pruning-curve .js-plotly-plot")
-    names = page.evaluate("[...document.querySelector('#pruning-curve .js-plotly-plot').data].map(t => t.name)")
+    open_page(page, f"{dashboard_url}/bundle/{pruning.path.name}", "#figure-curve .js-plotly-plot")
+    names = page.evaluate("[...document.querySelector('#figure-curve .js-plotly-plot').data].map(t => t.name)")
     assert names == list(dict.fromkeys(curve["order"]))
     for trace, order in enumerate(names):
         rows = curve[curve["order"] == order].sort_values("fraction")
-        np.testing.assert_allclose(plotted(page, "pruning-curve", "y", trace), rows["metric"], rtol=1e-6)
-        np.testing.assert_allclose(plotted(page, "pruning-curve", "x", trace), rows["fraction"], rtol=1e-6)
-    assert "logit_diff" in page.locator("#pruning-curve").inner_text()
+        np.testing.assert_allclose(plotted(page, "figure-curve", "y", trace), rows["metric"], rtol=1e-6)
+        np.testing.assert_allclose(plotted(page, "figure-curve", "x", trace), rows["fraction"], rtol=1e-6)
+    assert "logit_diff" in page.locator("#figure-curve").inner_text()
     page.screenshot(path=screenshots / "pruning.png", full_page=True)
 
 
 def test_patching_pages_draw_layer_by_head_and_layer_by_position(page, dashboard_url, dashboard_runs, screenshots):
     for axes, shot in ((["layer", "head"], "patching-heads.png"), (["layer", "pos"], "patching-positions.png")):
-        sweep = bundle(dashboard_runs, "patching-exact", "zoo/ioi-small", axes=axes)
+        sweep = bundle(dashboard_runs, "patch", "zoo/ioi-small", axes=axes)
         assert sweep.meta["parameters"]["direction"] == "denoise" and sweep.meta["parameters"]["normalized"]
         values = read_bundle(sweep.path).table("values")  # normalised denoising: the effect is the value
-        open_page(page, f"{dashboard_url}/bundle/{sweep.path.name}", "#patching-heatmap .js-plotly-plot")
+        open_page(page, f"{dashboard_url}/bundle/{sweep.path.name}", "#figure-heatmap .js-plotly-plot")
         effects = values.pivot(index="layer", columns=axes[1], values="value").to_numpy()
-        np.testing.assert_allclose(np.array(plotted(page, "patching-heatmap"), dtype=float), effects, rtol=1e-6)
-        shown = colouring(page, "patching-heatmap")
+        np.testing.assert_allclose(np.array(plotted(page, "figure-heatmap"), dtype=float), effects, rtol=1e-6)
+        shown = colouring(page, "figure-heatmap")
         assert shown["zmid"] == 0 and np.isclose(shown["zmax"], np.abs(effects).max()) and shown["zmin"] == -shown["zmax"]
         assert shown["title"] == "patching effect<br>(normalised: 1 = clean−corrupted gap)"
-        labels = plotted(page, "patching-heatmap", "x")
+        labels = plotted(page, "figure-heatmap", "x")
         assert labels[0] == ("H0" if axes[1] == "head" else "0:<bos>")
         page.screenshot(path=screenshots / shot, full_page=True)
 
 
-def test_maps_page_has_the_heads_by_relations_table(page, dashboard_url, dashboard_runs, screenshots):
+def test_maps_page_draws_heads_by_relations_on_a_fixed_scale(page, dashboard_url, dashboard_runs, screenshots):
     maps = bundle(dashboard_runs, "maps", "zoo/ioi-small")
     scores = read_bundle(maps.path).table("scores")
-    open_page(page, f"{dashboard_url}/bundle/{maps.path.name}", "#maps-table")
-    rows = page.locator("#maps-table tbody tr")
-    assert rows.count() == len(scores.groupby(["layer", "head"]))
+    open_page(page, f"{dashboard_url}/bundle/{maps.path.name}", "#figure-scores .js-plotly-plot")
+    grid = scores.pivot(index=["layer", "head"], columns="relation", values="score")
+    np.testing.assert_allclose(np.array(plotted(page, "figure-scores"), dtype=float), grid.to_numpy(), rtol=1e-6)
+    assert plotted(page, "figure-scores", "y")[:2] == [f"L{l}H{h}" for l, h in grid.index[:2]]
+    # On the fixed 0-1 scale: the best score (0.21 here) is not painted as a full 1.
+    assert 0 < scores["score"].max() < 0.9
+    assert colouring(page, "figure-scores") == {"zmin": 0, "zmax": 1, "zmid": None,
+                                                "title": "relation score<br>(share of pairs)"}
+    # The largest scores link to their heads.
     best = scores.loc[scores["score"].idxmax()]
-    row = page.locator("#maps-table tbody tr", has_text=f"L{best['layer']}H{best['head']}").first
-    assert f"{best['score']:.2f}" in row.inner_text()
-    # Shaded on a fixed 0-1 scale: the best score (0.21 here) is not painted as a full 1.
-    assert 0 < best["score"] < 0.9
-    cell = row.locator("td", has_text=f"{best['score']:.2f}").first
-    colour = cell.evaluate("td => getComputedStyle(td).backgroundColor")
-    assert float(re.fullmatch(r"rgba\(31, 119, 180, ([0-9.]+)\)", colour).group(1)) == round(best["score"], 2)
+    assert page.locator("a", has_text=f"L{best['layer']}H{best['head']} ").count() >= 1
     page.screenshot(path=screenshots / "maps.png", full_page=True)
 
 
@@ -283,7 +288,7 @@ def test_broken_bundles_show_an_error_card_and_the_rest_works(page, dashboard_ur
 def test_every_bundle_page_renders(page, dashboard_url, dashboard_runs, screenshots):
     """Each readable bundle's page draws its figures without an error card (the zeroed copy
     excepted); the kinds not checked above are saved as screenshots too."""
-    shot = {"sinks", "flow", "heads", "attention-patterns"}
+    shot = {"sinks", "flow", "heads", "head-patterns", "legacy-scan"}
     for entry in list_bundles(dashboard_runs):
         if not entry.ok:
             continue

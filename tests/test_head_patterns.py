@@ -5,7 +5,7 @@ import torch
 
 from analyses.head_patterns import head_patterns
 from interp import load_model
-from interp.cli import main as cli_main
+from app.cli import main as cli_main
 from interp.results import read_bundle
 from interp.zoo import get_embedded
 
@@ -44,7 +44,7 @@ def test_patterns_table_equals_the_cache(induction, tmp_path):
             assert torch.allclose(grid.float(), cache.pattern(layer)[0, 3].float(), atol=1e-6)
     assert frame[(frame["prompt"] == 1)]["query_token"].iloc[0] == "<bos>"
     bundle = read_bundle(result.save(tmp_path))
-    assert bundle.meta["analysis"] == "attention-patterns"
+    assert bundle.meta["analysis"] == "head-patterns"
     assert set(bundle.table_names) == {"patterns", "qk_ov"}
 
 
@@ -55,8 +55,8 @@ def test_bad_input_and_cli(induction, tmp_path, capsys):
         head_patterns(induction, ["t1"] * 9)
     with pytest.raises(IndexError, match="head 4"):
         head_patterns(induction, ["t1 t2"]).figure(layer=0, head=4)
-    assert cli_main(["patterns", "zoo/induction-2l", "--out", str(tmp_path), "--quiet"]) == 0
-    assert "highest OV copying scores: L1H" in capsys.readouterr().out
+    assert cli_main(["head-patterns", "zoo/induction-2l", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "OV copying score: L1H" in capsys.readouterr().out
 
 
 def _hf_head(hf, family: str, layer: int, head: int):

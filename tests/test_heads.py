@@ -181,10 +181,9 @@ def test_encoder_probe_and_scores(minilm):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"n_sequences": 0}, "n_sequences must be an int >= 1, got 0"),
-    ({"span": 1}, "span must be an int >= 2, got 1"),
-    ({"span": 2.5}, "span must be an int >= 2, got 2.5"),
-    ({"batch_size": 0}, "batch_size must be an int >= 1, got 0"),
+    ({"n_sequences": 0}, r"n_sequences \(--n-sequences\) must be an int >= 1, got 0"),
+    ({"span": 1}, r"span \(--span\) must be an int >= 2, got 1"),
+    ({"batch_size": 0}, r"batch_size \(--batch-size\) must be an int >= 1, got 0"),
     ({"kinds": ["induction", "copying"]}, "unknown head kind 'copying'; known kinds: previous_token, induction, duplicate_token"),
     ({"kinds": []}, "kinds must name at least one"),
     ({"span": 16}, "span 16 makes probes of 33 positions; .* takes at most 32, so span must be at most 15"),
@@ -192,6 +191,11 @@ def test_encoder_probe_and_scores(minilm):
 def test_bad_input(small_gpt2, kwargs, message):
     with pytest.raises(ValueError, match=message):
         detect_heads(small_gpt2, progress=False, **kwargs)
+
+
+def test_non_integer_span_is_a_type_error(small_gpt2):
+    with pytest.raises(TypeError, match=r"span \(--span\) must be an int >= 2, got 2.5"):
+        detect_heads(small_gpt2, span=2.5, progress=False)
 
 
 def test_span_longer_than_vocabulary(tmp_path):
@@ -203,7 +207,7 @@ def test_span_longer_than_vocabulary(tmp_path):
 def test_head_scores_frame_top_figure_and_bundle(tmp_path):
     induction = torch.tensor([[0.1, 0.2], [0.9, 0.3]])
     previous = torch.tensor([[0.05, 0.8], [0.2, 0.1]])
-    scores = HeadScores(scores={"induction": induction, "previous_token": previous}, model="toy", seed=7,
+    scores = HeadScores(scores={"induction": induction, "previous_token": previous}, model_name="toy", seed=7,
                         parameters={"span": 4})
     frame = scores.to_frame()
     assert list(frame.columns) == ["layer", "head", "kind", "score"] and len(frame) == 8
@@ -219,10 +223,10 @@ def test_head_scores_frame_top_figure_and_bundle(tmp_path):
     fig = scores.figure()
     assert [t.name for t in fig.data] == ["induction", "previous_token"]
     assert fig.data[0].text[1][0] == "L1H0" and fig.data[0].z[1][0] == pytest.approx(0.9)
-    assert len(scores.figure("previous_token").data) == 1
+    assert len(scores.figure(kind="previous_token").data) == 1
 
     bundle = read_bundle(scores.save(tmp_path / "runs"))
     assert bundle.meta["analysis"] == "heads" and bundle.meta["model"] == "toy" and bundle.meta["seed"] == 7
     torch.testing.assert_close(bundle.tensor("induction"), induction)
     assert bundle.table("scores").equals(frame)
-    assert bundle.figure_names == ["scores"]
+    assert bundle.figure_names == []  # figures are drawn from the tables, by the library and the dashboard

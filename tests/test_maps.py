@@ -13,7 +13,7 @@ from analyses.maps import (RELATIONS, load_relation, load_relations, map_rows, m
                            salient_operations)
 from interp import load_model
 from interp.results import read_bundle
-from interp.zoo.recipes.common import build_word_tokenizer
+from recipes.common import build_word_tokenizer
 from tests.helpers import random_model, random_model_folder
 
 WORDS = [f"w{i}" for i in range(13)]

@@ -16,10 +16,10 @@ from analyses.maps import (CAUSAL_TEMPLATES, DEFAULT_TEMPLATES, RELATIONS, causa
 from analyses.maps.validation import last_position_z
 from circuits.tasks import ioi_task
 from interp import load_model
-from interp.cli import main
+from app.cli import main
 from interp.models import Mean, Splice, sites
 from interp.results import list_bundles, read_bundle
-from interp.zoo.recipes.ioi_data import NAMES
+from circuits.tasks.ioi_data import NAMES
 from interp.zoo.registry import CHECKPOINTS
 from tests.helpers import random_model_folder
 
@@ -268,7 +268,8 @@ def test_dynamic_validation_on_minilm_and_ioi_small(minilm, ioi, tmp_path):
     assert bundle.table("correlations")["relation"].tolist() == ["country_to_capital", "name_copying"]
     assert len(bundle.table("heads")) == 2 * 72
     torch.testing.assert_close(bundle.tensor("with_context"), result.with_context)
-    assert len(bundle.figure("scatter").data) == 4                                  # 2 relations x 2 panels
+    assert bundle.figure_names == []                                   # figures are drawn from the tables
+    assert len(result.figure("scatter").data) == 4                                  # 2 relations x 2 panels
 
 
 def test_causal_ablation_of_induction_heads(induction, tmp_path):
@@ -322,7 +323,7 @@ def test_bad_input(induction, minilm, ioi):
     rel = copying_relation(induction.tokenizer)
     with pytest.raises(ValueError, match=r"causal language model .* minilm \(BertForMaskedLM\) is an encoder"):
         causal_validation(minilm, ["general_copying"], ["{}"], progress=False)
-    with pytest.raises(ValueError, match="ablation must be one of"):
+    with pytest.raises(ValueError, match=r"ablation \(--ablation\) must be one of"):
         causal_validation(induction, [rel], INDUCTION_TEMPLATES, ablation="resample", progress=False)
     with pytest.raises(ValueError, match="m must be between 1 and the number of heads \\(8\\)"):
         causal_validation(induction, [rel], INDUCTION_TEMPLATES, m=9, progress=False)
@@ -331,15 +332,17 @@ def test_bad_input(induction, minilm, ioi):
 
 
 def test_cli_validate_and_causal(tmp_path, capsys):
-    assert main(["maps", "zoo/induction-2l", "--vocab-copying", "--validate", "--template", "t5 t9 {}",
-                 "--causal", "2", "--causal-template", INDUCTION_TEMPLATES[0], "--n-random", "2", "--quiet",
+    assert main(["maps-validation", "zoo/induction-2l", "--vocab-copying", "--templates", "t5 t9 {}", "--quiet",
                  "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "r_without_context" in out and "top_accuracy" in out
+    assert "r_without_context" in capsys.readouterr().out
+    assert main(["maps-validation", "zoo/induction-2l", "--vocab-copying", "--validation", "causal", "--templates",
+                 INDUCTION_TEMPLATES[0], "--m", "2", "--n-random", "2", "--quiet", "--out", str(tmp_path)]) == 0
+    assert "top_accuracy" in capsys.readouterr().out
     kinds = sorted((e.bundle.meta["analysis"], e.bundle.meta["parameters"].get("validation"))
                    for e in list_bundles(tmp_path))
-    assert kinds == [("maps", None), ("maps-validation", "causal"), ("maps-validation", "dynamic")]
-    assert main(["maps", "zoo/induction-2l", "--vocab-copying", "--causal", "2", "--out", str(tmp_path)]) == 2
+    assert kinds == [("maps-validation", "causal"), ("maps-validation", "dynamic")]
+    assert main(["maps-validation", "zoo/induction-2l", "--vocab-copying", "--validation", "causal", "--m", "2",
+                 "--out", str(tmp_path)]) == 2
     assert "no template for relation 'vocab_copying'" in capsys.readouterr().err
 
 

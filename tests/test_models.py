@@ -10,7 +10,7 @@ from transformers import (AutoTokenizer, BertConfig, BertForMaskedLM, BertModel,
                           GPT2LMHeadModel)
 
 from interp import list_models, load_model
-from interp.zoo.recipes.common import build_word_tokenizer
+from recipes.common import build_word_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -266,8 +266,8 @@ def test_other_bad_arguments(model):
         patch(model, task, "z", per_position="dest_src", progress=False)
     with pytest.raises(IndexError, match="layer 7 is out of range"):
         patch(model, task, "z", layers=[7], progress=False)
-    with pytest.raises(ValueError, match="unknown metric 'accuracy'"):
-        Task(task.clean, task.corrupt, task.answer, task.wrong, metric="accuracy")
+    with pytest.raises(ValueError, match="unknown metric 'precision'"):
+        Task(task.clean, task.corrupt, task.answer, task.wrong, metric="precision")
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,21 @@
 """Head importance, pruning curves and real head removal (analyses.pruning, analyses.head_removal)."""
 
 import json
+import dataclasses
 
 import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
 from analyses.head_removal import head_counts, load_pruned, n_heads_per_layer, remove_heads, save_pruned
-from analyses.pruning import HeadTask, head_importance, least_important, next_token_task, pruning_curve
+from analyses.pruning import head_importance, least_important, pruning_curve
 from analyses.sentence_pairs import load_sentence_pairs, sentence_pair_task
 from circuits.tasks import induction_task
 from interp import load_model
-from interp.cli import main as cli_main
+from app.cli import main as cli_main
 from interp.models import Add, Scale, sites
 from interp.models.ablation import ablation
+from interp.patching import Task
 from interp.results import read_bundle
 from tests.helpers import random_model, random_model_folder, random_task
 
@@ -30,10 +32,17 @@ def minilm():
 
 
 def test_importance_equals_output_times_gradient_of_each_head(tiny):
-    """METHODS §2: ∂L/∂ξ_h = Att_h(x)ᵀ ∂L/∂Att_h(x), with Att_h the head's output before W_O.
-    The reference reads z and, through a zero shift added to it, its gradient, without gates."""
-    task = random_task(tiny, seed=1, batch=6)
-    head_task = next_token_task(task, batch_size=2)
+    """docs/methods.md §2: ∂L/∂ξ_h = Att_h(x)ᵀ ∂L/∂Att_h(x), with Att_h the head's output
+    before W_O. The reference reads z and, through a zero shift added to it, its gradient,
+    without gates; the task's loss runs in batches of 2 (its own loss function)."""
+    pairs = random_task(tiny, seed=1, batch=6)
+
+    def loss_in_pairs(model, interventions):
+        for start in range(0, pairs.batch, 2):
+            yield next(pairs.rows(slice(start, start + 2)).losses(model, interventions))
+
+    head_task = dataclasses.replace(pairs, loss=loss_in_pairs)
+    task = pairs
     layers = range(tiny.cfg.n_layers)
     reference = torch.zeros(tiny.cfg.n_layers, tiny.cfg.n_heads)
     for start in range(0, task.batch, 2):
@@ -55,21 +64,21 @@ def test_importance_equals_output_times_gradient_of_each_head(tiny):
 
 
 def test_gate_gradient_matches_finite_difference(tiny):
-    task = next_token_task(random_task(tiny, seed=2, batch=4), batch_size=4)
+    task = random_task(tiny, seed=2, batch=4)
     raw = head_importance(tiny, task, normalize=False)
     layer, head = divmod(raw.argmax().item(), tiny.cfg.n_heads)
     delta = 0.05  # float32 losses: a larger step keeps rounding small; the central difference is O(delta^2)
 
     def loss_at(gate: float) -> float:
         with torch.no_grad():
-            return next(task.loss(tiny, [Scale(sites.z(layer, head), factor=gate)])).item()
+            return next(task.losses(tiny, [Scale(sites.z(layer, head), factor=gate)])).item()
 
     slope = (loss_at(1 + delta) - loss_at(1 - delta)) / (2 * delta)
     assert abs(slope) == pytest.approx(raw[layer, head].item(), rel=2e-2, abs=1e-5)
 
 
 def test_pruned_heads_get_zero_importance_and_exact_order_differs_from_once_only_after_step_one(tiny):
-    task = next_token_task(random_task(tiny, seed=3, batch=4))
+    task = random_task(tiny, seed=3, batch=4)
     importance = head_importance(tiny, task, pruned=[(0, 1), (2, 3)])
     assert importance[0, 1] == 0 and importance[2, 3] == 0
     order = least_important(importance, exclude=[(0, 1), (2, 3)])
@@ -80,8 +89,7 @@ def test_pruned_heads_get_zero_importance_and_exact_order_differs_from_once_only
 
 def test_curve_end_points_equal_independent_computations(tiny):
     task = random_task(tiny, seed=4, batch=5)
-    head_task = next_token_task(task, metric="logit_diff")
-    result = pruning_curve(tiny, head_task, step=0.25, n_random=2)
+    result = pruning_curve(tiny, task, step=0.25, n_random=2)
     curve = result.to_frame()
     assert set(curve["order"]) == {"once", "exact", "random"}
     assert sorted(curve["n_pruned"].unique().tolist()) == [0, 3, 6, 9, 12]
@@ -116,10 +124,10 @@ def test_induction_model_keeps_its_previous_token_head_to_the_end(tmp_path):
     L0H3 first in layer 0, and removing it alone must cost more than removing any other
     layer-0 head."""
     model = load_model("zoo/induction-2l", device="cpu")
-    task = next_token_task(induction_task(model, n=32, span=8, seed=5), metric="accuracy")
+    task = dataclasses.replace(induction_task(model, n=32, span=8, seed=5), metric="accuracy")
     importance = head_importance(model, task)
     assert importance[0].argmax().item() == 3
-    alone = {h: task.metric(model, ablation(model, [(0, h)])) for h in range(4)}
+    alone = {h: task.evaluate(model, ablation(model, [(0, h)])) for h in range(4)}
     assert alone[3] < min(alone[h] for h in (0, 1, 2))
     result = pruning_curve(model, task, step=0.25, orders=["exact"])
     assert (0, 3) not in result.heads_to_prune(0.75, order="exact")
@@ -313,7 +321,7 @@ def test_sentence_pair_metric_equals_sentence_transformers(minilm):
     same, different = (a * p).sum(1), (a * n).sum(1)
     reference = (same[:, None] > different[None, :]).float().mean().item()
     task = sentence_pair_task(minilm)
-    assert task.metric(minilm, []) == pytest.approx(reference, abs=1e-6)
+    assert task.evaluate(minilm, []) == pytest.approx(reference, abs=1e-6)
     # A smaller set keeps the test quick: importance over 16 triplets in one batch.
     small = sentence_pair_task(minilm, triplets[:16], batch_size=16)
     importance = head_importance(minilm, small)
@@ -324,7 +332,7 @@ def test_sentence_pair_metric_equals_sentence_transformers(minilm):
 
 
 def test_bad_input_is_refused(tiny, minilm):
-    task = next_token_task(random_task(tiny))
+    task = random_task(tiny)
     with pytest.raises(IndexError, match="layer 3"):
         head_importance(tiny, task, pruned=[(3, 0)])
     with pytest.raises(IndexError, match="head 4"):
@@ -338,13 +346,16 @@ def test_bad_input_is_refused(tiny, minilm):
         result.heads_to_prune(1.5, order="once")
     with pytest.raises(ValueError, match="was not computed"):
         result.heads_to_prune(0.5, order="exact")
-    metric_only = HeadTask(name="m", metric_name="x", loss=None, metric=task.metric)
-    with pytest.raises(ValueError, match="has no loss"):
+    metric_only = Task(name="m", score_name="x", score=task.evaluate)
+    with pytest.raises(ValueError, match="no answers for a cross-entropy loss; give it a loss function"):
         head_importance(tiny, metric_only)
     assert set(pruning_curve(tiny, metric_only, step=0.5, orders=["random"]).to_frame()["order"]) == {"random"}
-    with pytest.raises(TypeError, match="HeadTask"):
-        head_importance(tiny, random_task(tiny))
-    empty = HeadTask(name="empty", metric_name="x", loss=lambda model, hooks: iter(()), metric=task.metric)
+    with pytest.raises(TypeError, match="interp.patching.Task"):
+        head_importance(tiny, "ioi")
+    vector_loss = dataclasses.replace(task, loss=lambda model, interventions: iter([torch.ones(3)]))
+    with pytest.raises(ValueError, match="one scalar tensor per batch"):
+        head_importance(tiny, vector_loss)
+    empty = Task(name="empty", score_name="x", score=task.evaluate, loss=lambda model, interventions: iter(()))
     with pytest.raises(ValueError, match="empty"):
         head_importance(tiny, empty)
     with pytest.raises(ValueError, match="at least one"):
@@ -354,13 +365,13 @@ def test_bad_input_is_refused(tiny, minilm):
 
 
 def test_cli_prune_and_sinks_write_bundles(tmp_path, capsys):
-    assert cli_main(["prune", "zoo/induction-2l", "--task", "induction", "--metric", "accuracy", "--n", "16",
+    assert cli_main(["pruning", "zoo/induction-2l", "--task", "induction", "--metric", "accuracy", "--n", "16",
                      "--step", "0.25", "--n-random", "1", "--out", str(tmp_path), "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "exact: up to" in out and "bundle:" in out
-    assert cli_main(["sinks", "zoo/ioi-small", "--n", "4", "--out", str(tmp_path), "--quiet"]) == 0
-    assert "sink rate at key 0 (<bos>)" in capsys.readouterr().out
+    assert "pruning importance (induction-span8): " in out and "L0H3" in out and "bundle:" in out
+    assert cli_main(["sinks", "zoo/ioi-small", "--n-prompts", "4", "--out", str(tmp_path), "--quiet"]) == 0
+    assert "sink rate at key 0 (share of prompts with α > 0.3): L" in capsys.readouterr().out
     kinds = sorted(read_bundle(p).meta["analysis"] for p in tmp_path.iterdir())
     assert kinds == ["pruning", "sinks"]
-    assert cli_main(["prune", "zoo/induction-2l", "--task", "sentence-pairs", "--out", str(tmp_path)]) == 2
+    assert cli_main(["pruning", "zoo/induction-2l", "--task", "sentence-pairs", "--out", str(tmp_path)]) == 2
     assert "causal" in capsys.readouterr().err

@@ -143,8 +143,11 @@ def test_model_prompts_padded_batch_equals_each_alone(minilm, tmp_path):
     frame = rollout.to_frame()
     assert len(frame) == 6 * sum(n * n for n in batch.mask.sum(1).tolist())
     assert frame.query_token.iloc[0] == "[CLS]"
-    fig = rollout.figure(prompt=1)
-    assert len(fig.data) == 6 and len(fig.layout.sliders[0].steps) == 6
+    fig = rollout.figure(prompt=1)  # after the last layer by default
+    last = frame[(frame["prompt"] == 1) & (frame["layer"] == 5)].pivot(index="query", columns="key", values="value")
+    assert len(fig.data) == 1
+    np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float), last.to_numpy(), rtol=1e-6)
+    assert fig.data[0].x[0].endswith("[CLS]")
     bundle = read_bundle(rollout.save(tmp_path))
     assert bundle.meta["analysis"] == "rollout"
 

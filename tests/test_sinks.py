@@ -211,7 +211,7 @@ def test_bad_input_is_rejected(minilm, tiny_gpt2):
     with pytest.raises(ValueError, match=r"q == k"):
         sink_scores(good[..., :3])
     for epsilon in (0, 1, 1.5, -0.2):
-        with pytest.raises(ValueError, match=r"epsilon must be a number in \(0, 1\)"):
+        with pytest.raises(ValueError, match=r"epsilon \(--epsilon\) must be a finite number > 0 and < 1"):
             sink_rates(good, epsilon=epsilon)
     with pytest.raises(ValueError, match="at least one text"):
         sink_analysis(minilm, [])

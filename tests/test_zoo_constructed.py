@@ -16,7 +16,7 @@ from transformers import GPT2LMHeadModel
 
 from circuits.tasks import TASKS, constructed_task
 from interp import load_model
-from interp.zoo.recipes import constructed
+from recipes import constructed
 from interp.zoo.registry import get_embedded
 from tests.helpers import random_gpt2
 

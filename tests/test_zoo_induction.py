@@ -14,7 +14,7 @@ from transformers import GPT2LMHeadModel
 from analyses.heads import detect_heads
 from interp import load_model
 from interp.models.ablation import ablation
-from interp.zoo.recipes import induction
+from recipes import induction
 from interp.zoo.registry import get_embedded
 
 FRESH_SEED = 4242  # neither the recipe's training seed nor the card's probe seed

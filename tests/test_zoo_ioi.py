@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from interp.models import Patch, sites
-from interp.zoo.recipes import ioi, ioi_data
-from interp.zoo.recipes.ioi_data import (COLOR_TEMPLATES, COLORS, IOI_TEMPLATES, NAMES, THINGS,
+from circuits.tasks import ioi_data
+from recipes import ioi
+from circuits.tasks.ioi_data import (COLOR_TEMPLATES, COLORS, IOI_TEMPLATES, NAMES, THINGS,
                                          colored_object_prompts, ioi_prompts, template_regex)
 
 N_TRAINING_TEXTS = 20_000
@@ -259,7 +260,7 @@ def test_recipe_is_deterministic():
 def test_float_loss_mask_is_a_weighted_mean():
     """`train_lm` with float weights: ones give the bool-mask loss; weights give the weighted
     mean of per-token cross-entropies computed by hand."""
-    from interp.zoo.recipes.common import gpt2_config, train_lm
+    from recipes.common import gpt2_config, train_lm
 
     tok = ioi.tokenizer()
     tokens = torch.tensor([ioi.encode(tok, ["Mary went to the park ."])[0]] * 2)

@@ -20,10 +20,11 @@ from typing import Mapping, Sequence
 
 import torch
 
+from ..specs import MIN_PAIRS, MapsConfig
+
 DATA = Path(__file__).resolve().parent / "data"
 RELATIONS = tuple(sorted(p.stem for p in DATA.glob("*.tsv")))
 COPYING = frozenset({"general_copying", "name_copying"})
-MIN_PAIRS = 30  # METHODS §4: a relation needs at least 30 usable pairs
 
 Pairs = Sequence[tuple[str, str]]
 
@@ -103,8 +104,7 @@ def load_relation(name: str, tokenizer, *, pairs: Pairs | None = None, min_pairs
     Pairs that become duplicates once tokenized (e.g. "May"/"may" for an uncased tokenizer)
     count once.
     """
-    if k is not None and k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    MapsConfig(min_pairs=min_pairs, k=k)  # checks both
     raw = list(read_pairs(name) if pairs is None else pairs)
     if any(len(p) != 2 or not all(isinstance(w, str) and w for w in p) for p in raw):
         raise ValueError(f"relation {name!r}: pairs must be (source, target) pairs of non-empty strings")

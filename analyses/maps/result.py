@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import torch
 
+from interp.results import Meta, Result
+from interp.results.registry import Analysis
+
+from ..specs import MAPS
+
 
 @dataclass
-class MapsResult:
+class MapsResult(Result):
     """Relation scores of every head.
 
     `scores[layer, head, r]` is the fraction of relation r's pairs whose target is in the
     top-`k[r]` of the head's map row for the source; `suppression` the same on the negated
     map. Layers left out of the run hold NaN. `unembedding` says what U was (the tied
     embedding for an encoder without an LM head); `salient` maps "L{layer}H{head}" to that
-    head's salient-operations table.
+    head's salient-operations table. Figures: "scores" (default) and "suppression", heads x
+    relations.
     """
 
+    spec: ClassVar[Analysis] = MAPS
     scores: torch.Tensor
     suppression: torch.Tensor
     relations: list[str]
@@ -59,34 +66,16 @@ class MapsResult:
         frame = frame[frame["relation"] == relation]
         return frame.sort_values(column, ascending=False, kind="stable").head(n).reset_index(drop=True)
 
-    def figure(self, suppression: bool = False):
-        """A plotly heatmap, heads (rows) × relations (columns), of the scores in [0, 1]."""
-        import plotly.graph_objects as go
+    def meta(self) -> Meta:
+        parameters = {"relations": self.relations, "k": self.k, "embedding": self.embedding,
+                      "min_pairs": self.min_pairs, "token_convention": self.convention}
+        return Meta(model=self.model_name, parameters=parameters, extra={"unembedding": self.unembedding})
 
-        values = self.suppression if suppression else self.scores
-        n_layers, n_heads, _ = values.shape
-        heads = [f"L{l}H{h}" for l in range(n_layers) for h in range(n_heads)]
-        columns = [f"{r} (k={k}, n={n})" for r, k, n in zip(self.relations, self.k, self.pairs_usable)]
-        what = "suppression score" if suppression else "relation score"
-        fig = go.Figure(go.Heatmap(z=values.reshape(len(heads), -1).numpy(), x=columns, y=heads,
-                                   colorscale="Blues", zmin=0, zmax=1, colorbar={"title": what}))
-        fig.update_layout(title=f"MAPS {what}s — {self.model_name} (U = {self.unembedding}, E = {self.embedding})",
-                          xaxis_title="relation", yaxis={"title": "head", "autorange": "reversed"},
-                          height=max(400, 14 * len(heads)))
-        return fig
-
-    def save(self, runs_dir: str | Path) -> Path:
-        """Write this result as a bundle (analysis "maps") in `runs_dir`; returns its folder."""
-        from interp.results import write_bundle
-
-        meta = {
-            "analysis": "maps", "model": self.model_name,
-            "parameters": {"relations": self.relations, "k": self.k, "embedding": self.embedding,
-                           "min_pairs": self.min_pairs, "token_convention": self.convention},
-            "unembedding": self.unembedding,
-        }
+    def tables(self) -> dict[str, pd.DataFrame]:
+        """scores (`to_frame`), relations, and salient_L{layer}H{head} per listed head."""
         tables = {"scores": self.to_frame(), "relations": self.relations_frame()}
         tables.update({f"salient_{name}": frame for name, frame in self.salient.items()})
-        return write_bundle(runs_dir, meta, tables=tables,
-                            tensors={"scores": self.scores, "suppression": self.suppression},
-                            figures={"heatmap": self.figure(), "suppression_heatmap": self.figure(suppression=True)})
+        return tables
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"scores": self.scores, "suppression": self.suppression}

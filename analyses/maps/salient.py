@@ -14,7 +14,7 @@ import torch
 
 from interp.models import HookedModel
 
-from .scores import DEFAULT_MAX_BYTES, source_embeddings, top_targets
+from .scores import DEFAULT_MAX_BYTES, check_k, source_embeddings, top_targets
 
 
 def salient_operations(model: HookedModel, layer: int, head: int, *, n: int = 20, k: int = 10,
@@ -28,8 +28,9 @@ def salient_operations(model: HookedModel, layer: int, head: int, *, n: int = 20
     """
     W_V = model.W_V(layer, head).float()   # [d_model, d_head]  (checks layer and head)
     W_O = model.W_O(layer, head).float()   # [d_head, d_model]
-    if n < 1 or k < 1:
-        raise ValueError(f"n and k must be at least 1, got n={n}, k={k}")
+    if isinstance(n, bool) or isinstance(k, bool) or not isinstance(n, int) or not isinstance(k, int) or n < 1 or k < 1:
+        raise ValueError(f"n and k must be ints >= 1, got n={n!r}, k={k!r}")
+    check_k(model, k, "k (targets listed per source)")
     vocab = model.cfg.d_vocab
     ratio = torch.empty(vocab, device=model.device)
     for start in range(0, vocab, chunk):

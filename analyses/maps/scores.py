@@ -1,5 +1,5 @@
 """Static MAPS scores: how well each head's OV circuit, read through the vocabulary, implements
-each relation (Elhelo & Geva, 2024; METHODS §4).
+each relation (Elhelo & Geva, 2024; docs/methods.md §4).
 
 For head (l, h), M = E · W_V W_O · U is a |V| × |V| map from a source token to a score for
 every target token, on the checkpoint's raw weights (no LayerNorm, no biases, no folding).
@@ -23,11 +23,12 @@ from jaxtyping import Float, Int
 from tqdm.auto import tqdm
 
 from interp.models import HookedModel
+from interp.patching import Task
 
+from ..specs import EMBEDDINGS, MapsConfig
 from .relations import MIN_PAIRS, Pairs, Relation, load_relations
 from .result import MapsResult
 
-EMBEDDINGS = ("E", "mlp0")
 DEFAULT_MAX_BYTES = 256 * 2**20
 
 
@@ -36,17 +37,27 @@ def unembedding_note(model: HookedModel) -> str:
     return "W_U" if model.cfg.has_lm_head else "tied W_E (encoder without LM head)"
 
 
-def resolve_relations(model: HookedModel, relations, min_pairs: int = MIN_PAIRS) -> list[Relation]:
+def resolve_relations(model: HookedModel, relations, min_pairs: int = MIN_PAIRS, k: int | None = None
+                      ) -> list[Relation]:
     """`relations` as loaded `Relation`s for `model`'s tokenizer: a list of `Relation`s is kept
-    as is; names, a {name: pairs} mapping or None (all built-in relations) are loaded. Raises
-    when none has `min_pairs` usable single-token pairs."""
+    as is; names, a {name: pairs} mapping or None (all built-in relations) are loaded (`k`
+    overrides their top-k). Raises when none has `min_pairs` usable single-token pairs, or
+    when a relation's k exceeds the vocabulary."""
     if relations is not None and len(relations) > 0 and all(isinstance(r, Relation) for r in relations):
         rels = list(relations)
     else:
-        rels = load_relations(model.tokenizer, relations, min_pairs=min_pairs)
+        rels = load_relations(model.tokenizer, relations, min_pairs=min_pairs, k=k)
     if not rels:
         raise ValueError(f"no relation has at least {min_pairs} usable single-token pairs for {model.cfg.name}")
+    check_k(model, max(r.k for r in rels), "a relation's top-k")
     return rels
+
+
+def check_k(model: HookedModel, k: int, what: str) -> None:
+    """Refuse a top-k beyond the vocabulary (every target would count as a hit)."""
+    if k > model.cfg.d_vocab:
+        raise ValueError(f"{what} is {k}, but {model.cfg.name}'s vocabulary has only {model.cfg.d_vocab} tokens; "
+                         f"k must be at most {model.cfg.d_vocab}")
 
 
 def source_embeddings(model: HookedModel, token_ids: Int[torch.Tensor, "n"], layer: int,
@@ -120,10 +131,11 @@ def maps_scores(
     model: HookedModel,
     relations: Sequence[str] | Mapping[str, Pairs] | Sequence[Relation] | None = None,
     *,
-    embedding: str = "E",
-    min_pairs: int = MIN_PAIRS,
-    layers: Sequence[int] | None = None,
-    salient_heads: Sequence[tuple[int, int]] = (),
+    embedding: str = MapsConfig.embedding,
+    min_pairs: int = MapsConfig.min_pairs,
+    k: int | None = MapsConfig.k,
+    layers: Sequence[int] | None = MapsConfig.layers,
+    salient_heads: Sequence[tuple[int, int]] = MapsConfig.salient,
     max_bytes: int = DEFAULT_MAX_BYTES,
     progress: bool = True,
 ) -> MapsResult:
@@ -135,7 +147,8 @@ def maps_scores(
             name -> (source, target) word pairs; or `Relation`s from `load_relations`.
         embedding: "E" (raw token embeddings) or "mlp0" (see `source_embeddings`).
         min_pairs: relations with fewer usable single-token pairs are skipped with a warning.
-        layers: layers to score (default all); the others get NaN.
+        k: top-k of every relation (default: 1 for copying relations, 10 otherwise).
+        layers: layers to score (default all, else at least one); the others get NaN.
         salient_heads: (layer, head) pairs whose salient operations are added to the result.
         max_bytes: memory for one chunk of map rows (float32 `[head, chunk, d_vocab]`).
 
@@ -143,13 +156,13 @@ def maps_scores(
     """
     from .salient import salient_operations
 
-    rels = resolve_relations(model, relations, min_pairs)
-    if embedding not in EMBEDDINGS:
-        raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+    config = MapsConfig(embedding=embedding, min_pairs=min_pairs, k=k, layers=None if layers is None else tuple(layers),
+                        salient=tuple(tuple(h) for h in salient_heads))
     n_layers, n_heads, device = model.cfg.n_layers, model.cfg.n_heads, model.device
-    layers = list(range(n_layers)) if layers is None else list(layers)
+    layers = list(range(n_layers)) if config.layers is None else list(config.layers)
     for layer in layers:
         model.W_V(layer)  # checks the range, with the model's own message
+    rels = resolve_relations(model, relations, min_pairs, k)
     if embedding == "mlp0":
         _first_mlp(model, model.W_E()[:1])  # refuses models without a plain-tensor MLP before any work
 
@@ -175,6 +188,26 @@ def maps_scores(
         pairs_usable=[r.n_usable for r in rels], pairs_total=[r.n_total for r in rels],
         model_name=model.cfg.name, unembedding=unembedding_note(model), embedding=embedding,
         convention=rels[0].convention, min_pairs=min_pairs)
-    for layer, head in salient_heads:
+    for layer, head in config.salient:
         result.salient[f"L{layer}H{head}"] = salient_operations(model, layer, head, embedding=embedding)
     return result
+
+
+def run(model: HookedModel, config: MapsConfig, task: Task | None = None, *, progress: bool = True) -> MapsResult:
+    """The registered analysis "maps" (`analyses.specs`)."""
+    relations = config_relations(model, config.relations, config.vocab_copying, config.min_pairs)
+    return maps_scores(model, relations, embedding=config.embedding, min_pairs=config.min_pairs, k=config.k,
+                       layers=config.layers, salient_heads=config.salient, progress=progress)
+
+
+def config_relations(model: HookedModel, names: Sequence[str], vocab_copying: bool, min_pairs: int
+                     ) -> list[Relation] | None:
+    """The relations a config names: the built-in `names` (all 20 when none), plus the
+    vocabulary-copying relation with `vocab_copying` (alone when no names are given)."""
+    from .validation import copying_relation
+
+    if not vocab_copying:
+        return list(names) or None
+    relations = load_relations(model.tokenizer, list(names), min_pairs=min_pairs) if names else []
+    copying = copying_relation(model.tokenizer, min_pairs=min_pairs)
+    return relations + ([copying] if copying is not None else [])

@@ -1,5 +1,5 @@
 """Validating MAPS scores against what the heads do in a forward pass (Elhelo & Geva, 2024;
-METHODS §4).
+docs/methods.md §4).
 
 Dynamic validation. Each source token s is placed in neutral templates ("This is a document
 about {}"). At the last real position q, head (l, h)'s output is `z[q, h] · W_O[l, h]` (its
@@ -55,12 +55,12 @@ from interp.models import HookedModel, Intervention, Patch, sites
 from interp.models.ablation import ablation, z_means
 from interp.patching import Task
 
+from ..specs import MapsValidationConfig
 from .relations import MIN_PAIRS, Pairs, Relation, load_relation
-from .scores import EMBEDDINGS, hit_rate, maps_scores, resolve_relations, unembedding_note
+from .scores import check_k, config_relations, hit_rate, maps_scores, resolve_relations, unembedding_note
 from .validation_result import CausalValidation, DynamicValidation
 
 DEFAULT_TEMPLATES = ("This is a document about {}", "This text is about {}", "Here is a short note about {}")
-ABLATIONS = ("zero", "mean")
 # Prompts after which a relation's target is the right next token, one per built-in relation,
 # for `causal_validation` on language models (written for this project).
 CAUSAL_TEMPLATES: dict[str, tuple[str, ...]] = {
@@ -110,11 +110,10 @@ def _relations(model: HookedModel, relations: RelationsArg, min_pairs: int, max_
                seed: int) -> list[Relation]:
     """Load relations as `maps_scores` does; keep at most `max_pairs` pairs of each (a seeded
     random subset, in the original order)."""
+    MapsValidationConfig(min_pairs=min_pairs, max_pairs=max_pairs, seed=seed)  # checks them
     rels = resolve_relations(model, relations, min_pairs)
     if max_pairs is None:
         return rels
-    if max_pairs < 1:
-        raise ValueError(f"max_pairs must be at least 1 (or None for all pairs), got {max_pairs}")
     gen = torch.Generator().manual_seed(seed)
     out = []
     for rel in rels:
@@ -241,11 +240,11 @@ def dynamic_validation(
     relations: RelationsArg = None,
     *,
     templates: TemplatesArg = DEFAULT_TEMPLATES,
-    embedding: str = "E",
-    min_pairs: int = MIN_PAIRS,
-    max_pairs: int | None = None,
-    seed: int = 0,
-    batch_size: int = 64,
+    embedding: str = MapsValidationConfig.embedding,
+    min_pairs: int = MapsValidationConfig.min_pairs,
+    max_pairs: int | None = MapsValidationConfig.max_pairs,
+    seed: int = MapsValidationConfig.seed,
+    batch_size: int = MapsValidationConfig.batch_size,
     progress: bool = True,
 ) -> DynamicValidation:
     """Static MAPS scores against dynamic scores with and without context, for every head.
@@ -264,8 +263,7 @@ def dynamic_validation(
     Returns a `DynamicValidation`: static and both dynamic scores `[layer, head, relation]`
     and, per relation, the Pearson r between static and dynamic scores across all heads.
     """
-    if embedding not in EMBEDDINGS:
-        raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {embedding!r}")
+    MapsValidationConfig(embedding=embedding, batch_size=batch_size)  # checks them
     rels = _relations(model, relations, min_pairs, max_pairs, seed)
     static = maps_scores(model, rels, embedding=embedding, progress=False)
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
@@ -314,11 +312,6 @@ def _require_causal_lm(model: HookedModel) -> None:
                          f"Use dynamic_validation for encoders.")
 
 
-def _check_ablation(ablation: str) -> None:
-    if ablation not in ABLATIONS:
-        raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
-
-
 def _ablation(model: HookedModel, heads: Sequence[int], means: Float[torch.Tensor, "layer pos head d_head"] | None
               ) -> list[Intervention]:
     """Zero (means=None) or mean ablation of flat heads (layer * n_heads + head), through
@@ -347,15 +340,15 @@ def causal_validation(
     relations: RelationsArg,
     templates: TemplatesArg | None = None,
     *,
-    m: int = 5,
-    n_random: int = 5,
-    seed: int = 0,
-    ablation: str = "zero",
-    k: int = 1,
-    embedding: str = "E",
-    min_pairs: int = MIN_PAIRS,
-    max_pairs: int | None = None,
-    batch_size: int = 64,
+    m: int = MapsValidationConfig.m,
+    n_random: int = MapsValidationConfig.n_random,
+    seed: int = MapsValidationConfig.seed,
+    ablation: str = MapsValidationConfig.ablation,
+    k: int = MapsValidationConfig.k,
+    embedding: str = MapsValidationConfig.embedding,
+    min_pairs: int = MapsValidationConfig.min_pairs,
+    max_pairs: int | None = MapsValidationConfig.max_pairs,
+    batch_size: int = MapsValidationConfig.batch_size,
     progress: bool = True,
 ) -> CausalValidation:
     """Accuracy on each relation after ablating its top-1 ... top-m heads by static score,
@@ -378,9 +371,9 @@ def causal_validation(
     baseline).
     """
     _require_causal_lm(model)
-    _check_ablation(ablation)
-    if k < 1 or n_random < 1:
-        raise ValueError(f"k and n_random must be at least 1, got k={k}, n_random={n_random}")
+    MapsValidationConfig(m=m, n_random=n_random, ablation=ablation, k=k, embedding=embedding,
+                         batch_size=batch_size)  # checks them
+    check_k(model, k, "k (the top next tokens a target must be among)")
     n_total = model.cfg.n_layers * model.cfg.n_heads
     if not 1 <= m <= n_total:
         raise ValueError(f"m must be between 1 and the number of heads ({n_total}), got {m}")
@@ -420,7 +413,8 @@ def head_ablation_effects(model: HookedModel, task: Task, *, ablation: str = "ze
     `metric(clean) - metric(head ablated)`, for every head (positive: the head helps).
 
     ablation "mean": z := its mean over the task's clean prompts at each position."""
-    _check_ablation(ablation)
+    MapsValidationConfig(ablation=ablation, batch_size=batch_size)  # checks them
+    task.to("cpu")  # refuses a task without token pairs
     means = z_means(model, task.clean, batch_size=batch_size) if ablation == "mean" else None
     metric = task.metric_fn()
 
@@ -435,6 +429,21 @@ def head_ablation_effects(model: HookedModel, task: Task, *, ablation: str = "ze
     base = mean_metric([])
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     return torch.tensor([base - mean_metric([f]) for f in range(n_layers * n_heads)]).reshape(n_layers, n_heads)
+
+
+def run_validation(model: HookedModel, config: MapsValidationConfig, task: Task | None = None, *,
+                   progress: bool = True) -> DynamicValidation | CausalValidation:
+    """The registered analysis "maps-validation" (`analyses.specs`): dynamic or causal, as
+    `config.validation` says."""
+    c = config
+    relations = config_relations(model, c.relations, c.vocab_copying, c.min_pairs)
+    if c.validation == "dynamic":
+        return dynamic_validation(model, relations, templates=list(c.templates) or DEFAULT_TEMPLATES,
+                                  embedding=c.embedding, min_pairs=c.min_pairs, max_pairs=c.max_pairs, seed=c.seed,
+                                  batch_size=c.batch_size, progress=progress)
+    return causal_validation(model, relations, list(c.templates) or None, m=c.m, n_random=c.n_random, seed=c.seed,
+                             ablation=c.ablation, k=c.k, embedding=c.embedding, min_pairs=c.min_pairs,
+                             max_pairs=c.max_pairs, batch_size=c.batch_size, progress=progress)
 
 
 def top_heads(scores: Float[torch.Tensor, "layer head"], top: int) -> list[tuple[int, int]]:

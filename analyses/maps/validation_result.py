@@ -1,15 +1,20 @@
 """Results of MAPS validation (see `validation.py`): static vs dynamic scores, and the
-causal ablation curves. Both save as bundles with analysis "maps-validation"; meta
-parameters "validation" says which ("dynamic" or "causal")."""
+causal ablation curves. Both are results of the analysis "maps-validation"; meta parameters
+"validation" says which ("dynamic" or "causal")."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
+
+from interp.results import Meta, Result
+from interp.results.registry import Analysis
+
+from ..specs import MAPS_VALIDATION
 
 
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -23,7 +28,7 @@ def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 @dataclass
-class DynamicValidation:
+class DynamicValidation(Result):
     """Static and dynamic MAPS scores of every head, `[layer, head, relation]`.
 
     `without_context`: dynamic scores with every head's last query row forced onto the
@@ -31,6 +36,7 @@ class DynamicValidation:
     scored (each in every template of `templates[r]`); U is `unembedding`.
     """
 
+    spec: ClassVar[Analysis] = MAPS_VALIDATION
     static: torch.Tensor
     without_context: torch.Tensor
     with_context: torch.Tensor
@@ -74,50 +80,21 @@ class DynamicValidation:
             "dynamic_with_context": pick(self.with_context),
         })
 
-    def figure(self):
-        """Static (x) vs dynamic (y) score of every head, one colour per relation; left
-        without context, right with context."""
-        import plotly.graph_objects as go
-        from plotly.colors import qualitative
-        from plotly.subplots import make_subplots
+    def meta(self) -> Meta:
+        parameters = {"validation": "dynamic", "relations": self.relations, "k": self.k, "templates": self.templates,
+                      "embedding": self.embedding, "max_pairs": self.max_pairs}
+        return Meta(model=self.model_name, parameters=parameters, seed=self.seed,
+                    extra={"unembedding": self.unembedding})
 
-        frame, corr = self.heads_frame(), self.to_frame().set_index("relation")
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("without context", "with context"), shared_yaxes=True)
-        for i, relation in enumerate(self.relations):
-            part, colour = frame[frame["relation"] == relation], qualitative.Dark24[i % 24]
-            heads = [f"L{l}H{h}" for l, h in zip(part["layer"], part["head"])]
-            for col, column, r_col in ((1, "dynamic_without_context", "r_without_context"),
-                                       (2, "dynamic_with_context", "r_with_context")):
-                fig.add_trace(go.Scatter(
-                    x=part["static"], y=part[column], mode="markers", text=heads, legendgroup=relation,
-                    name=f"{relation} (r={corr.loc[relation, 'r_without_context']:.2f} / "
-                         f"{corr.loc[relation, 'r_with_context']:.2f})",
-                    showlegend=col == 1, marker={"color": colour, "size": 6},
-                    hovertemplate="%{text}: static %{x:.2f}, dynamic %{y:.2f}<extra>" + relation + "</extra>"),
-                    row=1, col=col)
-        fig.update_xaxes(title_text="static score", range=[-0.02, 1.02])
-        fig.update_yaxes(title_text="dynamic score", range=[-0.02, 1.02], col=1)
-        fig.update_layout(title=f"MAPS static vs dynamic scores — {self.model_name} (U = {self.unembedding})",
-                          height=500)
-        return fig
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"correlations": self.to_frame(), "heads": self.heads_frame()}
 
-    def save(self, runs_dir: str | Path) -> Path:
-        """Write a bundle (analysis "maps-validation", validation "dynamic"); returns its folder."""
-        from interp.results import write_bundle
-
-        meta = {"analysis": "maps-validation", "model": self.model_name, "seed": self.seed,
-                "parameters": {"validation": "dynamic", "relations": self.relations, "k": self.k,
-                               "templates": self.templates, "embedding": self.embedding,
-                               "max_pairs": self.max_pairs},
-                "unembedding": self.unembedding}
-        return write_bundle(runs_dir, meta, tables={"correlations": self.to_frame(), "heads": self.heads_frame()},
-                            tensors={"static": self.static, "without_context": self.without_context,
-                                     "with_context": self.with_context},
-                            figures={"scatter": self.figure()})
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"static": self.static, "without_context": self.without_context, "with_context": self.with_context}
 
 
 @dataclass
-class CausalValidation:
+class CausalValidation(Result):
     """Relation accuracy after ablating heads.
 
     `baseline[r]`: accuracy with no ablation; `top[r, j]`: after ablating the j+1 best heads
@@ -125,6 +102,7 @@ class CausalValidation:
     first j+1 heads of random draw d. `static` holds the scores `[layer, head, relation]`.
     """
 
+    spec: ClassVar[Analysis] = MAPS_VALIDATION
     relations: list[str]
     n_pairs: list[int]
     baseline: torch.Tensor
@@ -158,35 +136,14 @@ class CausalValidation:
                 for i, rel in enumerate(self.relations) for rank, (layer, head) in enumerate(self.top_heads[i])]
         return pd.DataFrame(rows)
 
-    def figure(self):
-        """Accuracy against the number of ablated heads: top heads vs random (mean ± std)."""
-        import plotly.graph_objects as go
-        from plotly.colors import qualitative
+    def meta(self) -> Meta:
+        parameters = {"validation": "causal", "relations": self.relations, "ablation": self.ablation, "k": self.k,
+                      "m": int(self.top.shape[1]), "n_random": int(self.random.shape[1]), "templates": self.templates,
+                      "embedding": self.embedding}
+        return Meta(model=self.model_name, parameters=parameters, seed=self.seed)
 
-        frame = self.to_frame()
-        fig = go.Figure()
-        for i, relation in enumerate(self.relations):
-            part, colour = frame[frame["relation"] == relation], qualitative.Dark24[i % 24]
-            fig.add_trace(go.Scatter(x=part["m"], y=part["top_accuracy"], mode="lines+markers", legendgroup=relation,
-                                     name=f"{relation}: top heads", line={"color": colour}))
-            fig.add_trace(go.Scatter(x=part["m"], y=part["random_accuracy_mean"], mode="lines+markers",
-                                     legendgroup=relation, name=f"{relation}: random heads",
-                                     line={"color": colour, "dash": "dash"},
-                                     error_y={"type": "data", "array": part["random_accuracy_std"]}))
-        fig.update_layout(title=f"Relation accuracy after {self.ablation}-ablating heads — {self.model_name} "
-                                f"(top-{self.k})", xaxis_title="heads ablated (m)", yaxis_title="accuracy",
-                          yaxis={"range": [-0.02, 1.02]}, height=450)
-        return fig
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"causal": self.to_frame(), "top_heads": self.heads_frame()}
 
-    def save(self, runs_dir: str | Path) -> Path:
-        """Write a bundle (analysis "maps-validation", validation "causal"); returns its folder."""
-        from interp.results import write_bundle
-
-        meta = {"analysis": "maps-validation", "model": self.model_name, "seed": self.seed,
-                "parameters": {"validation": "causal", "relations": self.relations, "ablation": self.ablation,
-                               "k": self.k, "m": int(self.top.shape[1]), "n_random": int(self.random.shape[1]),
-                               "templates": self.templates, "embedding": self.embedding}}
-        return write_bundle(runs_dir, meta, tables={"causal": self.to_frame(), "top_heads": self.heads_frame()},
-                            tensors={"baseline": self.baseline, "top": self.top, "random": self.random,
-                                     "static": self.static},
-                            figures={"curves": self.figure()})
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"baseline": self.baseline, "top": self.top, "random": self.random, "static": self.static}

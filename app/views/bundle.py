@@ -1,18 +1,23 @@
-"""The page of one bundle: its meta, then a view made for its analysis (rollout/flow maps
-over tokens, patching heatmaps, pruning curves, the MAPS heads x relations table, ...),
-falling back to its stored figures and tables."""
+"""The page of one bundle: its meta, how to read its analysis, the analysis's registered
+figures (with their controls), its per-head numbers as grids, and its tables. Bundles of an
+analysis that is not registered show their stored figures and tables.
+
+Every figure here is drawn by the registration's own draw function from the bundle's tables,
+the same function `Result.figure()` calls: the dashboard draws nothing of its own.
+"""
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
-import plotly.graph_objects as go
 from dash import dcc, html
 
-from app.data import Runs, bundle_metrics, patching_baseline, patching_quantity
-from app.views.common import (compact, download_href, error_card, frame_table, graph, grid_href, head_href, heatmap,
-                              notice, section, when)
+from app.data import GridMetric, Runs, analysis_of, bundle_metrics
+from app.views.common import (compact, download_href, error_card, frame_table, graph, grid_href, head_href, notice,
+                              section, when)
 from app.views.heads import grid_figure
+from interp.results.registry import Analysis, Figure, top_heads
+
+MAX_TABLE_ROWS = 50
+TOP_HEADS = 3
 
 
 def bundle_not_found(name: str) -> list:
@@ -25,16 +30,15 @@ def bundle_page(runs: Runs, entry) -> list:
     if not entry.ok:
         return [html.H2(f"Bundle {name}"), error_card(f"bundle {name}", entry.error)]
     meta = entry.bundle.meta
-    family = "patching" if meta["analysis"].startswith("patching") else meta["analysis"]
-    render = _VIEWS.get(family, _generic)
+    analysis = analysis_of(entry)
     try:
-        body = render(runs, entry)
+        body = _registered(runs, entry, analysis) if analysis else _unregistered(runs, entry)
     except Exception as error:  # a part that fails to load: say which bundle, keep serving
         body = [error_card(f"bundle {name}", f"{type(error).__name__}: {error}")]
     return [html.H2(f"{meta['analysis']} — {meta['model']}"), _meta_block(entry), *body, _downloads(entry)]
 
 
-def _meta_block(entry) -> html.Div:
+def _meta_block(entry) -> html.Table:
     meta = entry.bundle.meta
     rows = [("bundle", entry.path.name), ("analysis", meta["analysis"]),
             ("model", dcc.Link(meta["model"], href=grid_href(meta["model"]))), ("task", str(meta.get("task") or "")),
@@ -44,205 +48,105 @@ def _meta_block(entry) -> html.Div:
     return html.Table([html.Tr([html.Th(k), html.Td(v)]) for k, v in rows], className="meta", id="bundle-meta")
 
 
-def _downloads(entry) -> html.Div:
+def _downloads(entry) -> html.Section:
     links = [html.A(f"{t}.csv", href=download_href(entry.path.name, t)) for t in entry.bundle.table_names]
     return section("Tables as CSV", html.Div(links, className="inline"))
 
 
-def _stored_figures(runs: Runs, entry) -> list:
-    return [graph(runs.figure(entry, name)) for name in entry.bundle.figure_names]
-
-
-def _generic(runs: Runs, entry) -> list:
-    tables = [section(f"table {name}", frame_table(runs.table(entry, name), max_rows=50))
-              for name in entry.bundle.table_names]
-    return _stored_figures(runs, entry) + tables
-
-
-def _with_grids(runs: Runs, entry) -> list:
-    """Layers x heads heatmaps of the bundle's per-head numbers, linking to the grid."""
+def _registered(runs: Runs, entry, analysis: Analysis) -> list:
+    tables, meta = runs.tables(entry), entry.bundle.meta
+    parts: list = [html.P(analysis.how_to_read, className="muted", id="how-to-read")]
+    for index, figure in enumerate(analysis.figures):
+        if all(t in tables for t in figure.needs):
+            parts.append(figure_block(runs, entry, analysis, index, figure))
+    parts += [graph(runs.figure(entry, name)) for name in entry.bundle.figure_names]  # stored by older versions
     metrics = bundle_metrics(runs, entry)
-    if not metrics:
-        return []
-    model = entry.bundle.meta["model"]
-    return [section("Per head", *[graph(grid_figure(m)) for m in metrics],
-                    dcc.Link("open in the heads grid (click a head for its page)", href=grid_href(model)))]
+    if metrics:
+        blocks = [[graph(grid_figure(m)), _top_heads(m, meta["model"])] for m in metrics]
+        parts.append(section("Per head", *[part for block in blocks for part in block],
+                             dcc.Link("open in the heads grid (click a head for its page)",
+                                      href=grid_href(meta["model"]))))
+    return parts + _tables(runs, entry)
 
 
-# ---------------------------------------------------------------------- heads, sinks, other
-
-
-def _heads(runs: Runs, entry) -> list:
-    scores = runs.table(entry, "scores")
-    top = scores.sort_values("score", ascending=False).groupby("kind", sort=False).head(3)
-    model = entry.bundle.meta["model"]
-    links = [dcc.Link(f"{r.kind} L{r.layer}H{r.head} ({r.score:.3f})", href=head_href(model, r.layer, r.head))
+def _top_heads(metric: GridMetric, model: str) -> html.P:
+    """Links to the TOP_HEADS heads of largest value (largest |value| for signed metrics)."""
+    top = top_heads(metric.values, metric.scale, TOP_HEADS)
+    links = [dcc.Link(f"L{r.layer}H{r.head} ({r.value:.3g})", href=head_href(model, r.layer, r.head))
              for r in top.itertuples()]
-    return [section("Top heads per kind", html.Div(links, className="inline"))] + _with_grids(runs, entry)
+    return html.P([f"largest {metric.label}: ", *[part for link in links for part in (link, " ")]],
+                  className="inline")
 
 
-def _sinks(runs: Runs, entry) -> list:
-    return (_stored_figures(runs, entry) + _with_grids(runs, entry)
-            + [section("Sink rate per key position", frame_table(runs.table(entry, "rates"), max_rows=40))])
+def _unregistered(runs: Runs, entry) -> list:
+    return ([notice(f"No analysis {entry.bundle.meta['analysis']!r} is registered in this version of headlab: "
+                    "its stored figures and tables are shown as they are.")]
+            + [graph(runs.figure(entry, name)) for name in entry.bundle.figure_names] + _tables(runs, entry))
 
 
-def _attribution(runs: Runs, entry) -> list:
-    return _stored_figures(runs, entry) + [section("Summary", frame_table(runs.table(entry, "summary")))]
+def _tables(runs: Runs, entry) -> list:
+    return [section(f"table {name}", frame_table(runs.table(entry, name), max_rows=MAX_TABLE_ROWS,
+                                                  table_id=f"table-{name}"))
+            for name in entry.bundle.table_names]
 
 
-# ---------------------------------------------------------------------- rollout / flow
+# ---------------------------------------------------------------------- figures with controls
+# A figure's graph and its controls carry pattern-matching ids {type, bundle, figure[, name]};
+# one callback (app.server) redraws any figure from its controls' values. Each block also has
+# a plain id, "figure-<name>", and each control "control-<name>", for links and tests.
 
 
-def _token_maps(runs: Runs, entry) -> list:
-    maps = runs.table(entry, "maps")
-    str_tokens = entry.bundle.meta.get("str_tokens") or []
-    prompts = sorted(maps["prompt"].unique())
-    layers = sorted(maps["layer"].unique())
-    options = [{"label": f"{p}: " + (" ".join(str_tokens[p])[:80] if p < len(str_tokens) else ""), "value": int(p)}
-               for p in prompts]
-    what = entry.bundle.meta["analysis"]
-    return [
-        html.P(f"{what}: how much each output position (row) draws on each input token (column), after "
-               "the chosen layer.", className="muted"),
-        dcc.Store(id="tokmap-bundle", data=entry.path.name),
-        html.Label("prompt", htmlFor="tokmap-prompt"),
-        dcc.Dropdown(id="tokmap-prompt", options=options, value=int(prompts[0]), clearable=False),
-        html.Label("after layer"),
-        dcc.Slider(id="tokmap-layer", min=int(layers[0]), max=int(layers[-1]), step=1, value=int(layers[-1]),
-                   marks={layer: str(layer) for layer in range(int(layers[0]), int(layers[-1]) + 1)}),
-        graph(token_map_figure(runs, entry, int(prompts[0]), int(layers[-1])), "tokmap-graph"),
-    ]
+def figure_ids(bundle: str, index: int) -> dict:
+    return {"type": "figure", "bundle": bundle, "figure": index}
 
 
-def token_map_figure(runs: Runs, entry, prompt: int, layer: int) -> go.Figure:
-    """One prompt's rollout/flow map after `layer`, queries x keys, from table "maps"."""
-    maps = runs.table(entry, "maps")
-    rows = maps[(maps["prompt"] == prompt) & (maps["layer"] == layer)]
-    if rows.empty:
-        return go.Figure(layout={"title": f"no values for prompt {prompt} after layer {layer}"})
-    z = rows.pivot(index="query", columns="key", values="value")
-    q_tok = dict(zip(rows["query"], rows.get("query_token", rows["query"])))
-    k_tok = dict(zip(rows["key"], rows.get("key_token", rows["key"])))
-    fig = heatmap(z.to_numpy(), [f"{k}:{k_tok[k]}" for k in z.columns], [f"{q}:{q_tok[q]}" for q in z.index],
-                  title=f"{entry.bundle.meta['analysis']} after layer {layer}, prompt {prompt}",
-                  quantity="attribution<br>(share of the output)", scale="share", height=520)
-    fig.update_xaxes(title="input token (key)")
-    fig.update_yaxes(title="output position (query)")
-    return fig
+def control_ids(bundle: str, index: int, name: str) -> dict:
+    return {"type": "figure-control", "bundle": bundle, "figure": index, "name": name}
 
 
-# ---------------------------------------------------------------------- patching
+def figure_block(runs: Runs, entry, analysis: Analysis, index: int, figure: Figure) -> html.Div:
+    """The figure drawn with each control at its default, and the controls."""
+    tables, meta, name = runs.tables(entry), entry.bundle.meta, entry.path.name
+    controls, values = [], {}
+    for control in figure.controls:
+        options = control.options(tables, meta)
+        if not options:
+            return error_card(f"figure {figure.name} of {name}", f"its control {control.label!r} has no choices")
+        value = options[0][0] if control.default == "first" else options[-1][0]
+        values[control.name] = value
+        controls.append(html.Div([html.Label(control.label), _widget(control, options, value,
+                                                                     control_ids(name, index, control.name))],
+                                 id=f"control-{control.name}", className="control"))
+    try:
+        drawn = graph(figure.draw(tables, meta, **values), figure_ids(name, index))
+    except Exception as error:  # the bundle's tables do not suit the figure: say so, keep the page
+        drawn = error_card(f"figure {figure.name} of {name}", f"{type(error).__name__}: {error}")
+    return html.Div([*controls, drawn], id=f"figure-{figure.name}", className="figure-block")
 
 
-def _patching(runs: Runs, entry) -> list:
-    meta = entry.bundle.meta
-    parameters = meta.get("parameters", {})
-    axes = tuple(parameters.get("axes", []))
-    values = runs.table(entry, "values")
-    effects = values.assign(value=values["value"] - patching_baseline(meta))
-    grid = _patching_grid(effects, axes, meta.get("pos_labels") or [])
-    summary = html.P(f"clean metric {meta.get('clean_metric', float('nan')):.4g}, corrupted "
-                     f"{meta.get('corrupt_metric', float('nan')):.4g}; {parameters.get('direction')} patching of "
-                     f"{parameters.get('component')}" + (", normalised (1 = clean behaviour restored)"
-                                                        if parameters.get("normalized") else ""))
-    if grid is None:
-        return [summary] + _stored_figures(runs, entry)
-    z, x, y, x_title, y_title = grid
-    fig = heatmap(z, x, y, quantity=patching_quantity(meta), scale="signed", height=max(320, 28 * len(y) + 160),
-                  title=f"{meta['analysis']} of {parameters.get('component')} — {meta['model']}, {meta.get('task')}")
-    fig.update_xaxes(title=x_title)
-    fig.update_yaxes(title=y_title)
-    return [summary, graph(fig, "patching-heatmap")]
+def _widget(control, options: list, value, widget_id: dict):
+    if control.widget == "slider":
+        values = [v for v, _ in options]
+        consecutive = values == list(range(values[0], values[0] + len(values)))
+        shown = options if len(options) <= 20 or not consecutive else [options[0], options[-1]]
+        # Whole steps between consecutive values (so the keyboard moves one at a time); else
+        # only the listed values can be chosen.
+        return dcc.Slider(id=widget_id, min=min(values), max=max(values), step=1 if consecutive else None,
+                          value=value, marks={v: label for v, label in shown})
+    return dcc.Dropdown(id=widget_id, options=[{"label": label, "value": v} for v, label in options], value=value,
+                        clearable=False)
 
 
-def _patching_grid(values: pd.DataFrame, axes: tuple, labels: list[str]):
-    """(z, x labels, y labels, x title, y title) for the axes this page draws, else None."""
-    def tokens(positions):
-        return [f"{p}:{labels[p]}" if p < len(labels) else str(p) for p in positions]
-
-    if axes == ("layer", "head"):
-        z = values.pivot(index="layer", columns="head", values="value")
-        return z.to_numpy(), [f"H{h}" for h in z.columns], [f"L{l}" for l in z.index], "head", "layer"
-    if axes == ("layer", "pos"):
-        z = values.pivot(index="layer", columns="pos", values="value")
-        return z.to_numpy(), tokens(z.columns), [f"L{l}" for l in z.index], "position", "layer"
-    if axes in (("layer", "pos", "head"), ("layer", "head", "dest_pos")):
-        position = "pos" if axes[1] == "pos" else "dest_pos"
-        z = values.pivot(index=["layer", "head"], columns=position, values="value")
-        return z.to_numpy(), tokens(z.columns), [f"L{l}H{h}" for l, h in z.index], position, "head"
-    if axes == ("layer",):
-        return values["value"].to_numpy()[None], [f"L{l}" for l in values["layer"]], ["all positions"], "layer", ""
-    return None
-
-
-# ---------------------------------------------------------------------- pruning
-
-
-def _pruning(runs: Runs, entry) -> list:
-    meta = entry.bundle.meta
-    metric = (meta.get("parameters") or {}).get("metric", "metric")
-    curve = runs.table(entry, "curve")
-    fig = go.Figure()
-    for order, rows in curve.groupby("order", sort=False):
-        rows = rows.sort_values("fraction")
-        spread = rows["metric_std"] if "metric_std" in rows and rows["metric_std"].gt(0).any() else None
-        fig.add_trace(go.Scatter(x=rows["fraction"], y=rows["metric"], mode="lines+markers", name=str(order),
-                                 customdata=rows["n_pruned"],
-                                 error_y=None if spread is None else {"type": "data", "array": spread},
-                                 hovertemplate="%{x:.2f} pruned (%{customdata} heads): %{y:.4g}<extra>" + str(order)
-                                               + "</extra>"))
-    fig.update_layout(title=f"{metric} as heads are pruned — {meta['model']}, {meta.get('task')}",
-                      xaxis_title="fraction of heads pruned", yaxis_title=metric, height=420,
-                      legend_title="pruning order")
-    return [graph(fig, "pruning-curve")] + _with_grids(runs, entry)
-
-
-# ---------------------------------------------------------------------- MAPS
-
-
-def _maps(runs: Runs, entry) -> list:
-    scores = runs.table(entry, "scores")
-    table = scores.pivot(index=["layer", "head"], columns="relation", values="score")
-    model = entry.bundle.meta["model"]
-    salient = [name for name in entry.bundle.table_names if name.startswith("salient_")]
-    parts = [section("Heads × relations (share of pairs whose target is among the head's top-k outputs; "
-                     "shaded from 0, white, to 1)",
-                     _scores_table(table, model)),
-             section("Relations", frame_table(runs.table(entry, "relations")))]
-    if salient:
-        links = [dcc.Link(name.removeprefix("salient_"), href=_salient_href(model, name)) for name in salient]
-        parts.append(section("Heads with salient operations", html.Div(links, className="inline")))
-    return parts + _stored_figures(runs, entry)
-
-
-def _salient_href(model: str, table: str) -> str:
-    layer, head = table.removeprefix("salient_L").split("H")
-    return head_href(model, int(layer), int(head))
-
-
-def _scores_table(table: pd.DataFrame, model: str) -> html.Div:
-    """Rows heads, columns relations; each cell shaded by its score on a fixed 0-1 scale
-    (white 0, darkest 1), the same in every bundle."""
-    header = html.Tr([html.Th("head")] + [html.Th(r, className="rotate") for r in table.columns])
-    rows = []
-    for (layer, head), values in table.iterrows():
-        cells = [html.Td(dcc.Link(f"L{layer}H{head}", href=head_href(model, layer, head)))]
-        for v in values:
-            shade = 0.0 if np.isnan(v) else float(v)
-            style = {"backgroundColor": f"rgba(31, 119, 180, {shade:.2f})", "color": "white" if shade > 0.6 else "black"}
-            cells.append(html.Td("" if np.isnan(v) else f"{v:.2f}", style=style))
-        rows.append(html.Tr(cells))
-    return html.Div(html.Table([html.Thead(header), html.Tbody(rows)], className="data maps", id="maps-table"),
-                    className="table-wrap")
-
-
-_VIEWS = {
-    "heads": _heads,
-    "sinks": _sinks,
-    "attribution-compare": _attribution,
-    "rollout": _token_maps,
-    "flow": _token_maps,
-    "patching": _patching,
-    "pruning": _pruning,
-    "maps": _maps,
-}
+def redraw(runs: Runs, bundle: str, index: int, values: dict):
+    """Figure `index` of the bundle's analysis drawn with the controls' `values` (name ->
+    value), or a figure whose title says why it cannot be drawn."""
+    entry = runs.entry(bundle)
+    try:
+        if entry is None or not entry.ok:
+            raise ValueError("it is gone or unreadable")
+        analysis = analysis_of(entry)
+        if analysis is None or not 0 <= index < len(analysis.figures):
+            raise ValueError("its analysis has no such figure")
+        return analysis.figures[index].draw(runs.tables(entry), entry.bundle.meta, **values)
+    except Exception as error:  # say so in the figure; the page stays usable
+        return {"layout": {"title": {"text": f"bundle {bundle}: {error}"}}}

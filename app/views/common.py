@@ -78,42 +78,6 @@ def _cell(value):
     return str(value)
 
 
-# How a heatmap colours its values: "share" for numbers bounded to [0, 1] (attention,
-# detector scores, rates), on a fixed 0-1 range so that equal colours mean equal values in
-# every figure; "signed" diverging around 0 (white), symmetric; "free" auto-scaled.
-SCALES = ("share", "signed", "free")
-SHARE_SLACK = 1e-6  # float32 rounding: a softmax row can sum to 1.0000001
-
-
-def heatmap(z, x, y, *, quantity: str, scale: str, title: str = "", customdata=None,
-            hovertemplate: str | None = None, height: int | None = None) -> go.Figure:
-    """A heatmap of `z` [rows, columns], first row on top, coloured by `scale` (see SCALES)
-    with a colour bar titled `quantity` (what is drawn and its unit). Raises ValueError for a
-    "share" value outside [0, 1]: the fixed range would show it as 0 or 1."""
-    if scale not in SCALES:
-        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    z = np.asarray(z, dtype=float)
-    finite = z[np.isfinite(z)]
-    trace = dict(z=z, x=x, y=y, colorbar={"title": {"text": quantity}}, customdata=customdata)
-    if hovertemplate:
-        trace["hovertemplate"] = hovertemplate
-    if scale == "share":
-        outside = finite[(finite < -SHARE_SLACK) | (finite > 1 + SHARE_SLACK)]
-        if outside.size:
-            raise ValueError(f"{quantity} must lie in [0, 1]; {outside.size} values do not, e.g. {outside[0]:.6g}")
-        trace.update(colorscale="Viridis", zmin=0.0, zmax=1.0)
-    elif scale == "signed":
-        limit = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
-        trace.update(colorscale="RdBu", zmid=0.0, zmin=-limit, zmax=limit)
-    else:
-        trace.update(colorscale="Viridis")
-    fig = go.Figure(go.Heatmap(**trace))
-    fig.update_layout(title=title, yaxis={"autorange": "reversed"}, margin={"l": 60, "r": 20, "t": 50, "b": 50})
-    if height:
-        fig.update_layout(height=height)
-    return fig
-
-
 # The plotly mode bar without its logo and without plotly.js 4's "Share chart..." button
 # (on by default, it posts the chart to plotlyServerURL, cloud.plotly.com by default): the
 # results may be unpublished. The empty URL keeps any such button inert.

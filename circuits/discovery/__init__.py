@@ -21,16 +21,15 @@ from interp.patching.edges import CircuitRunner, eap, eap_ig, edge_patch
 
 from ..evaluation import CircuitEvaluation, MIB_FRACTIONS, evaluate_circuit
 from ..graph import Graph
+from ..specs import METHODS, CircuitConfig
 from .acdc import acdc
 from .routes import routes_scores, token_routes
 from .sad import sad_scores
 
-METHODS = ("exact", "eap", "eap-ig", "eap-ig-activations", "acdc", "routes", "sad")
 
-
-def find_circuit(model: HookedModel, task: Task, method: str, *, steps: int = 5, threshold: float = 0.01,
-                 loss: str = "kl", ablation: str = "patching", memory_budget: int | None = None,
-                 progress: bool = True, **options) -> Graph:
+def find_circuit(model: HookedModel, task: Task, method: str, *, steps: int = CircuitConfig.steps,
+                 threshold: float = CircuitConfig.threshold, loss: str = "kl", ablation: str = "patching",
+                 memory_budget: int | None = None, progress: bool = True, **options) -> Graph:
     """Score every edge of `model`'s graph on `task` with `method` (see `METHODS`).
 
     steps: EAP-IG's interpolation steps. threshold, loss, ablation: ACDC's (its circuit is the
@@ -59,6 +58,7 @@ def find_circuit(model: HookedModel, task: Task, method: str, *, steps: int = 5,
         _, scores = sad_scores(model, task, **options)
     node_scores = _node_scores(graph, scores)
     graph = graph.with_scores(scores.nan_to_num(0.0) if method == "sad" else scores, node_scores=node_scores)
+    graph = graph.described(task.name, method)
     return graph if in_graph is None else graph.with_circuit(in_graph)
 
 
@@ -76,7 +76,7 @@ def circuit_runner(model: HookedModel, task: Task, ablation: str = "patching",
     return CircuitRunner(model, task, ablation, memory_budget)
 
 
-def evaluate(model: HookedModel, task: Task, graph: Graph, *, ablation: str = "patching",
+def evaluate(model: HookedModel, task: Task, graph: Graph, *, ablation: str = CircuitConfig.ablation,
              fractions=MIB_FRACTIONS, selection: str = "top_n", method: str | None = None,
              runner: CircuitRunner | None = None, **options) -> CircuitEvaluation:
     """Faithfulness of `graph`'s top edges at MIB's fractions, CPR, CMD, with bootstrap
@@ -90,5 +90,22 @@ def evaluate(model: HookedModel, task: Task, graph: Graph, *, ablation: str = "p
                             method=method, **options)
 
 
-__all__ = ["METHODS", "acdc", "circuit_runner", "evaluate", "find_circuit", "routes_scores", "sad_scores",
+def run(model: HookedModel, config: CircuitConfig, task: Task, *, progress: bool = True) -> CircuitEvaluation:
+    """The registered analysis "circuit": score every edge with `config.method`, keep the
+    `top_n` edges (ACDC: its own circuit), evaluate the circuit's faithfulness, and, with
+    `config.json`, write the scored graph as EAP-IG/MIB JSON too."""
+    graph = find_circuit(model, task, config.method, steps=config.steps, threshold=config.threshold,
+                         progress=progress)
+    if config.method != "acdc":
+        graph = graph.top_n(config.top_n, empty_ok=True)
+    graph = graph.described(task.name, config.method,
+                            {k: v for k, v in config.as_parameters().items() if k not in ("method", "seed")})
+    evaluation = evaluate(model, task, graph, ablation=config.ablation, method=config.method,
+                          n_resamples=config.n_resamples, seed=config.seed)
+    if config.json is not None:
+        graph.to_json(config.json)
+    return evaluation
+
+
+__all__ = ["METHODS", "acdc", "circuit_runner", "evaluate", "find_circuit", "routes_scores", "run", "sad_scores",
            "token_routes"]

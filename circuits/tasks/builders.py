@@ -8,7 +8,7 @@ import torch
 
 from interp.models import HookedModel
 from interp.patching import Task
-from interp.zoo.recipes import ioi_data
+from circuits.tasks import ioi_data
 
 
 def answer_token(model: HookedModel, answer: str) -> int:

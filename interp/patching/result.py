@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import ClassVar
 
 import pandas as pd
 import torch
+
+from interp.results import Meta, Result
+from interp.results.registry import Analysis
+
+from .figures import unpatched_value
+from .spec import PATCH
 
 
 @dataclass
@@ -21,13 +27,16 @@ class Comparison:
 
 
 @dataclass
-class PatchResult:
-    """The metric after each patch.
+class PatchResult(Result):
+    """The metric after each patch (a `Result` of the registered analysis "patch").
 
     `values` has one axis per name in `axes` (e.g. `("layer", "pos", "head")`); with
     `normalized`, 1 means the patch fully restores the clean behaviour (denoising) and 0 that
     it changes nothing. `pos_labels` are the first clean prompt's tokens, for position axes.
+    `method` is "exact", "atp", "atp*" or "path".
     """
+
+    spec: ClassVar[Analysis] = PATCH
 
     values: torch.Tensor
     axes: tuple[str, ...]
@@ -46,9 +55,7 @@ class PatchResult:
     @property
     def effects(self) -> torch.Tensor:
         """`values` minus the value of the unpatched run (0 means the patch changed nothing)."""
-        if self.normalized:
-            return self.values - (0.0 if self.direction == "denoise" else 1.0)
-        return self.values - (self.corrupt_metric if self.direction == "denoise" else self.clean_metric)
+        return self.values - unpatched_value(self.direction, self.normalized, self.clean_metric, self.corrupt_metric)
 
     def compare(self, reference: "PatchResult", threshold: float = 0.1) -> "Comparison":
         """How well this result (e.g. attribution patching) tracks `reference` (e.g. exact).
@@ -85,49 +92,16 @@ class PatchResult:
                 frame[axis.replace("pos", "token")] = [self.pos_labels[p] for p in frame[axis]]
         return frame.dropna(subset=["value"]).reset_index(drop=True)
 
-    def _grid(self) -> tuple[torch.Tensor, list[str], list[str], str]:
-        """The values as a 2-D grid `[rows, cols]` with labels, for a heatmap."""
-        v, axes = self.values, self.axes
-        tok = [f"{i}:{t}" for i, t in enumerate(self.pos_labels)] or None
-        if axes == ("layer",):
-            return v[None], ["all positions"], [f"L{l}" for l in range(v.shape[0])], "layer"
-        if axes == ("layer", "pos"):
-            return v, [f"L{l}" for l in range(v.shape[0])], tok or list(map(str, range(v.shape[1]))), "position"
-        if axes == ("layer", "head"):
-            return v, [f"L{l}" for l in range(v.shape[0])], [f"H{h}" for h in range(v.shape[1])], "head"
-        heads = [f"L{l}H{h}" for l in range(v.shape[0]) for h in range(v.shape[-1] if axes[-1] == "head" else v.shape[1])]
-        if axes == ("layer", "pos", "head"):
-            return v.permute(0, 2, 1).reshape(-1, v.shape[1]), heads, tok or list(map(str, range(v.shape[1]))), "position"
-        if axes == ("layer", "head", "dest_pos"):
-            return v.reshape(-1, v.shape[2]), heads, tok or list(map(str, range(v.shape[2]))), "destination position"
-        cols = [f"{d}->{s}" for d in range(v.shape[2]) for s in range(v.shape[3])]
-        return v.reshape(-1, v.shape[2] * v.shape[3]), heads, cols, "destination -> source"
+    def meta(self) -> Meta:
+        parameters = {"component": self.component, "per_position": self.per_position, "direction": self.direction,
+                      "normalized": self.normalized, "axes": list(self.axes), "layers": self.layers,
+                      "method": self.method}
+        return Meta(model=self.model_name, task=self.task_name, parameters=parameters,
+                    extra={"clean_metric": self.clean_metric, "corrupt_metric": self.corrupt_metric,
+                           "pos_labels": self.pos_labels})
 
-    def figure(self):
-        """A plotly heatmap of the sweep, diverging around 0."""
-        import plotly.graph_objects as go
+    def tables(self) -> dict[str, pd.DataFrame]:
+        return {"values": self.to_frame()}
 
-        grid, rows, cols, xlabel = self._grid()
-        limit = float(torch.nan_to_num(grid).abs().max()) or 1.0
-        what = "normalised metric" if self.normalized else "metric"
-        fig = go.Figure(go.Heatmap(z=grid.numpy(), x=cols, y=rows, colorscale="RdBu", zmid=0,
-                                   zmin=-limit, zmax=limit, colorbar={"title": what}))
-        fig.update_layout(
-            title=f"{self.method} patching ({self.direction}) of {self.component} — {self.model_name}, {self.task_name}",
-            xaxis_title=xlabel, yaxis={"autorange": "reversed"})
-        return fig
-
-    def save(self, runs_dir: str | Path) -> Path:
-        """Write this result as a bundle in `runs_dir`; returns the bundle's folder."""
-        from ..results import write_bundle
-
-        meta = {
-            "analysis": f"patching-{self.method}", "model": self.model_name, "task": self.task_name,
-            "parameters": {"component": self.component, "per_position": self.per_position,
-                           "direction": self.direction, "normalized": self.normalized, "axes": list(self.axes),
-                           "layers": self.layers},
-            "clean_metric": self.clean_metric, "corrupt_metric": self.corrupt_metric,
-            "pos_labels": self.pos_labels,
-        }
-        return write_bundle(runs_dir, meta, tables={"values": self.to_frame()},
-                            tensors={"values": self.values}, figures={"heatmap": self.figure()})
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"values": self.values}

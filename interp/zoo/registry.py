@@ -29,7 +29,7 @@ class EmbeddedModel:
         if not (folder / "config.json").exists():
             short = self.name.removeprefix("zoo/")
             raise FileNotFoundError(f"embedded model {self.name!r} has no checkpoint at {folder}; "
-                                    f"build it with `python -m interp.zoo.train {short}`")
+                                    f"build it with `python -m recipes.train {short}`")
         return folder
 
     def card(self) -> dict:

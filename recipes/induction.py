@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from interp.zoo.recipes.common import build_word_tokenizer, gpt2_config, save_checkpoint, train_lm
+from recipes.common import build_word_tokenizer, gpt2_config, save_checkpoint, train_lm
 
 NAME = "zoo/induction-2l"
 INDUCTION_HEAD_SCORE = 0.5  # a head attending at least this much to the induction target counts as one
@@ -248,7 +248,7 @@ def model_card(truth: dict, config: InductionConfig, train_log: dict) -> tuple[d
 
 A 2-layer, {config.n_head}-head GPT-2 (d_model {config.n_embd}, {config.n_positions} positions, word-level
 vocabulary `t0` .. `t{config.vocab_size - 1}` plus `<bos>`), trained from scratch by
-`interp/zoo/recipes/induction.py`. Its known circuit: **L{prev[0]}H{prev[1]} is a previous-token head, and
+`recipes/induction.py`. Its known circuit: **L{prev[0]}H{prev[1]} is a previous-token head, and
 {heads} {"are induction heads" if len(truth["induction_heads"]) > 1 else "is an induction head"}** (strongest: L{ind[0]}H{ind[1]}): each finds "the token after the earlier
 occurrence of the current token" through the previous-token head's output (K-composition), so
 zeroing L{prev[0]}H{prev[1]} takes them all down. The layer-1 heads share the copying work nearly evenly,
@@ -293,7 +293,7 @@ from interp import load_model
 m = load_model("{NAME}")
 ```
 
-Rebuild (same settings, same seed): `python -m interp.zoo.train induction-2l --threads 1`.
+Rebuild (same settings, same seed): `python -m recipes.train induction-2l --threads 1`.
 `card.json` holds all of the above as data; tests read head indices from it.
 """
     return card, markdown

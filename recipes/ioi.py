@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from interp.zoo.recipes import ioi_data
-from interp.zoo.recipes.common import build_word_tokenizer, gpt2_config, save_checkpoint, train_lm
+from circuits.tasks import ioi_data
+from recipes.common import build_word_tokenizer, gpt2_config, save_checkpoint, train_lm
 
 NAME = "zoo/ioi-small"
 EVAL_SEED = 1234
@@ -363,7 +363,7 @@ attribution patching) are run and tested on.
 
 ## How it was made
 
-`interp/zoo/recipes/ioi.py` with data from `interp/zoo/recipes/ioi_data.py`: {c['steps']} AdamW steps
+`recipes/ioi.py` with data from `circuits/tasks/ioi_data.py`: {c['steps']} AdamW steps
 of {c['batch_size']} sentences, one sentence per sequence (lr {c['lr']}, warm-up {c['warmup']}, cosine
 to 10%, weight decay {c['weight_decay']}, seed {c['seed']}). Next-token loss on every token, the answer
 token of task sentences weighted {c['answer_weight']}x. Mix (relative shares): answered IOI prompts
@@ -420,13 +420,13 @@ MLP direct logit attribution by layer: {", ".join(f"{x:.2f}" for x in card['circ
 
 ```python
 from interp.models import load_model
-from interp.zoo.recipes.ioi_data import ioi_prompts
+from circuits.tasks.ioi_data import ioi_prompts
 m = load_model("{NAME}")
 prompts = ioi_prompts("test", n=64, seed=0)   # .clean .corrupt (ABC) .answer .wrong .template
 ```
 
 Rebuild (deterministic for a given torch version and thread count):
-`python -c "from pathlib import Path; from interp.zoo.recipes.ioi import build; build(Path('interp/zoo/checkpoints/ioi-small'), threads=1)"`
+`python -c "from pathlib import Path; from recipes.ioi import build; build(Path('interp/zoo/checkpoints/ioi-small'), threads=1)"`
 """
 
 

@@ -1,4 +1,4 @@
-"""Rebuild a zoo model from its recipe: `python -m interp.zoo.train NAME [--out FOLDER]`.
+"""Rebuild a zoo model from its recipe: `python -m recipes.train NAME [--out FOLDER]`.
 
 The shipped checkpoints were made this way; a rebuild with the same settings gives the same
 model up to floating-point nondeterminism across machines and thread counts.
@@ -10,17 +10,17 @@ import argparse
 import importlib
 from pathlib import Path
 
-from .registry import CHECKPOINTS
+from interp.zoo.registry import CHECKPOINTS
 
 RECIPES = {
-    "induction-2l": "interp.zoo.recipes.induction",
-    "ioi-small": "interp.zoo.recipes.ioi",
-    "constructed": "interp.zoo.recipes.constructed",
+    "induction-2l": "recipes.induction",
+    "ioi-small": "recipes.ioi",
+    "constructed": "recipes.constructed",
 }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m interp.zoo.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m recipes.train", description=__doc__)
     parser.add_argument("name", help=f"which recipe: {', '.join(RECIPES)}")
     parser.add_argument("--out", type=Path, default=None,
                         help="folder to write (default: the shipped checkpoint's folder)")

@@ -53,21 +53,16 @@ from pathlib import Path
 import torch
 from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from interp.zoo.recipes.common import build_word_tokenizer, gpt2_config, save_checkpoint
+from circuits.tasks.constructed import FIRST_WORD_ID, N_POSITIONS, NAME, WORDS, task_prompts
+from recipes.common import build_word_tokenizer, gpt2_config, save_checkpoint
 
-NAME = "zoo/constructed"
-
-N_LAYER, N_HEAD, D_MODEL, N_POSITIONS, D_MLP = 3, 4, 64, 32, 32
+N_LAYER, N_HEAD, D_MODEL, D_MLP = 3, 4, 64, 32
 D_HEAD = D_MODEL // N_HEAD
 LAYER_NORM_EPS = 1e12
 
 CODE_DIMS = 8
-WORDS = ["apple", "bird", "boat", "book", "bread", "cake", "car", "cat", "chair", "cloud", "coin", "cup", "desk",
-         "dog", "door", "drum", "egg", "fish", "flag", "frog", "hat", "key", "lamp", "leaf", "moon", "nest", "pen",
-         "ring"]
 PAIRS = list(combinations(range(CODE_DIMS), 2))  # word w is coded by PAIRS[w]
 assert len(PAIRS) == len(WORDS)
-FIRST_WORD_ID = 3  # ids 0, 1, 2 are <bos> <pad> <unk>
 
 SLOTS = {
     "token": (0, 8),         # the word at this position (embedding)
@@ -346,51 +341,6 @@ def construct() -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
 
 # ----------------------------------------------------------------------------- task
 
-@dataclass(frozen=True)
-class Prompts:
-    """Token ids of the task (the recipe's vocabulary), `<bos>` first.
-
-    clean, corrupt: `[n, n_words + 2]`; answer, wrong: `[n]`; repeat_pos: `[n]`, the position
-    k of the last word's earlier occurrence (the answer sits at k + 1, in both prompts)."""
-
-    clean: torch.Tensor
-    corrupt: torch.Tensor
-    answer: torch.Tensor
-    wrong: torch.Tensor
-    repeat_pos: torch.Tensor
-
-
-def task_prompts(n: int, n_words: int = 8, seed: int = 0) -> Prompts:
-    """`n` prompt pairs `<bos> x1 .. xn xk` -> x(k+1), 1 <= k < n_words, drawn with `seed`.
-
-    The clean prompt's words are distinct; the corrupted prompt has the same layout (same k)
-    with `n_words` other distinct words, none of them in the clean prompt, so its answer (the
-    `wrong` token) differs and no clean word can be found in it.
-    """
-    for label, value in (("n", n), ("n_words", n_words), ("seed", seed)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"task_prompts: {label} must be an integer, got {value!r}")
-    if n < 1:
-        raise ValueError(f"task_prompts needs n >= 1 prompt pairs, got n={n}")
-    most = min(len(WORDS) // 2, N_POSITIONS - 2)
-    if not 2 <= n_words <= most:
-        raise ValueError(f"task_prompts needs 2 <= n_words <= {most} (clean and corrupted prompts use "
-                         f"disjoint words out of {len(WORDS)}), got n_words={n_words}")
-    gen = torch.Generator().manual_seed(seed)
-    picks = torch.stack([torch.randperm(len(WORDS), generator=gen)[:2 * n_words] for _ in range(n)]) + FIRST_WORD_ID
-    k = torch.randint(1, n_words, (n,), generator=gen)  # 1-based position of the earlier occurrence
-    rows = torch.arange(n)
-    bos = torch.zeros(n, 1, dtype=torch.long)
-
-    def layout(words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        query = words[rows, k - 1].unsqueeze(1)
-        return torch.cat([bos, words, query], dim=1), words[rows, k]
-
-    clean, answer = layout(picks[:, :n_words])
-    corrupt, wrong = layout(picks[:, n_words:])
-    return Prompts(clean, corrupt, answer, wrong, k)
-
-
 # ----------------------------------------------------------------------------- card
 
 def measure(model: GPT2LMHeadModel, n: int = EVAL_PROMPTS, seed: int = EVAL_SEED) -> dict:
@@ -443,7 +393,7 @@ def model_card(measured: dict) -> tuple[dict, str]:
             "prompt": "<bos> x1 .. xn xk (distinct words, 1 <= k < n) -> x(k+1)",
             "corruption": "same layout (same k) with n other distinct words, none of the clean prompt's",
             "metric": "logit_diff: logit(clean answer) - logit(corrupted answer), at the last position",
-            "builder": "circuits.tasks.constructed_task (prompts: interp.zoo.recipes.constructed.task_prompts)",
+            "builder": "circuits.tasks.constructed_task (prompts: recipes.constructed.task_prompts)",
             "n_words_range": [2, min(len(WORDS) // 2, N_POSITIONS - 2)],
         },
         "words": WORDS,
@@ -491,7 +441,7 @@ def _markdown(card: dict) -> str:
 
 A 3-layer, 4-head GPT-2 (d_model {D_MODEL}, d_head {D_HEAD}, ReLU MLPs of {D_MLP} units, {N_POSITIONS}
 positions, untied embeddings, a vocabulary of {len(WORDS)} words plus `<bos> <pad> <unk>`) whose
-weights are **set by hand** by `interp/zoo/recipes/constructed.py`; nothing is trained. Its
+weights are **set by hand** by `recipes/constructed.py`; nothing is trained. Its
 circuit is known by construction, edge by edge, so circuit-discovery methods can be scored
 against it: exact edge patching and ACDC must recover the reference perfectly (AUROC 1.0), and
 approximations such as EAP and EAP-IG can be measured.
@@ -608,7 +558,7 @@ m = load_model("{NAME}")
 task = constructed_task(m, n=32, n_words=8, seed=0)
 ```
 
-Rebuild (deterministic, no training; about a second after imports): `python -m interp.zoo.train constructed`.
+Rebuild (deterministic, no training; about a second after imports): `python -m recipes.train constructed`.
 """
 
 

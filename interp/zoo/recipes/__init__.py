@@ -1,1 +1,0 @@
-"""Training recipes for the embedded zoo models (`python -m interp.zoo.train NAME`)."""

@@ -1,0 +1,1 @@
+"""Training recipes for the embedded zoo models (`python -m recipes.train NAME`)."""
