@@ -107,6 +107,8 @@ def load_pruned(folder: str | os.PathLike) -> tuple[PreTrainedModel, object]:
     all of which must be present and of the right shape.
     """
     folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a folder written by save_pruned (it has no config.json)")
     config = AutoConfig.from_pretrained(folder, local_files_only=True)
     pruned = _recorded_heads(config, folder)
     recorded_counts = (getattr(config, "heads_per_layer", None), getattr(config, "key_value_heads_per_layer", None))

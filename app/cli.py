@@ -20,6 +20,7 @@ from interp.results.registry import Analysis, build_task, run_analysis, top_head
 
 COMMON = ("out", "device", "quiet", "threads", "task", "n", "template", "task_seed", "model")
 TOP_HEADS = 3  # heads printed per per-head metric after a run
+SMALL_TABLE = 20  # tables of at most this many rows are printed in full after a run
 
 
 def _models(args: argparse.Namespace) -> None:
@@ -60,7 +61,7 @@ def _add_option(parser: argparse.ArgumentParser, spec: FieldSpec) -> None:
 
 
 def _add_analysis(commands, analysis: Analysis) -> None:
-    p = commands.add_parser(analysis.name, help=analysis.summary, allow_abbrev=False,
+    p = commands.add_parser(analysis.command[-1], help=analysis.summary, allow_abbrev=False,
                             description=f"{analysis.summary}. {analysis.how_to_read}")
     p.add_argument("model", help="embedded name (see `headlab models`), local Hugging Face folder, or hub name")
     if analysis.task is not None:
@@ -86,7 +87,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _run(analysis: Analysis, args: argparse.Namespace) -> None:
-    config = analysis.config(**{spec.name: getattr(args, spec.name) for spec in field_specs(analysis.config)})
+    options = {spec.name: getattr(args, spec.name) for spec in field_specs(analysis.config)}
+    if options.get("sae") == "latest":
+        options["sae"] = str(_latest_sae(args.out, args.model))
+    config = analysis.config(**options)
     if args.threads is not None:
         import torch
 
@@ -105,6 +109,19 @@ def _run(analysis: Analysis, args: argparse.Namespace) -> None:
     print(f"bundle: {path}")
 
 
+def _latest_sae(runs: Path, model: str) -> Path:
+    """The newest readable `sae train` bundle of `model` in `runs` (what `--sae latest` means)."""
+    from interp.results import list_bundles
+
+    entries = list_bundles(runs) if runs.is_dir() else []
+    found = [e.path for e in entries if e.ok and e.bundle.meta["analysis"] == "sae-train"
+             and e.bundle.meta["model"] == model]
+    if not found:
+        raise FileNotFoundError(f"--sae latest: no sae train bundle of {model} in {runs}; train one with "
+                                f"`headlab sae train {model} --out {runs}` or give --sae PATH")
+    return found[0]
+
+
 def _summary(analysis: Analysis, result) -> None:
     """The top heads of each per-head metric, or else the first rows of the main table."""
     tables, meta = result.tables(), result.bundle_meta()
@@ -115,8 +132,10 @@ def _summary(analysis: Analysis, result) -> None:
             heads = ", ".join(f"L{r.layer}H{r.head} {r.value:.3g}" for r in top.itertuples())
             print(f"{label}: {heads}")
             printed = True
-    if not printed:
-        print(result.to_frame().head(8).to_string(index=False))
+    if not printed:  # the main table's first rows, and every small table in full
+        for name, table in tables.items():
+            if name == analysis.tables[0].name or len(table) <= SMALL_TABLE:
+                print(f"{name}:\n{(table if len(table) <= SMALL_TABLE else table.head(8)).to_string(index=False)}")
 
 
 def _dashboard(args: argparse.Namespace) -> None:
@@ -145,8 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("models", help="list the embedded models (offline, ship with the package)")
     p.set_defaults(run=_models)
+    groups: dict[str, argparse._SubParsersAction] = {}
     for analysis in analyses():
-        _add_analysis(commands, analysis)
+        if analysis.group is None:
+            _add_analysis(commands, analysis)
+            continue
+        if analysis.group not in groups:
+            members = [a.command[-1] for a in analyses() if a.group == analysis.group]
+            group = commands.add_parser(analysis.group, help=f"{analysis.group} commands: {', '.join(members)}")
+            groups[analysis.group] = group.add_subparsers(dest="subcommand", metavar="COMMAND", required=True)
+        _add_analysis(groups[analysis.group], analysis)
 
     p = commands.add_parser("dashboard", help="serve the local dashboard over a folder of result bundles")
     p.add_argument("runs_dir", type=Path, metavar="RUNS_DIR", help="folder of result bundles, e.g. runs/")
@@ -168,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         args.run(args)
     except (ValueError, TypeError, IndexError, KeyError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"headlab {args.command}: error: {message}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
+        print(f"headlab {command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -19,7 +19,7 @@ from app.registry import analyses
 
 def demo_steps() -> list[tuple[str, list[str]]]:
     """(what it shows, headlab arguments without --out and --quiet) of every demo step."""
-    return [(step.what, [analysis.name, *step.args]) for analysis in analyses() for step in analysis.demo]
+    return [(step.what, [*analysis.command, *step.args]) for analysis in analyses() for step in analysis.demo]
 
 
 def run_steps(out: str | Path, steps: list[tuple[str, list[str]]] | None = None) -> list[tuple[str, str, float]]:

@@ -8,6 +8,7 @@ modules; a new package with its own registrations is one more import below.
 from __future__ import annotations
 
 import analyses.specs  # noqa: F401  (registers the analyses of heads and the sentence-pair task)
+import analyses.sae_specs  # noqa: F401  (registers "sae-train", "sae-eval", "sae-features"; after the above)
 import circuits.specs  # noqa: F401  (registers "circuit" and the tasks of circuits.tasks)
 import interp.patching.spec  # noqa: F401  (registers "patch")
 from interp.results import registry

@@ -461,4 +461,18 @@ def build(out_folder: Path, config: IOIConfig | None = None, threads: int | None
         "scores": scores,
         "circuit": {"prompts": f"ioi_prompts('test', {config.eval_prompts}, seed={EVAL_SEED})", **circuit},
     }
-    return save_checkpoint(model, tok, Path(out_folder), card, _markdown(card))
+    folder = save_checkpoint(model, tok, Path(out_folder), card, _markdown(card))
+    write_corpus(folder)
+    return folder
+
+
+CORPUS_TEXTS, CORPUS_SEED = 3000, 7
+
+
+def write_corpus(folder: Path, n: int = CORPUS_TEXTS, seed: int = CORPUS_SEED) -> Path:
+    """`corpus.txt` in the checkpoint folder: `n` texts of the training distribution (one per
+    line, drawn with `seed`), the corpus SAEs of this model train on by default."""
+    rng = random.Random(seed)
+    path = Path(folder) / "corpus.txt"
+    path.write_text("".join(ioi_data.training_text(rng)[0] + "\n" for _ in range(n)), encoding="utf-8")
+    return path

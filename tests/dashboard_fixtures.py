@@ -56,7 +56,22 @@ def _analyses(runs: Path) -> None:
                 progress=False).save(runs)
     pruning_curve(ioi, task, step=0.25, n_random=2).save(runs)
     head_patterns(induction, INDUCTION_PROMPTS).save(runs, name="patterns-zoo_induction-2l")
+    _circuit_and_sae(ioi, task, runs)
     _legacy(runs)
+
+
+def _circuit_and_sae(ioi, task, runs: Path) -> None:
+    """A circuit of the IOI task (EAP, with its faithfulness curve) and the feature tables of
+    an (untrained, seeded) attention SAE on z(0) of zoo/ioi-small."""
+    from analyses.sae import make_sae
+    from analyses.sae.features import feature_tables
+    from circuits.specs import CircuitConfig
+    from interp.results.registry import run_analysis
+
+    run_analysis("circuit", ioi, CircuitConfig(method="eap", top_n=40, n_resamples=20), task, progress=False).save(runs)
+    width = ioi.cfg.n_heads * ioi.cfg.d_head
+    sae = make_sae("topk", d_in=width, d_sae=48, k=4, seed=0)
+    feature_tables(ioi, sae, task.clean_prompts, site="z(0)", n_top_contexts=4, progress=False).save(runs)
 
 
 def _legacy(runs: Path) -> None:

@@ -104,7 +104,7 @@ def test_server_binds_loopback_and_lists_every_bundle(dashboard_url, dashboard_r
     assert status == 200 and "headlab dashboard" in shell
     content = page_content(dashboard_url, "/")
     names = [entry.path.name for entry in list_bundles(dashboard_runs)]
-    assert len(names) == 15  # 11 analyses + a legacy bundle + 3 damaged copies
+    assert len(names) == 17  # 13 analyses + a legacy bundle + 3 damaged copies
     for name in names:
         assert name in content, name
 
@@ -325,7 +325,7 @@ def every_page(runs: Path) -> list[tuple[str, str]]:
 
 # Analyses whose bundle pages draw registered figures, and one bundle whose page shows a
 # figure stored by an older version.
-FIGURED = ("sinks", "maps", "head-patterns", "rollout", "pruning", "patch")
+FIGURED = ("sinks", "maps", "head-patterns", "rollout", "pruning", "patch", "circuit", "sae-features")
 LEGACY = "legacy-scan"
 # The damaged copies: their own error cards are expected on the pages that list them.
 DAMAGED_NAMES = ("broken-meta", "broken-missing", "broken-table")
@@ -341,7 +341,7 @@ def one_page_per_kind(runs: Path) -> list[tuple[str, str]]:
         if entry.ok and entry.path.name != "broken-table":
             meta = entry.bundle.meta
             kinds.setdefault((meta["analysis"], tuple(meta["parameters"].get("axes", ()))), entry.path.name)
-    assert len(kinds) == 11  # heads, sinks, rollout, flow, maps, pruning, patterns, patching x 3, legacy
+    assert len(kinds) == 13  # heads, sinks, rollout, flow, maps, pruning, patterns, patching x 3, circuit, sae, legacy
     return pages + [(f"/bundle/{name}", "") for name in kinds.values()]
 
 

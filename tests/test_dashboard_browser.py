@@ -271,6 +271,46 @@ def test_maps_page_draws_heads_by_relations_on_a_fixed_scale(page, dashboard_url
     page.screenshot(path=screenshots / "maps.png", full_page=True)
 
 
+def test_sae_feature_page_follows_the_feature_picker(page, dashboard_url, dashboard_runs, screenshots):
+    sae = bundle(dashboard_runs, "sae-features", "zoo/ioi-small")
+    tables = read_bundle(sae.path)
+    features, contexts = tables.table("features"), tables.table("top_contexts")
+    open_page(page, f"{dashboard_url}/bundle/{sae.path.name}", "#figure-feature .js-plotly-plot")
+
+    def expected(feature):
+        rows = contexts[contexts["feature"] == feature].sort_values("rank")
+        width = max(len(c) for c in rows["context_tokens"])
+        z = np.full((len(rows), width), np.nan)
+        for i, values in enumerate(rows["context_activations"]):
+            z[i, :len(values)] = values
+        return z
+
+    alive = features[features["density"] > 0].sort_values("density", ascending=False, kind="stable")
+    first, second = int(alive.iloc[0]["feature"]), int(alive.iloc[1]["feature"])
+    np.testing.assert_allclose(np.array(plotted(page, "figure-feature"), dtype=float), expected(first), rtol=1e-6)
+    page.click("#control-feature")
+    page.get_by_role("option", name=re.compile(f"^{second}: ")).click()
+    page.wait_for_function("document.querySelector('#figure-feature .js-plotly-plot').layout.title.text"
+                           f".startsWith('feature {second} ')")
+    np.testing.assert_allclose(np.array(plotted(page, "figure-feature"), dtype=float), expected(second), rtol=1e-6)
+    # An attention SAE: each head's summed decoder share is a per-head metric with links to the heads.
+    assert page.locator("text=SAE features written").count() >= 1
+    page.screenshot(path=screenshots / "sae-feature.png", full_page=True)
+
+
+def test_circuit_page_draws_its_faithfulness_curve(page, dashboard_url, dashboard_runs, screenshots):
+    circuit = bundle(dashboard_runs, "circuit", "zoo/ioi-small")
+    curve = read_bundle(circuit.path).table("faithfulness")
+    open_page(page, f"{dashboard_url}/bundle/{circuit.path.name}", "#figure-faithfulness .js-plotly-plot")
+    names = page.evaluate("[...document.querySelector('#figure-faithfulness .js-plotly-plot').data].map(t => t.name)")
+    for ranking, rows in curve.groupby("ranking"):
+        trace = names.index(f"{ranking} ranking")
+        np.testing.assert_allclose(np.array(plotted(page, "figure-faithfulness", "y", trace), dtype=float),
+                                   rows["faithfulness"], rtol=1e-6)
+    page.wait_for_selector("#figure-circuit .js-plotly-plot")
+    page.screenshot(path=screenshots / "circuit.png", full_page=True)
+
+
 def test_broken_bundles_show_an_error_card_and_the_rest_works(page, dashboard_url, screenshots):
     for name, problem in (("broken-meta", "meta.json"), ("broken-missing", "is missing"),
                           ("broken-table", "cannot be read")):
@@ -288,7 +328,7 @@ def test_broken_bundles_show_an_error_card_and_the_rest_works(page, dashboard_ur
 def test_every_bundle_page_renders(page, dashboard_url, dashboard_runs, screenshots):
     """Each readable bundle's page draws its figures without an error card (the zeroed copy
     excepted); the kinds not checked above are saved as screenshots too."""
-    shot = {"sinks", "flow", "heads", "head-patterns", "legacy-scan"}
+    shot = {"sinks", "flow", "heads", "head-patterns", "sae-features", "circuit", "legacy-scan"}
     for entry in list_bundles(dashboard_runs):
         if not entry.ok:
             continue

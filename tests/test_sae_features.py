@@ -184,7 +184,7 @@ def test_bundle_round_trip(residual_tables, tmp_path):
     model, _, sae, texts, tables = residual_tables
     path = tables.save(tmp_path / "runs")
     bundle = read_bundle(path)
-    assert bundle.meta["analysis"] == "sae" and bundle.meta["model"] == model.cfg.name
+    assert bundle.meta["analysis"] == "sae-features" and bundle.meta["model"] == model.cfg.name
     assert bundle.meta["parameters"]["site"] == "resid_pre(1)"
     for name, frame in tables.tables().items():
         back = bundle.table(name)

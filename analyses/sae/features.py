@@ -5,7 +5,7 @@
     tables.features.sort_values("density")           # one row per feature
     tables.search("Mary")                            # features whose tokens mention "Mary"
     tables.feature(12)                               # every table's rows of feature 12
-    path = tables.save("runs/")                      # an "sae" result bundle, the SAE included
+    path = tables.save("runs/")                      # an "sae-features" bundle, the SAE included
     sae = load_sae_from_bundle(path)
     acts.token_f1({"Mary": [id_mary], ...})          # the best feature for each set of tokens
 
@@ -45,6 +45,7 @@ from __future__ import annotations
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 from pathlib import Path
 
 import pandas as pd
@@ -58,10 +59,12 @@ from analyses.sae.evals import check_sae_fits
 from analyses.sae.saelens_io import inference_state_dict, sae_from_tensors
 from analyses.sae.sites import check_finite, check_site, flat, sae_site
 from analyses.sae.store import corpus_tokens, excluded_ids, kept_positions, positive_int
+from analyses.sae_specs import SAE_FEATURES
 from interp.models import HookedModel, Site
-from interp.results import read_bundle, write_bundle
+from interp.results import Meta, Result, read_bundle
+from interp.results.registry import Analysis
 
-ANALYSIS = "sae"
+SAE_BUNDLES = ("sae-train", "sae-features", "sae")  # "sae": the name of sae-features bundles before 0.3
 
 
 @dataclass
@@ -169,9 +172,12 @@ def sae_activations(model: HookedModel, sae: SAE, corpus: Sequence[str] | torch.
 
 
 @dataclass
-class FeatureTables:
+class FeatureTables(Result):
     """Per-feature data of an SAE over a corpus (module docstring). `features` is the table to
-    sort and search; the others hold the feature pages' details."""
+    sort and search; the others hold the feature pages' details. A `Result` of the registered
+    analysis "sae-features"."""
+
+    spec: ClassVar[Analysis] = SAE_FEATURES
 
     sae: SAE
     site: Site
@@ -189,9 +195,6 @@ class FeatureTables:
     def tables(self) -> dict[str, pd.DataFrame]:
         names = ("features", "top_contexts", "histograms", "logit_effects", "head_shares", "top_sources")
         return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
-
-    def to_frame(self) -> pd.DataFrame:
-        return self.features
 
     def search(self, text: str) -> pd.DataFrame:
         """Rows of `features` whose top tokens, promoted or suppressed tokens contain `text`
@@ -212,33 +215,21 @@ class FeatureTables:
             raise IndexError(f"feature must be an int in [0, {self.sae.cfg.d_sae - 1}], got {i!r}")
         return {name: table[table["feature"] == i].reset_index(drop=True) for name, table in self.tables().items()}
 
-    def figure(self):
-        """Histogram of log10 feature density over the features that fire."""
-        import plotly.express as px
+    def meta(self) -> Meta:
+        return Meta(model=self.model_name, parameters={"site": str(self.site), "n_prompts": self.n_prompts,
+                                                       "n_tokens": self.n_tokens, **self.parameters},
+                    extra={"sae_cfg": self.sae.cfg.inference_dict()})
 
-        alive = self.features[self.features["density"] > 0]
-        fig = px.histogram(alive, x="log10_density", nbins=50,
-                           title=f"{self.model_name} {self.site}: feature density ({len(alive)} of "
-                                 f"{len(self.features)} features fire)")
-        fig.update_layout(xaxis_title="log10 density", yaxis_title="features")
-        return fig
-
-    def save(self, runs_dir: str | os.PathLike, name: str | None = None) -> Path:
-        """An "sae" result bundle: the tables, the SAE's tensors (SAELens's names) and feature
-        density as tensors, the SAE's cfg.json dict in meta["sae_cfg"]."""
-        tensors = {**inference_state_dict(self.sae), "feature_density": torch.tensor(self.features["density"].values)}
-        meta = {"analysis": ANALYSIS, "model": self.model_name, "task": None, "seed": None,
-                "parameters": {"site": str(self.site), "n_prompts": self.n_prompts, "n_tokens": self.n_tokens,
-                               **self.parameters},
-                "sae_cfg": self.sae.cfg.inference_dict()}
-        return write_bundle(runs_dir, meta, tables=self.tables(), tensors=tensors,
-                            figures={"density": self.figure()}, name=name)
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The SAE's tensors (SAELens's names) and each feature's density."""
+        return {**inference_state_dict(self.sae), "feature_density": torch.tensor(self.features["density"].values)}
 
 
 def load_sae_from_bundle(path: str | os.PathLike, *, device: str = "cpu", dtype: str | None = None) -> SAE:
-    """The SAE stored in an "sae" bundle (written by `FeatureTables.save`)."""
+    """The SAE stored in an `sae train` or `sae features` bundle (`SAETraining.save`,
+    `FeatureTables.save`)."""
     bundle = read_bundle(path)
-    if bundle.meta.get("analysis") != ANALYSIS or "sae_cfg" not in bundle.meta:
+    if bundle.meta.get("analysis") not in SAE_BUNDLES or "sae_cfg" not in bundle.meta:
         raise ValueError(f"{path} is not an SAE bundle (analysis {bundle.meta.get('analysis')!r}, "
                          f"{'no' if 'sae_cfg' not in bundle.meta else 'with'} sae_cfg)")
     names = [n for n in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold") if n in bundle.tensor_names]

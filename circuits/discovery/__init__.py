@@ -8,9 +8,14 @@ one `circuits.graph.Graph`.
 Methods (docs/methods.md §5): "exact" (each edge patched alone, the ground truth the others
 approximate), "eap", "eap-ig" (inputs variant; "eap-ig-activations" for the other), "acdc"
 (also selects its circuit), "routes" (information-flow routes, no counterfactual), "sad"
-(sparse attention decomposition of QK forms; scores only q, k and logits edges). Scores are
-changes of the task metric (or, for routes, proximities) and carry the same sign convention:
-an edge whose corruption lowers the metric scores negative.
+(sparse attention decomposition of QK forms; scores only q, k and logits edges).
+
+Signs differ by method: "exact", "eap" and the "eap-ig" variants score the change of the task
+metric when the edge is corrupted, so an edge that carries the behaviour scores negative;
+"acdc" scores the increase of its loss when the edge is removed (positive for such an edge);
+"routes" and "sad" give non-negative importances. Rank by |score| (MIB's CMD, `top_n`'s
+default) to compare methods; a signed ranking (MIB's CPR) of metric-change scores puts the
+edges that work against the behaviour first.
 """
 
 from __future__ import annotations

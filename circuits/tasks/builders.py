@@ -22,14 +22,22 @@ def answer_token(model: HookedModel, answer: str) -> int:
     return ids[0]
 
 
+def require_causal(model: HookedModel, task: str) -> None:
+    """Refuse an encoder for a next-token task (its metric reads next-token logits)."""
+    if not model.cfg.is_causal:
+        raise ValueError(f"{task} is a next-token task for causal language models; {model.cfg.name} is an encoder "
+                         "(bidirectional attention, no next token to predict)")
+
+
 def from_prompt_pairs(model: HookedModel, clean: Sequence[str], corrupt: Sequence[str], answers: Sequence[str],
                       wrong: Sequence[str], name: str = "prompts", metric="logit_diff") -> Task:
     """A task from parallel lists: prompt pairs and each pair's right and wrong next token.
 
     Each clean prompt must tokenize to as many tokens as its corrupted twin (position-wise
     patching needs it); prompts of different pairs may differ in length and are right-padded,
-    with the metric read at each prompt's last real token.
+    with the metric read at each prompt's last real token. Causal language models only.
     """
+    require_causal(model, f"task {name!r}")
     lists = {"clean": clean, "corrupt": corrupt, "answers": answers, "wrong": wrong}
     if any(isinstance(v, str) for v in lists.values()):
         raise TypeError("from_prompt_pairs takes lists of strings, not single strings")
@@ -82,6 +90,7 @@ def induction_task(model: HookedModel, n: int = 32, span: int = 8, seed: int = 0
     """Induction: `BOS A1..Ak A1..A(k-1)` should continue with `Ak`. The corrupted prompt has
     another random first half `B1..Bk`, so no earlier occurrence predicts the next token;
     the wrong answer is `Bk`. Tokens are drawn from the vocabulary without special tokens."""
+    require_causal(model, "induction_task")
     if n < 1 or span < 2:
         raise ValueError(f"induction_task needs n >= 1 and span >= 2, got n={n}, span={span}")
     if model.tokenizer.bos_token_id is None:

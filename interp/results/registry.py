@@ -203,6 +203,7 @@ class Analysis:
     requires: str = "any"
     demo: tuple[Demo, ...] = ()
     aliases: tuple[str, ...] = ()
+    group: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
@@ -210,6 +211,8 @@ class Analysis:
                              f"got {self.name!r}")
         if not self.summary or "\n" in self.summary or not self.how_to_read:
             raise ValueError(f"analysis {self.name!r}: summary must be one line and how_to_read non-empty")
+        if self.group is not None and not self.name.startswith(self.group + "-"):
+            raise ValueError(f"analysis {self.name!r} of group {self.group!r} must be named '{self.group}-<command>'")
         if not isinstance(self.run, str) or self.run.count(":") != 1:
             raise ValueError(f"analysis {self.name!r}: run must be a 'module:function' string, got {self.run!r}")
         field_specs(self.config)  # checks that it is a Config dataclass of option fields
@@ -230,6 +233,12 @@ class Analysis:
         names = [f.name for f in self.figures]
         if len(set(names)) != len(names):
             raise ValueError(f"analysis {self.name!r}: figure names must differ, got {names}")
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """Its `headlab` command: ("heads",), or (group, command) for a group's analysis, e.g.
+        ("sae", "train") for "sae-train"."""
+        return (self.name,) if self.group is None else (self.group, self.name.removeprefix(self.group + "-"))
 
     def figure(self, name: str | None = None) -> Figure:
         """The figure called `name` (default: the first)."""

@@ -32,6 +32,15 @@ class EmbeddedModel:
                                     f"build it with `python -m recipes.train {short}`")
         return folder
 
+    def corpus(self) -> list[str]:
+        """The texts this model ships as its corpus (`corpus.txt`, one per line: a sample of its
+        training distribution), for SAEs and feature tables; FileNotFoundError when it has none."""
+        path = self.folder / "corpus.txt"
+        if not path.exists():
+            raise FileNotFoundError(f"embedded model {self.name!r} ships no corpus.txt; give a corpus file "
+                                    "(one text per line) or 'random'")
+        return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
     def card(self) -> dict:
         """The model card's ground truth (`card.json`), as measured by the model's recipe."""
         path = self.folder / "card.json"
