@@ -130,7 +130,7 @@ def _locate_head(runs: Runs, model: str, layer: str | None, head: str | None) ->
         why = (f"{model} has layers 0-{n_layers - 1} and heads 0-{n_heads - 1}; this URL asks for layer {layer!r}, "
                f"head {head!r} (a head page is /head?model=M&layer=L&head=H).")
         return Page(False, partial(head_not_found, model, why))
-    return Page(True, partial(head_page, runs, model, int(layer), int(head), n_heads))
+    return Page(True, partial(head_page, runs, model, int(layer), int(head), shape))
 
 
 def route(runs: Runs, pathname: str | None, search: str | None) -> list:

@@ -28,6 +28,7 @@ from app.data import Runs, analysis_of
 from app.demo import run_steps
 from app.server import create_app, guard_host
 from app.views.common import bundle_href, download_href, head_href
+from app.views.heads import tie_aware_rank
 from interp.results.figures import heatmap
 from app.cli import main
 from interp.results import list_bundles, read_bundle
@@ -483,3 +484,23 @@ def test_tables_are_cached_by_path_and_mtime(dashboard_runs):
     again = runs.table(entry, "curve")
     assert again is not first
     pd.testing.assert_frame_equal(again, first)
+
+
+def test_ranks_say_when_heads_tie():
+    sizes = pd.Series([0.9, 0.5, 0.5, 0.5, 0.1])
+    assert tie_aware_rank(sizes, 0.9) == "1 of 5"
+    assert tie_aware_rank(sizes, 0.5) == "2–4 of 5 (3 tied)"
+    assert tie_aware_rank(sizes, 0.1) == "5 of 5"
+
+
+def test_previous_and_next_head_cross_layer_ends(dashboard_url, dashboard_runs):
+    """zoo/ioi-small has 4 layers x 8 heads: after L0H7 comes L1H0, before it L0H6; the first
+    head has no previous one and the last no next one."""
+    def neighbours(layer, head):
+        content = page_content(dashboard_url, "/head", f"?model=zoo%2Fioi-small&layer={layer}&head={head}")
+        return sorted(c["props"]["children"] for c in components(content)
+                      if str(c["props"].get("children", "")).startswith(("previous head", "next head")))
+
+    assert neighbours(0, 7) == ["next head (L1H0)", "previous head (L0H6)"]
+    assert neighbours(0, 0) == ["next head (L0H1)"]
+    assert neighbours(3, 7) == ["previous head (L3H6)"]

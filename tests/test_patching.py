@@ -323,6 +323,9 @@ def test_bad_tasks_and_options_are_refused_with_the_reason(model, family_model):
         patch(model, negative, "z", progress=False)
     with pytest.raises(ValueError, match="layers must name at least one layer"):
         patch(model, task, "z", layers=[], progress=False)
+    from circuits.tasks import from_prompt_pairs
+    with pytest.raises(ValueError, match="answer 'zebra' is not in .* vocabulary: it tokenizes to the unknown token"):
+        from_prompt_pairs(model, ["w1 w2"], ["w3 w2"], ["zebra"], ["w4"])
     same = Task(task.clean, task.clean.clone(), task.answer, task.wrong)
     with pytest.raises(ValueError, match="cannot normalise: the clean and corrupted runs give the same metric"):
         patch(model, same, "z", progress=False)

@@ -47,14 +47,15 @@ def grid_figure(metric: GridMetric) -> go.Figure:
                               title=f"{metric.label} — {metric.bundle}", detail="detail")
 
 
-def head_page(runs: Runs, model: str, layer: int, head: int, n_heads: int) -> list:
-    """The page of head L`layer`H`head` of `model`, which has `n_heads` heads per layer."""
+def head_page(runs: Runs, model: str, layer: int, head: int, shape: tuple[int, int]) -> list:
+    """The page of head L`layer`H`head` of `model`, whose shape is (n_layers, n_heads)."""
     metrics, errors = runs.head_metrics(model)
-    page = [html.H2(f"Head L{layer}H{head} of {model}"),
-            html.P([dcc.Link("← heads grid", href=grid_href(model)),
-                    *([" · ", dcc.Link("previous head", href=head_href(model, layer, head - 1))] if head > 0 else []),
-                    *([" · ", dcc.Link("next head", href=head_href(model, layer, head + 1))]
-                      if head + 1 < n_heads else [])]),
+    links = [dcc.Link("← heads grid", href=grid_href(model))]
+    for label, neighbour in (("previous head", _neighbour(layer, head, shape, -1)),
+                             ("next head", _neighbour(layer, head, shape, +1))):
+        if neighbour is not None:
+            links += [" · ", dcc.Link(f"{label} (L{neighbour[0]}H{neighbour[1]})", href=head_href(model, *neighbour))]
+    page = [html.H2(f"Head L{layer}H{head} of {model}"), html.P(links),
             *[error_card(f"bundle {name}", why) for name, why in errors],
             section("Numbers in every analysis", _numbers(metrics, layer, head))]
     sections: dict[str, list] = {}
@@ -89,6 +90,21 @@ def _head_views(runs: Runs, entry, layer: int, head: int) -> list[tuple[str, lis
     return views
 
 
+def _neighbour(layer: int, head: int, shape: tuple[int, int], step: int) -> tuple[int, int] | None:
+    """The head `step` (+1 or -1) places on in layer-major order, across layer ends; None past the model's ends."""
+    n_layers, n_heads = shape
+    index = layer * n_heads + head + step
+    return divmod(index, n_heads) if 0 <= index < n_layers * n_heads else None
+
+
+def tie_aware_rank(sizes: pd.Series, value: float) -> str:
+    """"r of n", or "r–s of n (k tied)" when k heads share the value (ranked by size, largest first)."""
+    above, tied = int((sizes > value).sum()), int((sizes == value).sum())
+    if tied <= 1:
+        return f"{above + 1} of {len(sizes)}"
+    return f"{above + 1}–{above + tied} of {len(sizes)} ({tied} tied)"
+
+
 def _numbers(metrics: list[GridMetric], layer: int, head: int) -> html.Div:
     rows = []
     for metric in metrics:
@@ -97,9 +113,8 @@ def _numbers(metrics: list[GridMetric], layer: int, head: int) -> html.Div:
         if here.empty:
             continue
         size = values["value"].abs() if metric.scale == "signed" else values["value"]
-        rank = int((size > size[here.index[0]]).sum()) + 1
         rows.append({"analysis": metric.analysis, "metric": metric.label, "value": float(here["value"].iloc[0]),
-                     "rank": f"{rank} of {len(values)}", "detail": here["detail"].iloc[0],
+                     "rank": tie_aware_rank(size, size[here.index[0]]), "detail": here["detail"].iloc[0],
                      "bundle": dcc.Link(metric.bundle, href=bundle_href(metric.bundle))})
     if not rows:
         return notice("No per-head numbers for this head.")

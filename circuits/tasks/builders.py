@@ -19,6 +19,10 @@ def answer_token(model: HookedModel, answer: str) -> int:
     if len(ids) != 1:
         pieces = model.tokenizer.convert_ids_to_tokens(ids)
         raise ValueError(f"answer {answer!r} is not a single token for {model.cfg.name}: it tokenizes to {pieces}")
+    unknown = model.tokenizer.unk_token_id
+    if unknown is not None and ids[0] == unknown and answer.strip() != model.tokenizer.unk_token:
+        raise ValueError(f"answer {answer!r} is not in {model.cfg.name}'s vocabulary: it tokenizes to the unknown "
+                         f"token {model.tokenizer.unk_token!r}")
     return ids[0]
 
 
