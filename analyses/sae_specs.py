@@ -92,6 +92,7 @@ SAE_EVAL = register(Analysis(
     config=SaeEvalConfig,
     tables=(_EVALUATION,),
     figures=(Figure("evaluation", figures.draw_evaluation, needs=("evaluation",)),),
+    demo=(Demo("that SAE spliced into the model on 300 texts", ("zoo/ioi-small", "--n-texts", "300")),),
 ))
 
 SAE_FEATURES = register(Analysis(

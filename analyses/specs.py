@@ -212,6 +212,8 @@ ATTRIBUTION_COMPARE = register(Analysis(
             Table("per_prompt", ("prompt", "layer", "method", "importance", "spearman", "n_tokens"))),
     figures=(Figure("spearman", figures.draw_spearman, needs=("summary",)),),
     task=TaskUse(required=False, default=None, pairs=True),
+    demo=(Demo("attention-based maps against token importance on 8 IOI prompts",
+               ("zoo/ioi-small", "--task", "ioi", "--n", "8", "--gradient", "norm")),),
 ))
 
 SINKS = register(Analysis(

@@ -20,7 +20,9 @@ answered 404, the shell of such a URL is sent with status 404 (the browser still
 
 from __future__ import annotations
 
+import io
 import ipaddress
+import zipfile
 import re
 from dataclasses import dataclass
 from functools import partial
@@ -224,6 +226,20 @@ def _add_download_route(server: Flask, runs: Runs) -> None:
             return Response(f"bundle {bundle}: {error}\n", status=500, mimetype="text/plain")
         return Response(csv, mimetype="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{bundle}-{table}.csv"'})
+
+    @server.route("/download/<bundle>.zip")
+    def download_bundle(bundle: str):
+        """The whole bundle as a zip: meta.json and the files its manifest lists (paths built
+        from the bundle's checked part names only), under a folder named as the bundle."""
+        entry = runs.entry(bundle)
+        if entry is None or not entry.ok:
+            return Response(f"not found: no readable bundle {bundle!r}\n", status=404, mimetype="text/plain")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for relative in ["meta.json", *entry.bundle.files]:
+                archive.write(entry.path / relative, f"{bundle}/{relative}")
+        return Response(buffer.getvalue(), mimetype="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{bundle}.zip"'})
 
 
 def guard_host(wsgi_app, host: str, port: int):

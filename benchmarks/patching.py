@@ -125,6 +125,9 @@ def run_case(label, model, task, per_position, tl_sample, budget, device):
     }
 
 
+SHAPES = {"gpt2-small-shaped": gpt2_small_shaped, "llama-shaped": llama_shaped}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
@@ -132,12 +135,14 @@ def main():
     parser.add_argument("--tl-sample", type=int, default=48, help="TL patches timed on the big model's per-position sweep")
     parser.add_argument("--budget-mib", type=int, default=256, help="memory budget of the batched runs")
     parser.add_argument("--skip-big", action="store_true", help="only the zoo IOI model")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES),
+                        help="which random big models (default: both)")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     budget = args.budget_mib << 20
     print(f"machine: {machine()}")
     rows = []
-    for name, build in ([] if args.skip_big else [("gpt2-small-shaped", gpt2_small_shaped), ("llama-shaped", llama_shaped)]):
+    for name, build in ([] if args.skip_big else [(shape, SHAPES[shape]) for shape in args.shapes]):
         with tempfile.TemporaryDirectory() as tmp:
             build(Path(tmp))
             big = load_model(tmp, device=args.device, dtype=dtype)

@@ -213,6 +213,10 @@ def test_every_link_on_every_page_is_url_encoded_and_opens(dashboard_url, dashbo
         if path.startswith(("/bundle/", "/download/")):
             for segment in path.split("/")[2:]:
                 assert quote(unquote(segment), safe="") == segment, href
+        if path.endswith(".zip"):
+            with urllib.request.urlopen(dashboard_url + href) as response:
+                assert response.status == 200 and response.read(2) == b"PK", href
+            continue
         status, body = raw_get(dashboard_url, href)
         assert status == 200, (href, status)
         if path.startswith("/download/"):
@@ -231,6 +235,7 @@ def test_every_graph_is_configured_without_a_way_to_send_it_anywhere(dashboard_u
             config = graph["props"].get("config", {})
             assert config.get("showSendToCloud") is False and config.get("plotlyServerURL") == "", pathname
             assert config.get("displaylogo") is False, pathname
+            assert config.get("toImageButtonOptions") == {"format": "svg"}, pathname
             drawn += 1
     assert drawn > 20
 
@@ -473,6 +478,36 @@ def test_demo_reports_a_failing_step_and_goes_on(tmp_path, capsys):
     assert [e.bundle.meta["analysis"] for e in list_bundles(tmp_path)] == ["heads"]
 
 
+def test_the_demo_runs_every_registered_analysis_and_every_page_draws(tmp_path):
+    """The registry's promise: every registered analysis has demo steps, appears in `headlab
+    --help`, runs in the demo, and its bundle page draws its figures without an error card."""
+    from app.cli import build_parser
+    from app.registry import analyses
+    from app.server import route
+
+    registered = analyses()
+    assert all(a.demo for a in registered), [a.name for a in registered if not a.demo]
+    commands = build_parser()._subparsers._group_actions[0].choices
+    for analysis in registered:
+        parser = commands[analysis.command[0]]
+        if analysis.group:
+            assert analysis.command[1] in parser._subparsers._group_actions[0].choices, analysis.name
+    report = run_steps(tmp_path)
+    assert [(what, status) for what, status, _ in report if status != "ok"] == []
+    runs = Runs(tmp_path)
+    written = {e.bundle.meta["analysis"] for e in runs.entries() if e.ok}
+    assert written == {a.name for a in registered}
+    for entry in runs.entries():
+        content = json.dumps(route(runs, f"/bundle/{entry.path.name}", ""), default=_plotly_json)
+        assert "error-card" not in content, entry.path.name
+        drawable = [f for f in analysis_of(entry).figures if all(t in entry.bundle.table_names for t in f.needs)]
+        assert content.count('"figure-') >= len(drawable) > 0 or not analysis_of(entry).figures, entry.path.name
+
+
+def _plotly_json(value):
+    return value.to_plotly_json() if hasattr(value, "to_plotly_json") else str(value)
+
+
 def test_tables_are_cached_by_path_and_mtime(dashboard_runs):
     runs = Runs(dashboard_runs)
     entry = next(e for e in runs.entries() if e.ok and e.bundle.meta["analysis"] == "pruning")
@@ -504,3 +539,19 @@ def test_previous_and_next_head_cross_layer_ends(dashboard_url, dashboard_runs):
     assert neighbours(0, 7) == ["next head (L1H0)", "previous head (L0H6)"]
     assert neighbours(0, 0) == ["next head (L0H1)"]
     assert neighbours(3, 7) == ["previous head (L3H6)"]
+
+
+def test_a_whole_bundle_downloads_as_a_zip_of_its_files(dashboard_url, dashboard_runs):
+    import zipfile
+
+    entry = next(e for e in list_bundles(dashboard_runs) if e.ok and e.bundle.meta["analysis"] == "sae-features")
+    with urllib.request.urlopen(f"{dashboard_url}/download/{quote(entry.path.name, safe='')}.zip") as response:
+        archive = zipfile.ZipFile(io.BytesIO(response.read()))
+    names = sorted(archive.namelist())
+    assert names == sorted(f"{entry.path.name}/{f}" for f in ["meta.json", *entry.bundle.files])
+    for name in names:  # byte for byte the files on disk
+        assert archive.read(name) == (entry.path.parent / name).read_bytes(), name
+    unpacked = dashboard_runs.parent / "unpacked"
+    archive.extractall(unpacked)
+    assert read_bundle(unpacked / entry.path.name).table("features").equals(entry.bundle.table("features"))
+    assert raw_get(dashboard_url, "/download/no-such-bundle.zip")[0] == 404

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dash import dcc, html
 
 from app.data import GridMetric, Runs, analysis_of, bundle_metrics
-from app.views.common import (compact, download_href, error_card, frame_table, graph, grid_href, head_href, notice,
+from app.views.common import (bundle_zip_href, compact, download_href, error_card, frame_table, graph, grid_href, head_href, notice,
                               section, when)
 from app.views.heads import grid_figure
 from interp.results.registry import Analysis, Figure, top_heads
@@ -50,7 +50,8 @@ def _meta_block(entry) -> html.Table:
 
 def _downloads(entry) -> html.Section:
     links = [html.A(f"{t}.csv", href=download_href(entry.path.name, t)) for t in entry.bundle.table_names]
-    return section("Tables as CSV", html.Div(links, className="inline"))
+    whole = html.A("the whole bundle (.zip)", href=bundle_zip_href(entry.path.name), id="bundle-zip")
+    return section("Downloads", html.Div([whole, *links], className="inline"))
 
 
 def _registered(runs: Runs, entry, analysis: Analysis) -> list:

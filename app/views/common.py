@@ -26,6 +26,10 @@ def bundle_href(name: str) -> str:
     return "/bundle/" + quote(name, safe="")
 
 
+def bundle_zip_href(bundle: str) -> str:
+    return f"/download/{quote(bundle, safe='')}.zip"
+
+
 def download_href(bundle: str, table: str) -> str:
     return f"/download/{quote(bundle, safe='')}/{quote(table, safe='')}.csv"
 
@@ -80,8 +84,10 @@ def _cell(value):
 
 # The plotly mode bar without its logo and without plotly.js 4's "Share chart..." button
 # (on by default, it posts the chart to plotlyServerURL, cloud.plotly.com by default): the
-# results may be unpublished. The empty URL keeps any such button inert.
-GRAPH_CONFIG = {"displaylogo": False, "showSendToCloud": False, "plotlyServerURL": ""}
+# results may be unpublished. The empty URL keeps any such button inert. Its camera button
+# saves an SVG (vector, for papers) rather than a PNG.
+GRAPH_CONFIG = {"displaylogo": False, "showSendToCloud": False, "plotlyServerURL": "",
+                "toImageButtonOptions": {"format": "svg"}}
 
 
 def graph(fig: go.Figure, graph_id: str | None = None) -> dcc.Graph:

@@ -59,6 +59,13 @@ class Bundle:
     def figure_names(self) -> list[str]:
         return list(self.meta["contents"]["figures"])
 
+    @property
+    def files(self) -> list[str]:
+        """The bundle's part files (besides meta.json), relative to its folder, built from its
+        checked part names."""
+        contents = self.meta["contents"]
+        return sorted({part_file(kind, name) for kind in PART_KINDS for name in contents[kind]})
+
     def table(self, name: str) -> pd.DataFrame:
         """The table `name`, as saved."""
         return self._load("tables", name, lambda path: pd.read_parquet(path, engine="pyarrow"))
