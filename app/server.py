@@ -102,7 +102,7 @@ def locate(runs: Runs, pathname: str | None, search: str | None) -> Page:
     query = {k: v[-1] for k, v in parse_qs((search or "").lstrip("?")).items()}
     path = unquote(pathname or "/").rstrip("/") or "/"
     if path == "/":
-        return Page(True, partial(runs_page, runs))
+        return Page(True, partial(runs_page, runs, query))
     if path in ("/heads", "/head"):
         model = query.get("model")
         if model is None and path == "/heads":

@@ -555,3 +555,64 @@ def test_a_whole_bundle_downloads_as_a_zip_of_its_files(dashboard_url, dashboard
     archive.extractall(unpacked)
     assert read_bundle(unpacked / entry.path.name).table("features").equals(entry.bundle.table("features"))
     assert raw_get(dashboard_url, "/download/no-such-bundle.zip")[0] == 404
+
+
+def _flatten(component) -> list[dict]:
+    """Every component of a page (Dash components as their JSON dicts), depth first."""
+    found = []
+
+    def walk(node):
+        if hasattr(node, "to_plotly_json"):
+            node = node.to_plotly_json()
+        if isinstance(node, dict) and "props" in node:
+            found.append(node)
+            walk(node["props"].get("children"))
+        elif isinstance(node, (list, tuple)):
+            for child in node:
+                walk(child)
+
+    walk(component)
+    return found
+
+
+def test_run_list_searches_filters_sorts_pages_and_folds_repeats(tmp_path):
+    """63 bundles: 3 identical runs of heads on zoo/a (folded under the newest) and 60 distinct
+    sinks runs on zoo/b; the view follows the URL's query."""
+    from app.server import route
+    from interp.results import write_bundle
+
+    frame = pd.DataFrame({"layer": [0], "head": [0], "kind": ["induction"], "score": [0.5]})
+    for i in range(3):
+        write_bundle(tmp_path, {"analysis": "heads", "model": "zoo/a", "parameters": {"span": 4}, "seed": 0},
+                     tables={"scores": frame}, name=f"same-run-{i}")
+    for i in range(60):
+        write_bundle(tmp_path, {"analysis": "sinks", "model": "zoo/b", "parameters": {"n_prompts": i}, "seed": 0},
+                     tables={"rates": frame}, name=f"sinks-{i:02d}")
+    runs = Runs(tmp_path)
+
+    def view(search: str) -> tuple[str, list[str], list[dict]]:
+        parts = _flatten(route(runs, "/", search))
+        count = next(p["props"]["children"] for p in parts if p["props"].get("id") == "run-count")
+        rows = [p for p in parts if p["props"].get("className") == "run"]
+        names = [next(c["props"]["children"] for c in _flatten(r) if c["props"].get("href", "").startswith("/bundle/"))
+                 for r in rows]
+        return count, names, parts
+
+    count, names, parts = view("")
+    assert count == "63 of 63 readable bundles match, 61 distinct runs; page 1 of 2" and len(names) == 50
+    count, names, parts = view("?sort=analysis")
+    assert names[0] == "same-run-2"  # "heads" sorts before "sinks"; the newest of the identical runs shows
+    folded = [p for p in parts if p["type"] == "Summary"]
+    assert [p["props"]["children"] for p in folded] == ["+ 2 older identical runs"]
+    assert view("?q=same-run")[0] == "3 of 63 readable bundles match, 1 distinct runs; page 1 of 1"
+    assert view("?analysis=sinks&model=zoo%2Fb")[0].startswith("60 of 63")
+    assert view("?analysis=sinks&model=zoo%2Fa")[0].startswith("0 of 63")
+    assert view("?q=%22n_prompts%22%3A%207")[1] == ["sinks-07"]  # the parameters are searched as JSON
+    count, names, parts = view("?page=2")
+    assert count.endswith("page 2 of 2") and len(names) == 11
+    pager = [p["props"]["href"] for p in parts if p["props"].get("children") == "← previous page"]
+    assert pager == ["/?page=1"]
+    assert view("?page=99")[0].endswith("page 2 of 2") and view("?page=x")[0].endswith("page 1 of 2")
+    state = [p["props"]["href"] for p in _flatten(route(runs, "/", "?analysis=sinks&sort=model"))
+             if p["props"].get("children") == "next page →"]
+    assert state == ["/?analysis=sinks&sort=model&page=2"]  # the next page keeps the view's filters

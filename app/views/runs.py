@@ -1,15 +1,29 @@
-"""The run list: every bundle in the runs folder, newest first, and an error card for each
-folder that is not a readable bundle."""
+"""The run list: the bundles of the runs folder, searchable, filterable by analysis and model,
+sortable and paginated, with repeated runs folded under their newest; an error card for each
+folder that is not a readable bundle.
+
+The view's state is the URL's query (`/?q=ioi&analysis=patch&model=zoo/ioi-small&sort=analysis&page=2`),
+so any view can be shared as a link; the form submits to the same page.
+"""
 
 from __future__ import annotations
+
+import json
+from urllib.parse import urlencode
 
 from dash import dcc, html
 
 from app.data import Runs
 from app.views.common import bundle_href, compact, error_card, grid_href, notice, section, when
 
+PAGE_SIZE = 50
+SORTS = {"time": "newest first", "analysis": "analysis, then newest", "model": "model, then newest"}
 
-def runs_page(runs: Runs) -> list:
+
+def runs_page(runs: Runs, query: dict[str, str] | None = None) -> list:
+    """The run list for the URL's `query` (q, analysis, model, sort, page; unknown values are
+    ignored rather than refused, as a link may outlive the bundles it named)."""
+    query = query or {}
     entries = runs.entries()
     if not entries:
         return [html.H2("Runs"), notice(f"No result bundles in {runs.root} yet. Run e.g. "
@@ -21,20 +35,98 @@ def runs_page(runs: Runs) -> list:
         page.append(section(f"Unreadable bundles ({len(broken)})",
                             *[error_card(f"bundle {e.path.name}", e.error) for e in broken]))
     models = sorted({e.bundle.meta["model"] for e in readable})
-    if models:
-        page.append(section("Heads grids", html.Ul(
-            [html.Li(dcc.Link(model, href=grid_href(model))) for model in models], className="inline")))
+    analyses = sorted({e.bundle.meta["analysis"] for e in readable})
+    page.append(section("Heads grids", html.Ul(
+        [html.Li(dcc.Link(model, href=grid_href(model))) for model in models], className="inline")))
+    chosen = {"q": query.get("q", "").strip(), "analysis": query.get("analysis", ""), "model": query.get("model", ""),
+              "sort": query.get("sort", "time") if query.get("sort") in SORTS else "time"}
+    groups = fold_repeats(matching(readable, chosen["q"], chosen["analysis"], chosen["model"]), chosen["sort"])
+    n_pages = max(1, -(-len(groups) // PAGE_SIZE))
+    number = min(max(_int(query.get("page"), 1), 1), n_pages)
+    shown = groups[(number - 1) * PAGE_SIZE: number * PAGE_SIZE]
     header = html.Tr([html.Th(c) for c in ("bundle", "analysis", "model", "task", "time (UTC)", "parameters")])
-    rows = [_row(e) for e in readable]
-    page.append(html.Table([html.Thead(header), html.Tbody(rows)], className="data", id="run-list"))
+    page += [_form(chosen, analyses, models),
+             html.P(f"{sum(len(g) for g in groups)} of {len(readable)} readable bundles match, {len(groups)} distinct "
+                    f"runs; page {number} of {n_pages}", className="muted", id="run-count"),
+             html.Table([html.Thead(header), html.Tbody([_row(group) for group in shown])], className="data",
+                        id="run-list"),
+             _pager(chosen, number, n_pages)]
     return page
 
 
-def _row(entry) -> html.Tr:
+def matching(entries: list, text: str, analysis: str, model: str) -> list:
+    """The entries of `analysis` and `model` (when given) whose name, analysis, model, task or
+    parameters contain `text` (case-insensitive)."""
+    needle = text.lower()
+    kept = []
+    for entry in entries:
+        meta = entry.bundle.meta
+        if (analysis and meta["analysis"] != analysis) or (model and meta["model"] != model):
+            continue
+        haystack = " ".join([entry.path.name, meta["analysis"], meta["model"], str(meta.get("task") or ""),
+                             json.dumps(meta.get("parameters") or {}, default=str)]).lower()
+        if needle in haystack:
+            kept.append(entry)
+    return kept
+
+
+def fold_repeats(entries: list, sort: str) -> list[list]:
+    """Entries grouped by identical runs (same analysis, model, task and parameters), each group
+    newest first, the groups sorted by `sort` (newest group first within equal keys)."""
+    groups: dict[str, list] = {}
+    for entry in sorted(entries, key=lambda e: e.bundle.created, reverse=True):
+        meta = entry.bundle.meta
+        key = json.dumps([meta["analysis"], meta["model"], meta.get("task"), meta.get("parameters")],
+                         sort_keys=True, default=str)
+        groups.setdefault(key, []).append(entry)
+    ordered = list(groups.values())  # newest first, as their newest members came
+    if sort in ("analysis", "model"):
+        ordered.sort(key=lambda group: group[0].bundle.meta[sort])  # stable: newest first within a key
+    return ordered
+
+
+def _int(text: str | None, default: int) -> int:
+    return int(text) if text is not None and text.isdigit() else default
+
+
+def _form(chosen: dict, analyses: list[str], models: list[str]) -> html.Form:
+    def dropdown(name: str, options: list[tuple[str, str]]):
+        return html.Select([html.Option(label, value=value, selected=value == chosen[name]) for value, label in options],
+                           name=name, id=f"runs-{name}")
+
+    return html.Form([
+        dcc.Input(type="search", name="q", id="runs-q", value=chosen["q"], placeholder="search names, tasks, parameters"),
+        dropdown("analysis", [("", "any analysis")] + [(a, a) for a in analyses]),
+        dropdown("model", [("", "any model")] + [(m, m) for m in models]),
+        dropdown("sort", list(SORTS.items())),
+        html.Button("show", type="submit"),
+    ], method="get", action="/", className="inline", id="runs-form")
+
+
+def _pager(chosen: dict, number: int, n_pages: int) -> html.P:
+    def link(label: str, target: int):
+        state = {k: v for k, v in chosen.items() if v and not (k == "sort" and v == "time")}
+        return dcc.Link(label, href="/?" + urlencode({**state, "page": target}))
+
+    parts = []
+    if number > 1:
+        parts += [link("← previous page", number - 1), " "]
+    if number < n_pages:
+        parts.append(link("next page →", number + 1))
+    return html.P(parts, className="inline", id="run-pager")
+
+
+def _row(group: list) -> html.Tr:
+    entry, older = group[0], group[1:]
     meta = entry.bundle.meta
     parameters = meta.get("parameters") or {}
+    name = [dcc.Link(entry.path.name, href=bundle_href(entry.path.name))]
+    if older:
+        name.append(html.Details([html.Summary(f"+ {len(older)} older identical run{'s' * (len(older) > 1)}"),
+                                  html.Ul([html.Li(dcc.Link(e.path.name, href=bundle_href(e.path.name)))
+                                           for e in older])], className="older-runs"))
     return html.Tr([
-        html.Td(dcc.Link(entry.path.name, href=bundle_href(entry.path.name))),
+        html.Td(name),
         html.Td(meta["analysis"]),
         html.Td(dcc.Link(meta["model"], href=grid_href(meta["model"]))),
         html.Td(str(meta.get("task") or "")),
