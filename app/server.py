@@ -165,6 +165,16 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
         point = click["points"][0]  # the grid's axes are numeric: x is the head, y the layer
         return head_href(model, int(point["y"]), int(point["x"]))
 
+    @app.callback(Output("url", "href", allow_duplicate=True),
+                  Input({"type": "head-grid", "model": ALL, "index": ALL}, "clickData"), prevent_initial_call=True)
+    def open_head_from_a_bundle(clicks):
+        """A click on a per-head grid of a bundle page opens that head's page."""
+        click = ctx.triggered[0]["value"] if ctx.triggered else None
+        if not click or not click.get("points") or not isinstance(ctx.triggered_id, dict):
+            raise PreventUpdate
+        point = click["points"][0]
+        return head_href(ctx.triggered_id["model"], int(point["y"]), int(point["x"]))
+
     @app.callback(Output({"type": "figure", "bundle": MATCH, "figure": MATCH}, "figure"),
                   Input({"type": "figure-control", "bundle": MATCH, "figure": MATCH, "name": ALL}, "value"),
                   prevent_initial_call=True)

@@ -56,8 +56,11 @@ def open_page(page, url: str, ready: str):
 def test_run_list_shows_every_bundle(page, dashboard_url, dashboard_runs, screenshots):
     open_page(page, dashboard_url + "/", "#run-list")
     entries = list_bundles(dashboard_runs)
-    listed = page.locator("#run-list tbody tr td:first-child a").all_inner_texts()
+    listed = page.locator("#run-list tbody tr td:first-child a").all_text_contents()
     assert sorted(listed) == sorted(e.path.name for e in entries if e.ok)
+    # "broken-table" is a copy of a heads run (same analysis, model, parameters): folded under it
+    folded = page.locator("#run-list details.older-runs a").all_text_contents()
+    assert "broken-table" in folded
     cards = page.locator(".error-card").all_inner_texts()
     for entry in entries:
         if not entry.ok:
@@ -173,6 +176,23 @@ def test_clicking_a_grid_cell_opens_that_heads_page(page, dashboard_url, dashboa
     assert f"{here['ov_copying'].iloc[0]:.4g}" in qk_ov.locator("table.data").inner_text()
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 2")
     page.screenshot(path=screenshots / "head-induction-L1H2.png", full_page=True)
+
+
+def test_clicking_a_cell_of_a_bundle_pages_grid_opens_that_heads_page(page, dashboard_url, dashboard_runs):
+    heads = bundle(dashboard_runs, "heads", "zoo/induction-2l")
+    open_page(page, f"{dashboard_url}/bundle/{heads.path.name}", "section:has(h3:text-is('Per head')) .js-plotly-plot")
+    layer, head = 1, 3
+    x, y = page.evaluate("""([title, layer, head]) => {
+        const section = [...document.querySelectorAll('section')].find(s => s.querySelector('h3').textContent === title);
+        const gd = section.querySelector('.js-plotly-plot');
+        gd.scrollIntoView();
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+        return [box.left + xa._offset + xa.l2p(head), box.top + ya._offset + ya.l2p(layer)];
+    }""", ["Per head", layer, head])
+    page.mouse.click(x, y)
+    page.wait_for_url(re.compile(r"/head\?model=zoo%2Finduction-2l&layer=1&head=3$"))
+    page.wait_for_selector("#head-numbers")
+    assert page.locator("h2").first.inner_text() == "Head L1H3 of zoo/induction-2l"
 
 
 def test_head_page_shows_maps_sinks_and_patching(page, dashboard_url, dashboard_runs, screenshots):

@@ -63,7 +63,8 @@ def _registered(runs: Runs, entry, analysis: Analysis) -> list:
     parts += [graph(runs.figure(entry, name)) for name in entry.bundle.figure_names]  # stored by older versions
     metrics = bundle_metrics(runs, entry)
     if metrics:
-        blocks = [[graph(grid_figure(m)), _top_heads(m, meta["model"])] for m in metrics]
+        blocks = [[graph(grid_figure(m), {"type": "head-grid", "model": meta["model"], "index": i}),
+                   _top_heads(m, meta["model"])] for i, m in enumerate(metrics)]
         parts.append(section("Per head", *[part for block in blocks for part in block],
                              dcc.Link("open in the heads grid (click a head for its page)",
                                       href=grid_href(meta["model"]))))

@@ -90,7 +90,7 @@ GRAPH_CONFIG = {"displaylogo": False, "showSendToCloud": False, "plotlyServerURL
                 "toImageButtonOptions": {"format": "svg"}}
 
 
-def graph(fig: go.Figure, graph_id: str | None = None) -> dcc.Graph:
+def graph(fig: go.Figure, graph_id: str | dict | None = None) -> dcc.Graph:
     """Every figure of the dashboard is shown through this (see GRAPH_CONFIG)."""
     kwargs = {"id": graph_id} if graph_id else {}
     return dcc.Graph(figure=fig, config=GRAPH_CONFIG, **kwargs)
