@@ -39,7 +39,7 @@ from werkzeug.serving import make_server
 from app.data import Runs
 from app.views.bundle import bundle_not_found, bundle_page, redraw
 from app.views.common import error_card, head_href, notice
-from app.views.heads import grid_figure, grid_page, head_not_found, head_page, models_page
+from app.views.heads import grid_figure, grid_page, head_not_found, head_page, models_page, scatter_figure
 from app.views.runs import runs_page
 
 _CSS = """
@@ -164,6 +164,22 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
             raise PreventUpdate
         point = click["points"][0]  # the grid's axes are numeric: x is the head, y the layer
         return head_href(model, int(point["y"]), int(point["x"]))
+
+    @app.callback(Output("metric-scatter", "figure"), Input("scatter-x", "value"), Input("scatter-y", "value"),
+                  State("grid-model", "data"), prevent_initial_call=True)
+    def rescatter(x_key, y_key, model):
+        metrics = {m.key: m for m in runs.head_metrics(model)[0]}
+        if x_key not in metrics or y_key not in metrics:
+            return {"layout": {"title": {"text": "a chosen metric is no longer in the runs folder"}}}
+        return scatter_figure(metrics[x_key], metrics[y_key])
+
+    @app.callback(Output("url", "href", allow_duplicate=True), Input("metric-scatter", "clickData"),
+                  State("grid-model", "data"), prevent_initial_call=True)
+    def open_head_from_the_scatter(click, model):
+        if not click or not click.get("points"):
+            raise PreventUpdate
+        layer, head = click["points"][0]["customdata"]
+        return head_href(model, int(layer), int(head))
 
     @app.callback(Output("url", "href", allow_duplicate=True),
                   Input({"type": "head-grid", "model": ALL, "index": ALL}, "clickData"), prevent_initial_call=True)

@@ -178,6 +178,35 @@ def test_clicking_a_grid_cell_opens_that_heads_page(page, dashboard_url, dashboa
     page.screenshot(path=screenshots / "head-induction-L1H2.png", full_page=True)
 
 
+def test_scatter_of_two_metrics_follows_the_pickers_and_opens_a_head(page, dashboard_url, dashboard_runs):
+    open_page(page, f"{dashboard_url}/heads?model={quote('zoo/ioi-small')}", "#metric-scatter .js-plotly-plot")
+    page.click("#scatter-x")
+    page.get_by_role("option", name=re.compile("^previous-token score")).click()
+    page.click("#scatter-y")
+    page.get_by_role("option", name=re.compile("^pruning importance")).click()
+    page.wait_for_function("document.querySelector('#metric-scatter .js-plotly-plot').layout.yaxis.title.text"
+                           ".startsWith('pruning importance')")
+    scores = read_bundle(bundle(dashboard_runs, "heads", "zoo/ioi-small").path).table("scores")
+    previous = scores[scores["kind"] == "previous_token"].set_index(["layer", "head"])["score"]
+    importance = read_bundle(bundle(dashboard_runs, "pruning", "zoo/ioi-small").path).table("importance")
+    importance = importance.set_index(["layer", "head"])["importance"]
+    labels = plotted(page, "metric-scatter", "text")
+    heads = [tuple(int(v) for v in re.fullmatch(r"L(\d+)H(\d+)", t).groups()) for t in labels]
+    assert len(heads) == len(previous) == 32
+    np.testing.assert_allclose(plotted(page, "metric-scatter", "x"), [previous[h] for h in heads], rtol=1e-6)
+    np.testing.assert_allclose(plotted(page, "metric-scatter", "y"), [importance[h] for h in heads], rtol=1e-6)
+    # a click on the first point opens its head
+    x, y = page.evaluate("""() => {
+        const gd = document.querySelector('#metric-scatter .js-plotly-plot');
+        gd.scrollIntoView();
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+        const point = gd.calcdata[0][0];  // the first point, as plotly placed it
+        return [box.left + xa._offset + xa.c2p(point.x), box.top + ya._offset + ya.c2p(point.y)];
+    }""")
+    page.mouse.click(x, y)
+    page.wait_for_url(re.compile(rf"/head\?model=zoo%2Fioi-small&layer={heads[0][0]}&head={heads[0][1]}$"))
+
+
 def test_clicking_a_cell_of_a_bundle_pages_grid_opens_that_heads_page(page, dashboard_url, dashboard_runs):
     heads = bundle(dashboard_runs, "heads", "zoo/induction-2l")
     open_page(page, f"{dashboard_url}/bundle/{heads.path.name}", "section:has(h3:text-is('Per head')) .js-plotly-plot")

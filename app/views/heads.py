@@ -37,7 +37,27 @@ def grid_page(runs: Runs, model: str) -> list:
         dcc.Store(id="grid-model", data=model),
         graph(grid_figure(metrics[0]), "heads-grid"),
         html.P("Click a cell to open that head's page.", className="muted"),
+        section("Two metrics across heads",
+                html.Div([html.Label("x", htmlFor="scatter-x"),
+                          dcc.Dropdown(id="scatter-x", options=options, value=metrics[0].key, clearable=False),
+                          html.Label("y", htmlFor="scatter-y"),
+                          dcc.Dropdown(id="scatter-y", options=options, value=metrics[min(1, len(metrics) - 1)].key,
+                                       clearable=False)], className="grid-2"),
+                graph(scatter_figure(metrics[0], metrics[min(1, len(metrics) - 1)]), "metric-scatter"),
+                html.P("Each point is a head; click one to open its page.", className="muted")),
     ]
+
+
+def scatter_figure(x: GridMetric, y: GridMetric) -> go.Figure:
+    """One point per head that both metrics have, x against y, labelled L{layer}H{head}."""
+    both = x.values.merge(y.values, on=["layer", "head"], suffixes=("_x", "_y"))
+    fig = go.Figure(go.Scatter(x=both["value_x"], y=both["value_y"], mode="markers",
+                               text=[f"L{l}H{h}" for l, h in zip(both["layer"], both["head"])],
+                               customdata=both[["layer", "head"]].to_numpy().tolist(),
+                               hovertemplate="%{text}: (%{x:.4g}, %{y:.4g})<extra></extra>"))
+    fig.update_layout(title=f"{len(both)} heads", height=480,
+                      xaxis_title=x.quantity.replace("<br>", " "), yaxis_title=y.quantity.replace("<br>", " "))
+    return fig
 
 
 def grid_figure(metric: GridMetric) -> go.Figure:
