@@ -1,0 +1,177 @@
+"""circuits.reuse against independent references: overlaps and Jaccard indices recomputed by
+hand from the graphs' scores, correlations from scipy, ablation scores from a plain Hugging
+Face forward pass whose head outputs are zeroed by a hook written here."""
+
+import dataclasses
+import math
+
+import pytest
+import scipy.stats
+import torch
+from transformers import GPT2LMHeadModel
+
+from circuits.graph import Graph
+from circuits.reuse import compare_circuits, compare_graphs, head_importance, random_control_heads
+from interp.patching import Task
+from tests.helpers import random_gpt2_folder, random_task
+from interp import load_model
+
+
+def scored_graph(seed: int, n_layers=3, n_heads=4, ties: bool = False) -> Graph:
+    """A graph with random edge scores on its edges and random node scores (rounded to one
+    decimal with `ties`, so that some heads tie)."""
+    graph = Graph.for_model(n_layers, n_heads)
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(graph.n_senders, graph.n_receivers, generator=gen, dtype=torch.float64)
+    scores[~graph.exists] = math.nan
+    node_scores = torch.randn(graph.n_nodes, generator=gen, dtype=torch.float64)
+    if ties:
+        node_scores = (node_scores * 2).round() / 2
+    return graph.with_scores(scores, node_scores=node_scores)
+
+
+def by_hand(graph: Graph, k: int, n: int):
+    """(importance {head: |node score|}, top-k heads, top-n edges), written without circuits.reuse."""
+    nodes = list(graph.nodes)
+    importance = {(layer, head): abs(graph.node_scores[nodes.index(f"a{layer}.h{head}")].item())
+                  for layer in range(graph.cfg.n_layers) for head in range(graph.cfg.n_heads)}
+    heads = sorted(importance, key=lambda h: -importance[h])[:k]  # stable: ties keep (layer, head) order
+    frame = graph.to_frame()
+    edges = list(frame.assign(size=frame.score.abs()).sort_values("size", ascending=False).edge[:n])
+    return importance, heads, edges
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_compare_graphs_matches_a_hand_computation(ties):
+    a, b = scored_graph(0, ties=ties), scored_graph(1, ties=ties)
+    k, n = 5, 40
+    overlap = compare_graphs(a, b, top_k=k, top_n=n)
+    imp_a, heads_a, edges_a = by_hand(a, k, n)
+    imp_b, heads_b, edges_b = by_hand(b, k, n)
+    assert overlap.top_heads_a == heads_a and overlap.top_heads_b == heads_b
+    assert set(overlap.top_edges_a) == set(edges_a) and set(overlap.top_edges_b) == set(edges_b)
+    assert set(overlap.shared_heads) == set(heads_a) & set(heads_b)
+    assert set(overlap.shared_edges) == set(edges_a) & set(edges_b)
+    assert overlap.head_jaccard == pytest.approx(len(set(heads_a) & set(heads_b)) / len(set(heads_a) | set(heads_b)))
+    assert overlap.edge_jaccard == pytest.approx(len(set(edges_a) & set(edges_b)) / len(set(edges_a) | set(edges_b)))
+    x, y = list(imp_a.values()), list(imp_b.values())
+    assert [[overlap.importance_a[layer, head].item() for head in range(4)] for layer in range(3)] == \
+        [[imp_a[(layer, head)] for head in range(4)] for layer in range(3)]
+    assert overlap.head_pearson == pytest.approx(scipy.stats.pearsonr(x, y).statistic, abs=1e-12)
+    assert overlap.head_spearman == pytest.approx(scipy.stats.spearmanr(x, y).statistic, abs=1e-12)
+
+
+def test_a_graph_compared_with_itself_overlaps_fully():
+    a = scored_graph(3)
+    overlap = compare_graphs(a, a, top_k=4, top_n=10)
+    assert overlap.head_jaccard == 1.0 and overlap.edge_jaccard == 1.0
+    assert overlap.head_pearson == pytest.approx(1.0) and overlap.head_spearman == pytest.approx(1.0)
+    assert overlap.shared_heads == overlap.top_heads_a and len(overlap.shared_edges) == 10
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"top_k": 0}, "top_k must be an integer from 1 to the 12 heads"),
+    ({"top_k": 13}, "top_k must be an integer from 1 to the 12 heads"),
+    ({"top_k": 2.0}, "top_k must be an integer"),
+    ({"top_n": 0}, "top_n must be an integer from 1 to the"),
+    ({"top_n": 10**6}, "top_n must be an integer from 1 to the"),
+])
+def test_compare_graphs_refuses_bad_sizes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        compare_graphs(scored_graph(0), scored_graph(1), **kwargs)
+
+
+def test_compare_graphs_refuses_graphs_of_different_shapes_and_missing_node_scores():
+    with pytest.raises(ValueError, match="different shapes"):
+        compare_graphs(scored_graph(0), scored_graph(1, n_layers=2))
+    unscored = Graph.for_model(3, 4)
+    with pytest.raises(ValueError, match="no node score on 12 of its 12 heads"):
+        head_importance(unscored)
+
+
+def test_random_control_heads_avoid_the_shared_set_and_repeat_from_the_seed():
+    shared = [(0, 1), (2, 3)]
+    sets = random_control_heads(3, 4, shared, n_sets=20, seed=5)
+    assert len(sets) == 20 and all(len(s) == 2 and len(set(s)) == 2 for s in sets)
+    assert not any(h in shared for s in sets for h in s)
+    assert sets == random_control_heads(3, 4, shared, n_sets=20, seed=5)
+    assert len({tuple(s) for s in sets}) > 1
+    with pytest.raises(ValueError, match="needs 7 heads outside the shared set, but only 5"):
+        random_control_heads(3, 4, [(layer, head) for layer in range(3) for head in range(4)][:7], n_sets=1)
+
+
+def hf_metric(hf: GPT2LMHeadModel, task: Task, heads) -> float:
+    """Mean logit(answer) - logit(wrong) at each prompt's answer position, with the output z of
+    `heads` zeroed by forward pre-hooks on each layer's attention output projection (c_proj
+    reads the heads' z, concatenated: head h is columns h*d_head:(h+1)*d_head)."""
+    d_head = hf.config.n_embd // hf.config.n_head
+    handles = []
+    for layer in {layer for layer, _ in heads}:
+        columns = [c for lay, head in heads if lay == layer for c in range(head * d_head, (head + 1) * d_head)]
+
+        def zero(module, args, columns=columns):
+            z = args[0].clone()
+            z[..., columns] = 0
+            return (z,)
+        handles.append(hf.transformer.h[layer].attn.c_proj.register_forward_pre_hook(zero))
+    try:
+        with torch.no_grad():
+            logits = hf(task.clean).logits
+    finally:
+        for h in handles:
+            h.remove()
+    rows = torch.arange(task.clean.shape[0])
+    last = logits[rows, task.answer_pos if task.answer_pos is not None else -1]
+    return (last[rows, task.answer] - last[rows, task.wrong]).double().mean().item()
+
+
+def check_against_hf(reuse, hf, tasks):
+    """Overlap recomputed by hand from the result's own graphs; ablation scores from `hf_metric`."""
+    o = reuse.overlap
+    k, n = len(o.top_heads_a), len(o.top_edges_a)
+    _, heads_a, edges_a = by_hand(reuse.graph_a, k, n)
+    _, heads_b, edges_b = by_hand(reuse.graph_b, k, n)
+    assert set(o.shared_heads) == set(heads_a) & set(heads_b)
+    assert o.head_jaccard == pytest.approx(len(set(heads_a) & set(heads_b)) / len(set(heads_a) | set(heads_b)))
+    assert o.edge_jaccard == pytest.approx(len(set(edges_a) & set(edges_b)) / len(set(edges_a) | set(edges_b)))
+    for task in tasks:
+        scores = reuse.ablation_scores[task.name]
+        assert scores["clean"] == pytest.approx(hf_metric(hf, task, []), abs=1e-4)
+        assert scores["shared"] == pytest.approx(hf_metric(hf, task, o.shared_heads), abs=1e-4)
+        for heads, value in zip(reuse.random_heads, scores["random"]):
+            assert not set(heads) & set(o.shared_heads)
+            assert value == pytest.approx(hf_metric(hf, task, heads), abs=1e-4)
+    frame = reuse.intervention_frame()
+    for task in tasks:
+        row = frame.set_index("task").loc[task.name]
+        s = reuse.ablation_scores[task.name]
+        assert row.drop_shared == pytest.approx(s["clean"] - s["shared"])
+        assert row.drop_random_mean == pytest.approx(s["clean"] - sum(s["random"]) / len(s["random"]))
+
+
+def test_compare_circuits_on_a_random_model_matches_hugging_face(tmp_path):
+    folder = random_gpt2_folder(tmp_path / "m", n_layer=2, n_head=4, n_embd=32)
+    model = load_model(folder, device="cpu")
+    task_a = random_task(model, seed=0, batch=4)
+    task_b = dataclasses.replace(random_task(model, seed=1, batch=4), name="random-b")
+    reuse = compare_circuits(model, task_a, task_b, "eap", top_k=4, top_n=15, n_random=3, seed=1)
+    assert reuse.method == "eap" and reuse.task_a == "random" and reuse.task_b == "random-b"
+    if not reuse.overlap.shared_heads:
+        pytest.fail("the seeds were chosen so that the top-4 sets share a head; they share none")
+    check_against_hf(reuse, GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval(),
+                     [task_a, task_b])
+    frame = reuse.to_frame()
+    assert len(frame) == 8 and frame.shared.sum() == len(reuse.overlap.shared_heads)
+
+
+def test_compare_circuits_refuses_bad_tasks(tmp_path):
+    model = load_model(random_gpt2_folder(tmp_path / "m", n_layer=1, n_head=2, n_embd=16), device="cpu")
+    task = random_task(model)
+    with pytest.raises(TypeError, match="task_b must be an interp.patching.Task, got str"):
+        compare_circuits(model, task, "ioi")
+    with pytest.raises(ValueError, match="different names"):
+        compare_circuits(model, task, random_task(model, seed=1))
+    other = dataclasses.replace(random_task(model, seed=1), name="other")
+    with pytest.raises(ValueError, match="n_random must be an integer >= 1, got 0"):
+        compare_circuits(model, task, other, n_random=0)
+
