@@ -20,17 +20,21 @@ the scoring alone (`find_circuit`), not the evaluation.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine
-from circuits.discovery import METHODS, circuit_runner, evaluate, find_circuit
-from circuits.evaluation import auroc
-from circuits.graph import Graph
-from circuits.tasks import TASKS, induction_task, ioi_task
-from interp import load_model
-from interp.zoo import get_embedded
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine  # noqa: E402
+from circuits.discovery import METHODS, circuit_runner, evaluate, find_circuit  # noqa: E402
+from circuits.evaluation import auroc  # noqa: E402
+from circuits.graph import Graph  # noqa: E402
+from circuits.tasks import TASKS, induction_task, ioi_task  # noqa: E402
+from interp import load_model  # noqa: E402
+from interp.zoo import get_embedded  # noqa: E402
 
 
 def cases():

@@ -40,9 +40,9 @@ CIRCUIT = register(Analysis(
     name="circuit",
     summary="circuit discovery: every edge of the model's graph scored on a task, the top edges kept, and their "
             "faithfulness",
-    how_to_read="The diagram runs from the input (left) to the logits (right); an edge's score is the change of "
-                "the task metric when that edge is corrupted, so red (negative) edges carry the behaviour and blue ones "
-                "work against it, wider for larger |score|. The slider shows the n best edges instead of the saved "
+    how_to_read="The diagram runs from the input (left) to the logits (right); an edge's score is how much the "
+                "task's behaviour drops when that edge is corrupted (MIB's sign), so blue (positive) edges carry the "
+                "behaviour and red ones work against it, wider for larger |score|. The slider shows the n best edges instead of the saved "
                 "circuit (not pruned to input-to-logits paths). The curve is the share of the full model's behaviour "
                 "that a circuit of the top edges keeps (1 = all of it): CPR is its area (higher is better), CMD the "
                 "area between it and 1 (0 is best).",

@@ -10,12 +10,13 @@ approximate), "eap", "eap-ig" (inputs variant; "eap-ig-activations" for the othe
 (also selects its circuit), "routes" (information-flow routes, no counterfactual), "sad"
 (sparse attention decomposition of QK forms; scores only q, k and logits edges).
 
-Signs differ by method: "exact", "eap" and the "eap-ig" variants score the change of the task
-metric when the edge is corrupted, so an edge that carries the behaviour scores negative;
-"acdc" scores the increase of its loss when the edge is removed (positive for such an edge);
-"routes" and "sad" give non-negative importances. Rank by |score| (MIB's CMD, `top_n`'s
-default) to compare methods; a signed ranking (MIB's CPR) of metric-change scores puts the
-edges that work against the behaviour first.
+One sign convention, MIB's (EAP-IG attributes a loss, the negated metric): a positive score
+means the edge carries the behaviour. "exact", "eap" and the "eap-ig" variants score minus the
+change of the task metric when the edge is corrupted (`interp.patching.edges` returns the
+change itself); "acdc" scores the increase of its loss when the edge is removed; "routes" and
+"sad" give non-negative importances. So a signed ranking (MIB's CPR) puts the edges that
+support the behaviour first, and edges that work against it last; |score| (MIB's CMD) ranks
+both kinds.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ def find_circuit(model: HookedModel, task: Task, method: str, *, steps: int = Ci
         _, scores = routes_scores(model, task)
     else:
         _, scores = sad_scores(model, task, **options)
+    if method in ("exact", "eap", "eap-ig", "eap-ig-activations"):
+        scores = -scores  # metric change -> loss change (module docstring)
     node_scores = _node_scores(graph, scores)
     graph = graph.with_scores(scores.nan_to_num(0.0) if method == "sad" else scores, node_scores=node_scores)
     graph = graph.described(task.name, method)
