@@ -132,13 +132,14 @@ def test_the_mode_bar_offers_no_way_to_send_a_chart_anywhere(page, dashboard_url
     page.hover("#heads-grid .js-plotly-plot .nsewdrag")
     page.wait_for_selector("#heads-grid .modebar-btn", state="visible")
     buttons = page.locator("#heads-grid .modebar-btn").evaluate_all("bs => bs.map(b => b.getAttribute('data-title'))")
-    assert "Download plot as a PNG" in buttons  # the mode bar is there ...
+    assert "Download plot" in buttons  # the mode bar is there (its camera saves an SVG) ...
     for title in buttons:  # ... without plotly.js's "Share chart..." (to the cloud) or the logo link
         assert not re.search("share|cloud|chart studio|plotly", title or "", re.IGNORECASE), buttons
     assert page.locator("#heads-grid .modebar a[href]").count() == 0
     context = page.evaluate("(() => { const c = document.querySelector('#heads-grid .js-plotly-plot')._context;"
-                            " return [c.showSendToCloud, c.displaylogo, c.plotlyServerURL]; })()")
-    assert context == [False, False, ""]
+                            " return [c.showSendToCloud, c.displaylogo, c.plotlyServerURL, c.toImageButtonOptions.format];"
+                            " })()")
+    assert context == [False, False, "", "svg"]
     page.screenshot(path=screenshots / "heads-grid-modebar.png")
 
 
