@@ -37,7 +37,9 @@ class SaeTrainConfig(Config):
 
 
 @dataclass(frozen=True)
-class SaeEvalConfig(Config):
+class SaeInputs(Config):
+    """What `sae eval` and `sae features` read: an SAE and a corpus."""
+
     sae: str = option("latest", "the SAE: an SAE bundle (of sae train or sae features), a SAELens folder, or "
                                 "'latest': the newest sae train bundle of this model in --out")
     corpus: str | None = option(None, CORPUS_HELP)
@@ -47,13 +49,12 @@ class SaeEvalConfig(Config):
 
 
 @dataclass(frozen=True)
-class SaeFeaturesConfig(Config):
-    sae: str = option("latest", "the SAE: an SAE bundle (of sae train or sae features), a SAELens folder, or "
-                                "'latest': the newest sae train bundle of this model in --out")
-    corpus: str | None = option(None, CORPUS_HELP)
-    n_texts: int | None = option(None, "use at most this many texts of the corpus", ge=1)
-    context_size: int = option(32, "tokens per random text (corpus 'random')", ge=2)
-    seed: int = option(0, "seed of random texts", ge=0)
+class SaeEvalConfig(SaeInputs):
+    pass
+
+
+@dataclass(frozen=True)
+class SaeFeaturesConfig(SaeInputs):
     n_top_contexts: int = option(10, "top-activating contexts kept per feature", ge=1)
     n_logit_tokens: int = option(10, "most promoted and suppressed tokens kept per feature", ge=1)
     n_bins: int = option(30, "bins of each feature's activation histogram", ge=1)
