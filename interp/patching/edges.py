@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..models import HookedModel
 from .engine import Engine, RunCache
-from .sweep import _bytes_per_variant, _default_budget, _final, _metric, check_run, share_of
+from .sweep import _bytes_per_variant, _chunk, _final, _metric, check_run, share_of
 from .task import Task
 
 
@@ -148,11 +148,7 @@ def edge_patch(model: HookedModel, task: Task, memory_budget: int | None = None,
         scores[:, logits] = (_metric(engine, final, task).mean(1) - m_clean).cpu()
 
         per_variant = _bytes_per_variant(model, task)
-        budget = _default_budget(model.device) if memory_budget is None else int(memory_budget)
-        if budget < per_variant:
-            raise ValueError(f"memory_budget of {budget:,} bytes is smaller than one patched forward, which "
-                             f"needs about {per_variant:,} bytes for this model and task")
-        chunk = max(1, budget // per_variant)
+        chunk = _chunk(model.device, memory_budget, per_variant)
         jobs = []
         for layer in range(cfg.n_layers):
             for r in layout.receivers_of_layer(layer):
@@ -480,11 +476,7 @@ class CircuitRunner:
         elem = torch.finfo(model.dtype).bits // 8
         per_token = (len(self.layout.senders) + 8 * cfg.n_heads + 12) * cfg.d_model + 7 * cfg.d_mlp
         per_variant = task.batch * elem * (task.n_pos - self.p0) * per_token + task.batch * 4 * cfg.d_vocab
-        budget = _default_budget(model.device) if memory_budget is None else int(memory_budget)
-        if budget < per_variant:
-            raise ValueError(f"memory_budget of {budget:,} bytes is smaller than one masked run, which needs about "
-                             f"{per_variant:,} bytes for this model and task")
-        self.chunk = max(1, budget // per_variant)
+        self.chunk = _chunk(model.device, memory_budget, per_variant, "one masked run")
 
     def _finals(self, masks: torch.Tensor, start_layer: int) -> torch.Tensor:
         if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(self.layout.exists.shape):

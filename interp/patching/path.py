@@ -23,7 +23,7 @@ from ..models import HookedModel
 from ..models.errors import check_head, check_layer
 from .engine import Engine, RunCache
 from .result import PatchResult
-from .sweep import _bytes_per_variant, _default_budget, _final, _metric, check_normalizable, check_run
+from .sweep import _bytes_per_variant, _chunk, _final, _metric, check_normalizable, check_run
 from .task import Task
 
 
@@ -74,11 +74,7 @@ def path_patch(
         check_normalizable(normalize, m_clean, m_corrupt)
         base, src = (corrupt_run, clean_run) if direction == "denoise" else (clean_run, corrupt_run)
         per_variant = 2 * _bytes_per_variant(model, task)
-        budget = _default_budget(model.device) if memory_budget is None else int(memory_budget)
-        if budget < per_variant:
-            raise ValueError(f"memory_budget of {budget:,} bytes is smaller than one patched forward, which "
-                             f"needs about {per_variant:,} bytes for this model and task")
-        chunk = max(1, budget // per_variant)
+        chunk = _chunk(model.device, memory_budget, per_variant)
         values = torch.full((cfg.n_layers, cfg.n_heads), float("nan"))
         jobs = [(layer, list(range(h, min(h + chunk, cfg.n_heads))))
                 for layer in range(min(last_layer, cfg.n_layers)) for h in range(0, cfg.n_heads, chunk)]

@@ -91,11 +91,7 @@ def patch(
         base, src = (corrupt_run, clean_run) if direction == "denoise" else (clean_run, corrupt_run)
 
         per_variant = _bytes_per_variant(model, task)
-        budget = _default_budget(model.device) if memory_budget is None else int(memory_budget)
-        if budget < per_variant:
-            raise ValueError(f"memory_budget of {budget:,} bytes is smaller than one patched forward, which "
-                             f"needs about {per_variant:,} bytes for this model and task")
-        chunk = max(1, budget // per_variant)
+        chunk = _chunk(model.device, memory_budget, per_variant)
 
         n_heads = cfg.n_kv_heads if component in ("k", "v") else cfg.n_heads
         sizes = {"layer": cfg.n_layers, "pos": task.n_pos, "head": n_heads, "kv_head": n_heads,
@@ -345,6 +341,16 @@ def _bytes_per_variant(model: HookedModel, task: Task) -> int:
     per_token = 10 * c.d_model + hidden * c.d_mlp + 3 * c.n_heads * task.n_pos
     logits = 0 if task.metric == "logit_diff" else 4 * c.d_vocab
     return task.batch * (elem * task.n_pos * per_token + logits)
+
+
+def _chunk(device: torch.device, memory_budget: int | None, per_variant: int, unit: str = "one patched forward") -> int:
+    """How many variants of `per_variant` bytes run together within `memory_budget` (default:
+    `_default_budget`); a budget smaller than one `unit` is refused."""
+    budget = _default_budget(device) if memory_budget is None else int(memory_budget)
+    if budget < per_variant:
+        raise ValueError(f"memory_budget of {budget:,} bytes is smaller than {unit}, which "
+                         f"needs about {per_variant:,} bytes for this model and task")
+    return max(1, budget // per_variant)
 
 
 def _default_budget(device: torch.device) -> int:
