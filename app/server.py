@@ -41,6 +41,7 @@ from app.views.bundle import bundle_not_found, bundle_page, redraw
 from app.views.common import error_card, head_href, notice
 from app.views.heads import grid_figure, grid_page, head_not_found, head_page, models_page, scatter_figure
 from app.views.runs import runs_page
+from app.views.tables import status_ids, table_ids, table_page
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0; color: #222; }
@@ -50,7 +51,6 @@ main { padding: 8px 24px 40px; max-width: 1300px; }
 table.data { border-collapse: collapse; font-size: 13px; margin: 6px 0; }
 table.data th, table.data td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
 table.data th { background: #f3f5f9; }
-table.maps th.rotate { writing-mode: vertical-rl; transform: rotate(180deg); padding: 6px 2px; }
 table.meta th { text-align: left; padding-right: 16px; color: #555; font-weight: normal; }
 .card { border-radius: 6px; padding: 10px 14px; margin: 8px 0; }
 .error-card { background: #fdecea; border: 1px solid #e57373; }
@@ -190,6 +190,22 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
             raise PreventUpdate
         point = click["points"][0]
         return head_href(ctx.triggered_id["model"], int(point["y"]), int(point["x"]))
+
+    @app.callback(Output(table_ids(MATCH, MATCH), "data"), Output(table_ids(MATCH, MATCH), "page_current"),
+                  Output(table_ids(MATCH, MATCH), "page_count"), Output(status_ids(MATCH, MATCH), "children"),
+                  Input(table_ids(MATCH, MATCH), "page_current"), Input(table_ids(MATCH, MATCH), "page_size"),
+                  Input(table_ids(MATCH, MATCH), "sort_by"), Input(table_ids(MATCH, MATCH), "filter_query"),
+                  prevent_initial_call=True)
+    def page_table(page, size, sort_by, query):
+        """Another page, order or filter of a bundle table, computed over all its rows."""
+        which = ctx.outputs_list[0]["id"]
+        entry = runs.entry(which["bundle"])
+        if entry is None or not entry.ok or which["table"] not in entry.bundle.table_names:
+            return [], 0, 1, f"table {which['table']!r} of bundle {which['bundle']!r} is gone or unreadable"
+        if ctx.triggered_id and "filter_query" in str(ctx.triggered_prop_ids):
+            page = 0  # a new filter starts at its first page
+        shown = table_page(runs.table(entry, which["table"]), page, size, sort_by, query)
+        return shown.records, shown.page, shown.page_count, shown.status
 
     @app.callback(Output({"type": "figure", "bundle": MATCH, "figure": MATCH}, "figure"),
                   Input({"type": "figure-control", "bundle": MATCH, "figure": MATCH, "name": ALL}, "value"),

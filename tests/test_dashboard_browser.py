@@ -361,6 +361,47 @@ def test_circuit_page_draws_its_faithfulness_curve(page, dashboard_url, dashboar
     page.screenshot(path=screenshots / "circuit.png", full_page=True)
 
 
+def shown_column(page, table: str, column: str) -> list[str]:
+    return page.locator(f"#table-{table} td[data-dash-column='{column}']").all_inner_texts()
+
+
+def test_bundle_tables_page_filter_and_sort_over_every_row(page, dashboard_url, dashboard_runs):
+    """A bundle table shows one page; its filter row and sort arrows act on the whole table
+    (checked against the same selection in pandas), and the line under it says which rows."""
+    patterns = bundle(dashboard_runs, "head-patterns")
+    rows = read_bundle(patterns.path).table("patterns")
+    open_page(page, f"{dashboard_url}/bundle/{patterns.path.name}", "#table-patterns td")
+    status = page.locator("#table-patterns p.muted")
+    assert status.inner_text() == f"rows 1–15 of {len(rows):,}"
+    assert shown_column(page, "patterns", "key_token") == rows["key_token"].head(15).tolist()
+
+    page.locator("#table-patterns th.dash-filter[data-dash-column='value'] input[type=text]").fill("> 0.5")
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('#table-patterns p.muted').innerText.includes('matching')")
+    strong = rows[rows["value"] > 0.5]
+    assert status.inner_text() == f"rows 1–15 of {len(strong):,} matching the filter ({len(rows):,} in all)"
+    np.testing.assert_allclose([float(v) for v in shown_column(page, "patterns", "value")],
+                               strong["value"].head(15), rtol=1e-3)
+
+    page.locator("#table-patterns .column-header--sort").nth(list(rows.columns).index("value")).click()
+    page.locator("#table-patterns .column-header--sort").nth(list(rows.columns).index("value")).click()
+    page.wait_for_function("document.querySelector('#table-patterns td[data-dash-column=value]').innerText"
+                           f" === '{strong['value'].max():.4g}'")
+    page.locator("#table-patterns button.next-page").click()
+    page.wait_for_function("document.querySelector('#table-patterns p.muted').innerText.startsWith('rows 16–')")
+    second = strong.sort_values("value", ascending=False, kind="stable").iloc[15:30]
+    np.testing.assert_allclose([float(v) for v in shown_column(page, "patterns", "value")], second["value"], rtol=1e-3)
+
+    # A word typed in a text column's filter keeps the rows whose text contains it (and starts at page 1).
+    page.locator("#table-patterns th.dash-filter[data-dash-column='key_token'] input[type=text]").fill("t5")
+    page.keyboard.press("Enter")
+    both = strong[strong["key_token"].str.contains("t5", regex=False)]
+    page.wait_for_function("document.querySelector('#table-patterns p.muted').innerText.startsWith("
+                           f"'rows 1–{min(15, len(both))} of {len(both)} matching')")
+    assert 0 < len(both) < len(strong)
+    assert all("t5" in t for t in shown_column(page, "patterns", "key_token"))
+
+
 def test_broken_bundles_show_an_error_card_and_the_rest_works(page, dashboard_url, screenshots):
     for name, problem in (("broken-meta", "meta.json"), ("broken-missing", "is missing"),
                           ("broken-table", "cannot be read")):
@@ -389,7 +430,7 @@ def test_every_bundle_page_renders(page, dashboard_url, dashboard_runs, screensh
         analysis = entry.bundle.meta["analysis"]
         if analysis in shot and entry.path.name != "broken-table":
             page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0 || "
-                                   "document.querySelectorAll('table.data').length > 0")
+                                   "document.querySelectorAll('.dash-table-container').length > 0")
             page.screenshot(path=screenshots / f"bundle-{analysis}.png", full_page=True)
             shot.discard(analysis)
     assert not shot, f"no bundle page of {shot}"

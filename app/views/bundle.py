@@ -11,12 +11,12 @@ from __future__ import annotations
 from dash import dcc, html
 
 from app.data import GridMetric, Runs, analysis_of, bundle_metrics
-from app.views.common import (bundle_zip_href, compact, download_href, error_card, frame_table, graph, grid_href, head_href, notice,
+from app.views.common import (bundle_zip_href, compact, download_href, error_card, graph, grid_href, head_href, notice,
                               section, when)
 from app.views.heads import grid_figure
+from app.views.tables import bundle_table
 from interp.results.registry import Analysis, Figure, top_heads
 
-MAX_TABLE_ROWS = 50
 TOP_HEADS = 3
 
 
@@ -87,8 +87,7 @@ def _unregistered(runs: Runs, entry) -> list:
 
 
 def _tables(runs: Runs, entry) -> list:
-    return [section(f"table {name}", frame_table(runs.table(entry, name), max_rows=MAX_TABLE_ROWS,
-                                                  table_id=f"table-{name}"))
+    return [section(f"table {name}", bundle_table(entry.path.name, name, runs.table(entry, name)))
             for name in entry.bundle.table_names]
 
 
