@@ -39,7 +39,8 @@ from werkzeug.serving import make_server
 from app.data import Runs
 from app.views.bundle import bundle_not_found, bundle_page, redraw
 from app.views.common import error_card, head_href, notice
-from app.views.heads import grid_figure, grid_page, head_not_found, head_page, models_page, scatter_figure
+from app.views.heads import (grid_figure, grid_page, head_not_found, head_page, head_view, models_page,
+                             scatter_figure)
 from app.views.runs import runs_page
 from app.views.tables import status_ids, table_ids, table_page
 
@@ -206,6 +207,18 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
             page = 0  # a new filter starts at its first page
         shown = table_page(runs.table(entry, which["table"]), page, size, sort_by, query)
         return shown.records, shown.page, shown.page_count, shown.status
+
+    fold = {"bundle": MATCH, "view": MATCH, "layer": MATCH, "head": MATCH}
+
+    @app.callback(Output({"type": "head-view", **fold}, "children"), Input({"type": "head-view-fold", **fold}, "n_clicks"),
+                  State({"type": "head-view", **fold}, "children"), prevent_initial_call=True)
+    def draw_folded_head_view(clicks, drawn):
+        """An older bundle's head view, drawn the first time it is unfolded (a click on its summary)."""
+        if not clicks or drawn:
+            raise PreventUpdate
+        which = ctx.triggered_id
+        shown = head_view(runs, which["bundle"], which["view"], which["layer"], which["head"])
+        return shown or [notice("This bundle has nothing on this head.")]
 
     @app.callback(Output({"type": "figure", "bundle": MATCH, "figure": MATCH}, "figure"),
                   Input({"type": "figure-control", "bundle": MATCH, "figure": MATCH, "name": ALL}, "value"),

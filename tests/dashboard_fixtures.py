@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
@@ -115,12 +116,12 @@ def dashboard_runs(tmp_path_factory) -> Path:
     return runs
 
 
-@pytest.fixture(scope="session")
-def dashboard_server(dashboard_runs):
-    """(URL, process) of `headlab dashboard RUNS --port 0`, a separate process (so that what
-    it imports can be checked, and the tests' own imports do not count)."""
+@contextlib.contextmanager
+def serving(runs: Path):
+    """(URL, process) of `headlab dashboard RUNS --port 0` over `runs`, a separate process (so
+    that what it imports can be checked, and the tests' own imports do not count)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "app.cli", "dashboard", str(dashboard_runs), "--port", "0"],
+    process = subprocess.Popen([sys.executable, "-m", "app.cli", "dashboard", str(runs), "--port", "0"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
@@ -131,9 +132,17 @@ def dashboard_server(dashboard_runs):
         pytest.fail("headlab dashboard printed no URL within 60 s")
     url = line.split(" at ", 1)[1].split()[0].rstrip("/")
     assert url.startswith("http://127.0.0.1:"), line
-    yield url, process
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def dashboard_server(dashboard_runs):
+    with serving(dashboard_runs) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -68,7 +68,11 @@ def grid_figure(metric: GridMetric) -> go.Figure:
 
 
 def head_page(runs: Runs, model: str, layer: int, head: int, shape: tuple[int, int]) -> list:
-    """The page of head L`layer`H`head` of `model`, whose shape is (n_layers, n_heads)."""
+    """The page of head L`layer`H`head` of `model`, whose shape is (n_layers, n_heads).
+
+    Each head view (patterns, QK/OV, sinks, ...) is drawn for the model's newest bundle that
+    has it; older bundles' views are listed folded and drawn when unfolded (`head_view`), so a
+    model with hundreds of bundles gets a page as quick as one with a few."""
     metrics, errors = runs.head_metrics(model)
     links = [dcc.Link("← heads grid", href=grid_href(model))]
     for label, neighbour in (("previous head", _neighbour(layer, head, shape, -1)),
@@ -79,35 +83,46 @@ def head_page(runs: Runs, model: str, layer: int, head: int, shape: tuple[int, i
             *[error_card(f"bundle {name}", why) for name, why in errors],
             section("Numbers in every analysis", _numbers(metrics, layer, head))]
     sections: dict[str, list] = {}
-    for entry in runs.entries():
-        if entry.ok and entry.bundle.meta["model"] == model:
-            for title, parts in _head_views(runs, entry, layer, head):
-                sections.setdefault(title, []).extend(parts)
-    return page + [section(title, *parts) for title, parts in sections.items()]
+    newest_first = sorted((e for e in runs.entries() if e.ok and e.bundle.meta["model"] == model),
+                          key=lambda e: str(e.bundle.meta.get("created") or ""), reverse=True)
+    for entry in newest_first:
+        analysis = analysis_of(entry)
+        for index, view in enumerate(analysis.head_views if analysis else ()):
+            if not all(t in entry.bundle.table_names for t in view.needs):
+                continue
+            parts = sections.setdefault(view.title, [])
+            if not parts:
+                drawn = head_view(runs, entry.path.name, index, layer, head)
+                if drawn:
+                    parts.append(html.Div(drawn))
+            else:
+                ids = head_view_ids(entry.path.name, index, layer, head)
+                parts.append(html.Details([html.Summary(f"{entry.path.name} (click to draw)",
+                                                        id={**ids, "type": "head-view-fold"}), html.Div(id=ids)]))
+    return page + [section(title, *parts) for title, parts in sections.items() if parts]
 
 
-def _head_views(runs: Runs, entry, layer: int, head: int) -> list[tuple[str, list]]:
-    """(title, page parts) of each registered head view of the bundle's analysis that has
-    something to show about the head; an error card for a view that fails."""
-    analysis = analysis_of(entry)
-    if analysis is None:
+def head_view_ids(bundle: str, index: int, layer: int, head: int) -> dict:
+    return {"type": "head-view", "bundle": bundle, "view": index, "layer": layer, "head": head}
+
+
+def head_view(runs: Runs, bundle: str, index: int, layer: int, head: int) -> list:
+    """Head view `index` of `bundle`'s analysis for head L`layer`H`head`: a link to the bundle
+    and what the view draws (figures, tables); [] when it has nothing on this head; an error
+    card when the bundle is gone or the view fails on it."""
+    entry = runs.entry(bundle)
+    analysis = analysis_of(entry) if entry is not None and entry.ok else None
+    if analysis is None or not 0 <= index < len(analysis.head_views):
+        return [error_card(f"bundle {bundle}", "it is gone, unreadable or has no such head view")]
+    view = analysis.head_views[index]
+    try:
+        shown = view.draw(runs.tables(entry), entry.bundle.meta, layer, head)
+    except Exception as error:  # a damaged bundle must not take the page down
+        return [error_card(f"bundle {bundle}", f"{type(error).__name__}: {error}")]
+    if not shown:
         return []
-    tables, meta, name = runs.tables(entry), entry.bundle.meta, entry.path.name
-    views = []
-    for view in analysis.head_views:
-        if not all(t in tables for t in view.needs):
-            continue
-        try:
-            shown = view.draw(tables, meta, layer, head)
-        except Exception as error:  # a damaged bundle must not take the page down
-            views.append((view.title, [error_card(f"bundle {name}", f"{type(error).__name__}: {error}")]))
-            continue
-        if shown:
-            parts = [html.H4(dcc.Link(name, href=bundle_href(name)))]
-            for item in shown:
-                parts.append(frame_table(item) if isinstance(item, pd.DataFrame) else graph(item))
-            views.append((view.title, parts))
-    return views
+    return [html.H4(dcc.Link(bundle, href=bundle_href(bundle))),
+            *[frame_table(item) if isinstance(item, pd.DataFrame) else graph(item) for item in shown]]
 
 
 def _neighbour(layer: int, head: int, shape: tuple[int, int], step: int) -> tuple[int, int] | None:
