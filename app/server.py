@@ -21,6 +21,7 @@ answered 404, the shell of such a URL is sent with status 404 (the browser still
 from __future__ import annotations
 
 import io
+import json
 import ipaddress
 import zipfile
 import re
@@ -39,7 +40,7 @@ from werkzeug.serving import make_server
 from app.data import Runs
 from app.views.bundle import bundle_not_found, bundle_page, redraw
 from app.views.common import error_card, head_href, notice
-from app.views.heads import (grid_figure, grid_page, head_not_found, head_page, head_view, models_page,
+from app.views.heads import (GRID_PICKERS, grid_figure, grid_page, head_not_found, head_page, head_view, models_page,
                              scatter_figure)
 from app.views.runs import runs_page
 from app.views.tables import status_ids, table_ids, table_page
@@ -77,6 +78,7 @@ def create_app(runs_dir: str | Path) -> dash.Dash:
         html.Header([html.H1("headlab"), dcc.Link("runs", href="/"), dcc.Link("heads grids", href="/heads"),
                      html.Span(str(runs.root), className="muted")]),
         html.Main(id="page"),
+        dcc.Store(id="url-state"),  # the output of the callbacks that keep a view's state in the URL
     ])
     _refuse_unsafe_paths(server)
     _answer_missing_pages_with_404(app, runs)
@@ -111,14 +113,14 @@ def locate(runs: Runs, pathname: str | None, search: str | None) -> Page:
         if model not in runs.models():
             return Page(False, partial(models_page, runs, model or ""))
         if path == "/heads":
-            return Page(True, partial(grid_page, runs, model))
+            return Page(True, partial(grid_page, runs, model, query))
         return _locate_head(runs, model, query.get("layer"), query.get("head"))
     if path.startswith("/bundle/"):
         name = path.removeprefix("/bundle/")
         entry = runs.entry(name)
         if entry is None:
             return Page(False, partial(bundle_not_found, name))
-        return Page(True, partial(bundle_page, runs, entry))
+        return Page(True, partial(bundle_page, runs, entry, query))
     return Page(False, lambda: [html.H2("Page not found"), notice(f"No page at {pathname!r}.")])
 
 
@@ -220,6 +222,11 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
         shown = head_view(runs, which["bundle"], which["view"], which["layer"], which["head"])
         return shown or [notice("This bundle has nothing on this head.")]
 
+    app.clientside_callback(KEEP_CONTROLS_IN_URL, Output("url-state", "data"),
+                            Input({"type": "figure-control", "bundle": ALL, "figure": ALL, "name": ALL}, "value"))
+    app.clientside_callback(KEEP_PICKERS_IN_URL, Output("url-state", "data", allow_duplicate=True),
+                            *[Input(picker, "value") for picker in GRID_PICKERS], prevent_initial_call=True)
+
     @app.callback(Output({"type": "figure", "bundle": MATCH, "figure": MATCH}, "figure"),
                   Input({"type": "figure-control", "bundle": MATCH, "figure": MATCH, "name": ALL}, "value"),
                   prevent_initial_call=True)
@@ -227,6 +234,30 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
         graph_id = ctx.outputs_list["id"]
         names = [control["id"]["name"] for control in ctx.inputs_list[0]]
         return redraw(runs, graph_id["bundle"], int(graph_id["figure"]), dict(zip(names, values)))
+
+
+# A view's state goes into the URL with history.replaceState, which Dash's Location does not
+# hear: the page is not drawn again, and the address bar is a link to this view. A figure
+# control's parameter is its name, or "FIGURE.NAME" when two figures share the name
+# (`app.views.bundle.url_params` reads them back).
+_SET_PARAMS = """
+    const params = new URLSearchParams(window.location.search);
+    for (const [key, value] of pairs) {
+        if (value === null || value === undefined) params.delete(key); else params.set(key, value);
+    }
+    const search = params.toString();
+    window.history.replaceState(window.history.state, "", window.location.pathname + (search ? "?" + search : ""));
+    return window.dash_clientside.no_update;
+"""
+KEEP_CONTROLS_IN_URL = """function(values) {
+    const inputs = window.dash_clientside.callback_context.inputs_list[0];
+    const counts = {};
+    inputs.forEach(i => { counts[i.id.name] = (counts[i.id.name] || 0) + 1; });
+    const pairs = inputs.map(i => [counts[i.id.name] > 1 ? i.id.figure + "." + i.id.name : i.id.name, i.value]);
+""" + _SET_PARAMS + "}"
+KEEP_PICKERS_IN_URL = ("function(" + ", ".join(f"v{i}" for i in range(len(GRID_PICKERS))) + ") {\n"
+                       f"    const pairs = {json.dumps(list(GRID_PICKERS.values()))}"
+                       ".map((key, i) => [key, arguments[i]]);\n" + _SET_PARAMS + "}")
 
 
 def _refuse_unsafe_paths(server: Flask) -> None:

@@ -402,6 +402,54 @@ def test_bundle_tables_page_filter_and_sort_over_every_row(page, dashboard_url, 
     assert all("t5" in t for t in shown_column(page, "patterns", "key_token"))
 
 
+def test_a_bundle_pages_controls_live_in_its_url(page, dashboard_url, dashboard_runs):
+    """A link with control values opens that view; changing a control rewrites the URL (the
+    page is not drawn again); a value the bundle lacks is said, not silently replaced."""
+    patterns = bundle(dashboard_runs, "head-patterns")
+    rows = read_bundle(patterns.path).table("patterns")
+
+    def expected(prompt, layer, head):
+        chosen = rows[(rows["prompt"] == prompt) & (rows["layer"] == layer) & (rows["head"] == head)]
+        return chosen.pivot(index="query", columns="key", values="value").to_numpy()
+
+    url = f"{dashboard_url}/bundle/{patterns.path.name}"
+    open_page(page, f"{url}?prompt=1&layer=1&head=2", "#figure-pattern .js-plotly-plot")
+    np.testing.assert_allclose(plotted(page, "figure-pattern"), expected(1, 1, 2), rtol=1e-6)
+    page.evaluate("window.marker = 'same page'")
+    page.click("#control-head")
+    page.get_by_role("option", name="3", exact=True).click()
+    page.wait_for_function("new URLSearchParams(window.location.search).get('head') === '3'")
+    page.wait_for_function("document.querySelector('#figure-pattern .js-plotly-plot').layout.title.text"
+                           ".endsWith('L1H3, prompt 1')")
+    assert page.evaluate("window.marker") == "same page"
+    np.testing.assert_allclose(plotted(page, "figure-pattern"), expected(1, 1, 3), rtol=1e-6)
+    shared = page.url
+    page.goto(shared)  # the address bar, opened again: the same view
+    page.wait_for_selector("#figure-pattern .js-plotly-plot")
+    np.testing.assert_allclose(plotted(page, "figure-pattern"), expected(1, 1, 3), rtol=1e-6)
+
+    open_page(page, f"{url}?prompt=7&head=x", "#figure-pattern .js-plotly-plot")
+    said = page.locator("#figure-pattern .notice").inner_text()
+    assert "prompt '7'" in said and "head 'x'" in said and "shown at the defaults" in said
+    np.testing.assert_allclose(plotted(page, "figure-pattern"), expected(0, 0, 0), rtol=1e-6)
+
+
+def test_the_heads_grids_pickers_live_in_its_url(page, dashboard_url, dashboard_runs):
+    heads = read_bundle(bundle(dashboard_runs, "heads", "zoo/ioi-small").path).table("scores")
+    base = f"{dashboard_url}/heads?model={quote('zoo/ioi-small')}"
+    open_page(page, base, "#heads-grid .js-plotly-plot")
+    page.click("#grid-metric")
+    page.get_by_role("option", name=re.compile("^induction score")).click()
+    page.wait_for_function("(new URLSearchParams(window.location.search).get('metric') || '').endsWith('induction score')")
+    shared = page.url
+    open_page(page, shared, "#heads-grid .js-plotly-plot")
+    assert page.evaluate("document.querySelector('#heads-grid .js-plotly-plot').layout.title.text").startswith("induction")
+    np.testing.assert_allclose(np.array(plotted(page, "heads-grid"), dtype=float),
+                               grid_values(heads[heads["kind"] == "induction"]), rtol=1e-6)
+    open_page(page, f"{base}&metric=nope", "#heads-grid .js-plotly-plot")
+    assert "metric='nope'" in page.locator(".notice").first.inner_text()
+
+
 def test_broken_bundles_show_an_error_card_and_the_rest_works(page, dashboard_url, screenshots):
     for name, problem in (("broken-meta", "meta.json"), ("broken-missing", "is missing"),
                           ("broken-table", "cannot be read")):

@@ -24,15 +24,16 @@ def bundle_not_found(name: str) -> list:
     return [html.H2("Bundle not found"), notice(f"There is no bundle named {name!r} in the runs folder.")]
 
 
-def bundle_page(runs: Runs, entry) -> list:
-    """The page of one listed bundle (an error card for an unreadable one)."""
+def bundle_page(runs: Runs, entry, query: dict[str, str] | None = None) -> list:
+    """The page of one listed bundle (an error card for an unreadable one). `query` holds the
+    URL's control values (`url_params`), so a shared link shows the same view."""
     name = entry.path.name
     if not entry.ok:
         return [html.H2(f"Bundle {name}"), error_card(f"bundle {name}", entry.error)]
     meta = entry.bundle.meta
     analysis = analysis_of(entry)
     try:
-        body = _registered(runs, entry, analysis) if analysis else _unregistered(runs, entry)
+        body = _registered(runs, entry, analysis, query or {}) if analysis else _unregistered(runs, entry)
     except Exception as error:  # a part that fails to load: say which bundle, keep serving
         body = [error_card(f"bundle {name}", f"{type(error).__name__}: {error}")]
     return [html.H2(f"{meta['analysis']} — {meta['model']}"), _meta_block(entry), *body, _downloads(entry)]
@@ -54,12 +55,14 @@ def _downloads(entry) -> html.Section:
     return section("Downloads", html.Div([whole, *links], className="inline"))
 
 
-def _registered(runs: Runs, entry, analysis: Analysis) -> list:
+def _registered(runs: Runs, entry, analysis: Analysis, query: dict[str, str]) -> list:
     tables, meta = runs.tables(entry), entry.bundle.meta
     parts: list = [html.P(analysis.how_to_read, className="muted", id="how-to-read")]
+    params = url_params(analysis)
     for index, figure in enumerate(analysis.figures):
         if all(t in tables for t in figure.needs):
-            parts.append(figure_block(runs, entry, analysis, index, figure))
+            parts.append(figure_block(runs, entry, index, figure, {c.name: query.get(params[index, c.name])
+                                                                   for c in figure.controls}))
     parts += [graph(runs.figure(entry, name)) for name in entry.bundle.figure_names]  # stored by older versions
     metrics = bundle_metrics(runs, entry)
     if metrics:
@@ -97,6 +100,15 @@ def _tables(runs: Runs, entry) -> list:
 # a plain id, "figure-<name>", and each control "control-<name>", for links and tests.
 
 
+def url_params(analysis: Analysis) -> dict[tuple[int, str], str]:
+    """The URL parameter of each control, by (figure index, control name): the control's name,
+    or "INDEX.NAME" when two figures of the analysis have a control of that name. The
+    browser writes the same names (`KEEP_CONTROLS_IN_URL` in app.server)."""
+    names = [c.name for figure in analysis.figures for c in figure.controls]
+    return {(i, c.name): c.name if names.count(c.name) == 1 else f"{i}.{c.name}"
+            for i, figure in enumerate(analysis.figures) for c in figure.controls}
+
+
 def figure_ids(bundle: str, index: int) -> dict:
     return {"type": "figure", "bundle": bundle, "figure": index}
 
@@ -105,15 +117,23 @@ def control_ids(bundle: str, index: int, name: str) -> dict:
     return {"type": "figure-control", "bundle": bundle, "figure": index, "name": name}
 
 
-def figure_block(runs: Runs, entry, analysis: Analysis, index: int, figure: Figure) -> html.Div:
-    """The figure drawn with each control at its default, and the controls."""
+def figure_block(runs: Runs, entry, index: int, figure: Figure, wanted: dict[str, str | None]) -> html.Div:
+    """The figure drawn with each control at the value `wanted` by the URL (its text), else
+    at its default, and the controls; a notice says which wanted values the bundle lacks."""
     tables, meta, name = runs.tables(entry), entry.bundle.meta, entry.path.name
-    controls, values = [], {}
+    controls, values, missing = [], {}, []
     for control in figure.controls:
         options = control.options(tables, meta)
         if not options:
             return error_card(f"figure {figure.name} of {name}", f"its control {control.label!r} has no choices")
         value = options[0][0] if control.default == "first" else options[-1][0]
+        text = wanted.get(control.name)
+        if text is not None:
+            chosen = [v for v, _ in options if str(v) == text]
+            if chosen:
+                value = chosen[0]
+            else:
+                missing.append(f"{control.label} {text!r} (it has {_choices(options)})")
         values[control.name] = value
         controls.append(html.Div([html.Label(control.label), _widget(control, options, value,
                                                                      control_ids(name, index, control.name))],
@@ -122,7 +142,13 @@ def figure_block(runs: Runs, entry, analysis: Analysis, index: int, figure: Figu
         drawn = graph(figure.draw(tables, meta, **values), figure_ids(name, index))
     except Exception as error:  # the bundle's tables do not suit the figure: say so, keep the page
         drawn = error_card(f"figure {figure.name} of {name}", f"{type(error).__name__}: {error}")
-    return html.Div([*controls, drawn], id=f"figure-{figure.name}", className="figure-block")
+    shown_as = [notice(f"This bundle has no {', no '.join(missing)}: shown at the defaults instead.")] if missing else []
+    return html.Div([*shown_as, *controls, drawn], id=f"figure-{figure.name}", className="figure-block")
+
+
+def _choices(options: list) -> str:
+    values = [str(v) for v, _ in options]
+    return ", ".join(values) if len(values) <= 8 else f"{', '.join(values[:4])}, ..., {values[-1]}"
 
 
 def _widget(control, options: list, value, widget_id: dict):

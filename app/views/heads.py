@@ -24,26 +24,43 @@ def head_not_found(model: str, why: str) -> list:
     return [html.H2("Head not found"), notice(why), html.P(dcc.Link("heads grid", href=grid_href(model)))]
 
 
-def grid_page(runs: Runs, model: str) -> list:
+# The heads grid's pickers and the URL parameters that hold their choices (the browser keeps
+# them in the URL as they change; a link with them opens the same view).
+GRID_PICKERS = {"grid-metric": "metric", "scatter-x": "x", "scatter-y": "y"}
+
+
+def grid_page(runs: Runs, model: str, query: dict[str, str] | None = None) -> list:
     metrics, errors = runs.head_metrics(model)
     page = [html.H2(f"Heads grid: {model}"), *[error_card(f"bundle {name}", why) for name, why in errors]]
     if not metrics:
         return page + [notice("No bundle of this model has per-head numbers (heads, sinks, pruning, maps, "
                               "or patching of heads without positions).")]
+    by_key = {m.key: m for m in metrics}
+    defaults = {"grid-metric": metrics[0].key, "scatter-x": metrics[0].key,
+                "scatter-y": metrics[min(1, len(metrics) - 1)].key}
+    chosen, unknown = {}, []
+    for picker, param in GRID_PICKERS.items():
+        wanted = (query or {}).get(param)
+        if wanted is not None and wanted not in by_key:
+            unknown.append(f"{param}={wanted!r}")
+        chosen[picker] = wanted if wanted in by_key else defaults[picker]
+    if unknown:
+        page.append(notice(f"No per-head metric of {model} is named {' or '.join(unknown)}: shown with the first "
+                           "metrics instead. Pick one below."))
     options = [{"label": f"{m.label} — {m.bundle}", "value": m.key} for m in metrics]
     return page + [
         html.Label("colour by", htmlFor="grid-metric"),
-        dcc.Dropdown(id="grid-metric", options=options, value=metrics[0].key, clearable=False),
+        dcc.Dropdown(id="grid-metric", options=options, value=chosen["grid-metric"], clearable=False),
         dcc.Store(id="grid-model", data=model),
-        graph(grid_figure(metrics[0]), "heads-grid"),
+        graph(grid_figure(by_key[chosen["grid-metric"]]), "heads-grid"),
         html.P("Click a cell to open that head's page.", className="muted"),
         section("Two metrics across heads",
                 html.Div([html.Label("x", htmlFor="scatter-x"),
-                          dcc.Dropdown(id="scatter-x", options=options, value=metrics[0].key, clearable=False),
+                          dcc.Dropdown(id="scatter-x", options=options, value=chosen["scatter-x"], clearable=False),
                           html.Label("y", htmlFor="scatter-y"),
-                          dcc.Dropdown(id="scatter-y", options=options, value=metrics[min(1, len(metrics) - 1)].key,
+                          dcc.Dropdown(id="scatter-y", options=options, value=chosen["scatter-y"],
                                        clearable=False)], className="grid-2"),
-                graph(scatter_figure(metrics[0], metrics[min(1, len(metrics) - 1)]), "metric-scatter"),
+                graph(scatter_figure(by_key[chosen["scatter-x"]], by_key[chosen["scatter-y"]]), "metric-scatter"),
                 html.P("Each point is a head; click one to open its page.", className="muted")),
     ]
 
