@@ -79,6 +79,7 @@ SAE_TRAIN = register(Analysis(
     figures=(Figure("training", figures.draw_training, needs=("training",)),),
     demo=(Demo("a TopK SAE on zoo/ioi-small's residual stream", ("zoo/ioi-small", "--site", "resid_pre(2)",
                                                                   "--d-sae", "256", "--tokens", "50000")),),
+    related=("sae-eval", "sae-features"),
 ))
 
 SAE_EVAL = register(Analysis(
@@ -94,6 +95,7 @@ SAE_EVAL = register(Analysis(
     tables=(_EVALUATION,),
     figures=(Figure("evaluation", figures.draw_evaluation, needs=("evaluation",)),),
     demo=(Demo("that SAE spliced into the model on 300 texts", ("zoo/ioi-small", "--n-texts", "300")),),
+    related=("sae-train", "sae-features"),
 ))
 
 SAE_FEATURES = register(Analysis(
@@ -125,4 +127,5 @@ SAE_FEATURES = register(Analysis(
                              "features' worth of decoder norm", "free", select=figures.head_totals),),
     demo=(Demo("feature pages of that SAE", ("zoo/ioi-small", "--n-texts", "500")),),
     aliases=("sae",),
+    related=("sae-train", "sae-eval", "heads"),
 ))

@@ -140,6 +140,7 @@ HEADS = register(Analysis(
     demo=(Demo("head detectors, induction model", ("zoo/induction-2l",)),
           Demo("head detectors, IOI model", ("zoo/ioi-small",)),
           Demo("head detectors, MiniLM", ("minilm",))),
+    related=("head-patterns", "patch", "pruning", "sinks"),
 ))
 
 HEAD_PATTERNS = register(Analysis(
@@ -165,6 +166,7 @@ HEAD_PATTERNS = register(Analysis(
                ("zoo/ioi-small", "--texts", "When Mary and John went to the store, John gave a drink to")),
           Demo("attention patterns and QK/OV, MiniLM", ("minilm", "--texts", *EXAMPLE_TEXTS))),
     aliases=("attention-patterns",),
+    related=("heads", "maps", "sinks"),
 ))
 
 _MAPS_TABLE = Table("maps", ("layer", "prompt", "query", "key", "value"),
@@ -184,6 +186,7 @@ ROLLOUT = register(Analysis(
     tables=(_MAPS_TABLE,),
     figures=(_TOKEN_MAP,),
     demo=(Demo("attention rollout", ("minilm", "--texts", *EXAMPLE_TEXTS)),),
+    related=("flow", "attribution-compare"),
 ))
 
 FLOW = register(Analysis(
@@ -196,6 +199,7 @@ FLOW = register(Analysis(
     tables=(_MAPS_TABLE,),
     figures=(_TOKEN_MAP,),
     demo=(Demo("attention flow", ("minilm", "--texts", EXAMPLE_TEXTS[0])),),
+    related=("rollout", "attribution-compare"),
 ))
 
 ATTRIBUTION_COMPARE = register(Analysis(
@@ -214,6 +218,7 @@ ATTRIBUTION_COMPARE = register(Analysis(
     task=TaskUse(required=False, default=None, pairs=True),
     demo=(Demo("attention-based maps against token importance on 8 IOI prompts",
                ("zoo/ioi-small", "--task", "ioi", "--n", "8", "--gradient", "norm")),),
+    related=("rollout", "flow"),
 ))
 
 SINKS = register(Analysis(
@@ -235,6 +240,7 @@ SINKS = register(Analysis(
     head_views=(HeadView("Attention received per key position (sinks)", figures.alpha_view,
                          needs=("heads", "rates")),),
     demo=(Demo("attention sinks, MiniLM", ("minilm",)), Demo("attention sinks, IOI model", ("zoo/ioi-small",))),
+    related=("head-patterns", "heads"),
 ))
 
 PRUNING = register(Analysis(
@@ -255,6 +261,7 @@ PRUNING = register(Analysis(
     demo=(Demo("head pruning (IOI)", ("zoo/ioi-small", "--task", "ioi", "--n", "32")),
           Demo("head pruning (sentence pairs, MiniLM)",
                ("minilm", "--task", "sentence-pairs", "--orders", "once", "random"))),
+    related=("patch", "heads", "circuit"),
 ))
 
 MAPS = register(Analysis(
@@ -277,6 +284,7 @@ MAPS = register(Analysis(
     head_views=(HeadView("MAPS: relations and salient operations", figures.relations_view, needs=("scores",)),),
     demo=(Demo("MAPS relation scores, MiniLM", ("minilm", "--salient", "5.7", "2.1")),
           Demo("MAPS copying scores, induction model", ("zoo/induction-2l", "--vocab-copying"))),
+    related=("maps-validation", "head-patterns"),
 ))
 
 MAPS_VALIDATION = register(Analysis(
@@ -302,6 +310,7 @@ MAPS_VALIDATION = register(Analysis(
           Demo("MAPS copying heads ablated (induction model)",
                ("zoo/induction-2l", "--validation", "causal", "--vocab-copying", "--templates", "t1 t2 {} t3 t4 t1 t2",
                 "--m", "4"))),
+    related=("maps",),
 ))
 
 register_task(TaskBuilder("sentence-pairs", "analyses.sentence_pairs:sentence_pair_task",

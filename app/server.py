@@ -10,6 +10,7 @@ Pages (all built from the bundles on disk at request time):
     /heads?model=M                     heads grid of model M
     /head?model=M&layer=L&head=H       one head in every analysis
     /bundle/NAME                       one bundle, drawn for its analysis
+    /compare?a=NAME&b=NAME             two bundles of one analysis: differences, overlays
     /download/NAME/TABLE.csv           one table as CSV
 
 Dash draws every page in the browser, from a callback; the HTML shell is the same for all
@@ -40,6 +41,7 @@ from werkzeug.serving import make_server
 from app.data import Runs
 from app.views.bundle import bundle_not_found, bundle_page, redraw
 from app.views.common import error_card, head_href, notice
+from app.views.compare import compare_href, compare_page
 from app.views.heads import (GRID_PICKERS, grid_figure, grid_page, head_not_found, head_page, head_view, models_page,
                              scatter_figure)
 from app.views.runs import runs_page
@@ -121,6 +123,13 @@ def locate(runs: Runs, pathname: str | None, search: str | None) -> Page:
         if entry is None:
             return Page(False, partial(bundle_not_found, name))
         return Page(True, partial(bundle_page, runs, entry, query))
+    if path == "/compare":
+        a, b = runs.entry(query.get("a", "")), runs.entry(query.get("b", ""))
+        if a is None or b is None:
+            missing = [f"{k}={query.get(k)!r}" for k, e in (("a", a), ("b", b)) if e is None]
+            return Page(False, lambda: [html.H2("Bundle not found"), notice(
+                f"No bundle is named {' or '.join(missing)} (a comparison is /compare?a=NAME&b=NAME).")])
+        return Page(True, partial(compare_page, runs, a, b))
     return Page(False, lambda: [html.H2("Page not found"), notice(f"No page at {pathname!r}.")])
 
 
@@ -193,6 +202,23 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
             raise PreventUpdate
         point = click["points"][0]
         return head_href(ctx.triggered_id["model"], int(point["y"]), int(point["x"]))
+
+    @app.callback(Output("url", "href", allow_duplicate=True),
+                  Input({"type": "head-scatter", "model": ALL, "index": ALL}, "clickData"), prevent_initial_call=True)
+    def open_head_from_a_scatter(clicks):
+        """A click on a point of a per-head scatter (customdata [layer, head]) opens that head's page."""
+        click = ctx.triggered[0]["value"] if ctx.triggered else None
+        if not click or not click.get("points") or not isinstance(ctx.triggered_id, dict):
+            raise PreventUpdate
+        layer, head = click["points"][0]["customdata"]
+        return head_href(ctx.triggered_id["model"], int(layer), int(head))
+
+    @app.callback(Output("url", "href", allow_duplicate=True), Input("compare-with", "value"),
+                  State("compare-a", "data"), prevent_initial_call=True)
+    def open_comparison(b, a):
+        if not b:
+            raise PreventUpdate
+        return compare_href(a, b)
 
     @app.callback(Output(table_ids(MATCH, MATCH), "data"), Output(table_ids(MATCH, MATCH), "page_current"),
                   Output(table_ids(MATCH, MATCH), "page_count"), Output(status_ids(MATCH, MATCH), "children"),

@@ -66,6 +66,7 @@ CIRCUIT = register(Analysis(
     demo=(Demo("circuit of IOI by EAP-IG, with its faithfulness curve",
                ("zoo/ioi-small", "--task", "ioi", "--n", "16", "--n-resamples", "200")),),
     aliases=("circuit-evaluation",),
+    related=("patch", "heads", "pruning"),
 ))
 
 for _name, (_build, _summary) in TASK_BUILDERS.items():

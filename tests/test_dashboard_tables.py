@@ -1,6 +1,7 @@
-"""Bundle tables are paged, sorted and filtered on the server (`app.views.tables`): each page
-is checked against the same selection written directly in pandas, and a filter the table
-cannot read is refused with a message, never shown as an unfiltered page."""
+"""Bundle pages without a browser: their tables are paged, sorted and filtered on the server
+(`app.views.tables`), each page checked against the same selection written in pandas, and a
+filter the table cannot read is refused with a message, never shown as an unfiltered page;
+the registry's related-analysis links name registered analyses."""
 
 from __future__ import annotations
 
@@ -71,3 +72,14 @@ def test_records_are_json_ready(frame):
     frame.loc[0, "score"] = np.nan
     record = table_page(frame, 0, 1, [], "").records[0]
     assert record["score"] is None and record["top_tokens"] == "a, t0" and isinstance(record["layer"], int)
+
+
+def test_every_related_analysis_is_registered():
+    """A misspelt `related` name would silently drop a link from the bundle pages."""
+    from app.registry import analyses
+
+    names = {a.name for a in analyses()}
+    for analysis in analyses():
+        unknown = set(analysis.related) - names
+        assert not unknown, f"{analysis.name} names unregistered related analyses {unknown}"
+        assert analysis.name not in analysis.related

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dash import dcc, html
 
 from app.data import GridMetric, Runs, analysis_of, bundle_metrics
-from app.views.common import (bundle_zip_href, compact, download_href, error_card, graph, grid_href, head_href, notice,
+from app.views.common import (bundle_href, bundle_zip_href, compact, download_href, error_card, graph, grid_href, head_href, notice,
                               section, when)
 from app.views.heads import grid_figure
 from app.views.tables import bundle_table
@@ -36,7 +36,45 @@ def bundle_page(runs: Runs, entry, query: dict[str, str] | None = None) -> list:
         body = _registered(runs, entry, analysis, query or {}) if analysis else _unregistered(runs, entry)
     except Exception as error:  # a part that fails to load: say which bundle, keep serving
         body = [error_card(f"bundle {name}", f"{type(error).__name__}: {error}")]
-    return [html.H2(f"{meta['analysis']} — {meta['model']}"), _meta_block(entry), *body, _downloads(entry)]
+    return [html.H2(f"{meta['analysis']} — {meta['model']}"), _meta_block(entry), *_others(runs, entry, analysis),
+            *body, _downloads(entry)]
+
+
+MAX_RELATED = 5
+
+
+def _others(runs: Runs, entry, analysis: Analysis | None) -> list:
+    """A picker of the bundles of the same analysis to compare this one with, and links to the
+    bundles of the same model that its analysis names as related (newest first, at most
+    MAX_RELATED each) and to the newest bundle of each other analysis of the model."""
+    meta, name = entry.bundle.meta, entry.path.name
+    same_model = sorted((e for e in runs.entries() if e.ok and e.path.name != name and e.bundle.meta["model"] ==
+                         meta["model"]), key=lambda e: str(e.bundle.meta.get("created") or ""), reverse=True)
+    peers = sorted((e for e in runs.entries() if e.ok and e.path.name != name
+                    and e.bundle.meta["analysis"] == meta["analysis"]),
+                   key=lambda e: str(e.bundle.meta.get("created") or ""), reverse=True)
+    parts = []
+    if peers:
+        options = [{"label": f"{e.path.name} ({e.bundle.meta['model']}, {when(e.bundle.meta.get('created'))})",
+                    "value": e.path.name} for e in peers]
+        parts.append(html.Div([html.Label("compare with", htmlFor="compare-with"),
+                               dcc.Dropdown(id="compare-with", options=options, placeholder="another bundle of "
+                                            f"{meta['analysis']}: see the difference or the overlay"),
+                               dcc.Store(id="compare-a", data=name)], className="control"))
+    related = analysis.related if analysis else ()
+    groups = [(other, [e for e in same_model if e.bundle.meta["analysis"] == other][:MAX_RELATED]) for other in related]
+    newest: dict[str, object] = {}
+    for e in same_model:
+        if e.bundle.meta["analysis"] not in related and e.bundle.meta["analysis"] != meta["analysis"]:
+            newest.setdefault(e.bundle.meta["analysis"], e)
+    items = [html.Li([f"{other}: ", *[part for e in found for part in (dcc.Link(e.path.name, href=bundle_href(
+        e.path.name)), " ")]]) for other, found in groups if found]
+    items += [html.Li([f"{other} (newest): ", dcc.Link(e.path.name, href=bundle_href(e.path.name))])
+              for other, e in newest.items()]
+    if items:
+        parts.append(html.Details([html.Summary(f"Related bundles of {meta['model']}"), html.Ul(items)],
+                                  id="related", open=bool(groups and any(found for _, found in groups))))
+    return parts
 
 
 def _meta_block(entry) -> html.Table:

@@ -51,4 +51,5 @@ PATCH = register(Analysis(
                 "--template", "when-went")),
           Demo("patching every head's output (induction)", ("zoo/induction-2l", "--task", "induction", "--n", "16"))),
     aliases=("patching-exact", "patching-atp", "patching-atp*", "patching-path"),
+    related=("heads", "circuit", "pruning"),
 ))

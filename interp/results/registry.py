@@ -188,7 +188,8 @@ class Analysis:
     """One registered analysis (see the module docstring). `run` names the entry point
     `run(model, config, task=None, *, progress=True) -> Result`; `requires` is "any",
     "causal" (a causal language model with an LM head) or "encoder"; `aliases` are older
-    bundle names read as this analysis."""
+    bundle names read as this analysis; `related` names the analyses whose bundles of the
+    same model a reader of this one wants next (the dashboard links them)."""
 
     name: str
     summary: str
@@ -204,6 +205,7 @@ class Analysis:
     demo: tuple[Demo, ...] = ()
     aliases: tuple[str, ...] = ()
     group: str | None = None
+    related: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
