@@ -40,7 +40,7 @@ from werkzeug.serving import make_server
 
 from app.data import Runs
 from app.views.bundle import bundle_not_found, bundle_page, redraw
-from app.views.common import error_card, head_href, notice
+from app.views.common import error_card, head_href, head_of_point, notice
 from app.views.compare import compare_href, compare_page
 from app.views.heads import (GRID_PICKERS, grid_figure, grid_page, head_not_found, head_page, head_view, models_page,
                              scatter_figure)
@@ -212,6 +212,18 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
             raise PreventUpdate
         layer, head = click["points"][0]["customdata"]
         return head_href(ctx.triggered_id["model"], int(layer), int(head))
+
+    @app.callback(Output("url", "href", allow_duplicate=True),
+                  Input({"type": "figure", "bundle": ALL, "figure": ALL}, "clickData"), prevent_initial_call=True)
+    def open_head_from_a_figure(clicks):
+        """A click on a point of a bundle's figure that stands for a head (`head_of_point`) opens its page."""
+        click = ctx.triggered[0]["value"] if ctx.triggered else None
+        if not click or not click.get("points") or not isinstance(ctx.triggered_id, dict):
+            raise PreventUpdate
+        head, entry = head_of_point(click["points"][0]), runs.entry(ctx.triggered_id["bundle"])
+        if head is None or entry is None or not entry.ok:
+            raise PreventUpdate
+        return head_href(entry.bundle.meta["model"], *head)
 
     @app.callback(Output("url", "href", allow_duplicate=True), Input("compare-with", "value"),
                   State("compare-a", "data"), prevent_initial_call=True)

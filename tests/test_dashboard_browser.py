@@ -402,6 +402,31 @@ def test_bundle_tables_page_filter_and_sort_over_every_row(page, dashboard_url, 
     assert all("t5" in t for t in shown_column(page, "patterns", "key_token"))
 
 
+def click_cell(page, graph: str, column, row) -> None:
+    """Click the heatmap cell at category labels (`column`, `row`) of the plot in `graph`."""
+    x, y = page.evaluate("""([graph, column, row]) => {
+        const gd = document.querySelector(graph + ' .js-plotly-plot');
+        gd.scrollIntoView();
+        const xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis, box = gd.getBoundingClientRect();
+        return [box.left + xa._offset + xa.l2p(xa.d2l(column)), box.top + ya._offset + ya.l2p(ya.d2l(row))];
+    }""", [graph, column, row])
+    page.mouse.click(x, y)
+
+
+def test_cells_that_stand_for_heads_open_them_and_others_do_not(page, dashboard_url, dashboard_runs):
+    heads = bundle(dashboard_runs, "patch", "zoo/ioi-small", axes=["layer", "head"])
+    open_page(page, f"{dashboard_url}/bundle/{heads.path.name}", "#figure-heatmap .js-plotly-plot")
+    row = plotted(page, "figure-heatmap", "y")[2]
+    click_cell(page, "#figure-heatmap", "H5", row)
+    page.wait_for_url(re.compile(r"/head\?model=zoo%2Fioi-small&layer=2&head=5$"))
+    positions = bundle(dashboard_runs, "patch", "zoo/ioi-small", axes=["layer", "pos"])
+    open_page(page, f"{dashboard_url}/bundle/{positions.path.name}", "#figure-heatmap .js-plotly-plot")
+    before = page.url
+    click_cell(page, "#figure-heatmap", plotted(page, "figure-heatmap", "x")[1], plotted(page, "figure-heatmap", "y")[1])
+    page.wait_for_timeout(1500)  # a layer x position cell is no head: the page stays
+    assert page.url == before
+
+
 def test_a_bundle_pages_controls_live_in_its_url(page, dashboard_url, dashboard_runs):
     """A link with control values opens that view; changing a control rewrites the URL (the
     page is not drawn again); a value the bundle lacks is said, not silently replaced."""

@@ -83,3 +83,20 @@ def test_every_related_analysis_is_registered():
         unknown = set(analysis.related) - names
         assert not unknown, f"{analysis.name} names unregistered related analyses {unknown}"
         assert analysis.name not in analysis.related
+
+
+@pytest.mark.parametrize("point, head", [
+    ({"text": "L1H2", "x": "H2", "y": "L1"}, (1, 2)),
+    ({"hovertext": "a3.h4 (in the circuit)", "x": 0.2, "y": 0.5}, (3, 4)),
+    ({"hovertext": "a1.h2<q>", "x": 0.2, "y": 0.5}, (1, 2)),
+    ({"x": "H3", "y": 2}, (2, 3)),
+    ({"x": "0:<bos>", "y": "L1H5"}, (1, 5)),
+    ({"hovertext": "a0.h1->a1.h2<br>score 1"}, None),  # an edge, not a head
+    ({"x": "0:<bos>", "y": "1"}, None),  # a layer and a position
+    ({"text": "L12", "x": 0.1, "y": 3}, None),
+    ({"x": "H1", "y": "all positions"}, None),
+])
+def test_a_clicked_point_opens_a_head_only_when_it_stands_for_one(point, head):
+    from app.views.common import head_of_point
+
+    assert head_of_point(point) == head

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import quote, urlencode
 
 import numpy as np
@@ -32,6 +33,25 @@ def bundle_zip_href(bundle: str) -> str:
 
 def download_href(bundle: str, table: str) -> str:
     return f"/download/{quote(bundle, safe='')}/{quote(table, safe='')}.csv"
+
+
+# A point stands for a head when its text, hover text or an axis label reads "L1H2" (the
+# dashboard's labels) or "a1.h2" (circuit node names); edges ("a0.h1->a1.h2") do not.
+_HEAD_LABEL = re.compile(r"^(?:L(\d+)H(\d+)|a(\d+)\.h(\d+))(?![\d.])")
+
+
+def head_of_point(point: dict) -> tuple[int, int] | None:
+    """(layer, head) of a clicked plotly point that stands for one head, else None: a label
+    as above, or a cell whose x label is "H{head}" and y label "L{layer}" or the layer number."""
+    for field in ("text", "hovertext", "y", "x"):
+        value = point.get(field)
+        if isinstance(value, str) and "->" not in value and (match := _HEAD_LABEL.match(value)):
+            layer, head = (match[1], match[2]) if match[1] is not None else (match[3], match[4])
+            return int(layer), int(head)
+    x, y = point.get("x"), point.get("y")
+    if isinstance(x, str) and re.fullmatch(r"H\d+", x) and re.fullmatch(r"L?\d+", str(y)):
+        return int(str(y).lstrip("L")), int(x[1:])
+    return None
 
 
 def error_card(title: str, message: str) -> html.Div:
