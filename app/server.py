@@ -65,6 +65,21 @@ table.meta th { text-align: left; padding-right: 16px; color: #555; font-weight:
 .params { font-family: monospace; font-size: 12px; }
 .table-wrap { overflow-x: auto; }
 .grid-2 { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; }
+button.export { border: none; background: none; color: #1a5fb4; cursor: pointer; padding: 0 2px; font-size: 13px; }
+"""
+
+# The "save as PNG / SVG" buttons under every figure (`app.views.common.graph`): plotly.js
+# saves the figure as drawn, named after its title; PNG at twice the screen's resolution.
+EXPORT_SCRIPT = """
+document.addEventListener("click", function (event) {
+    const button = event.target.closest("button[data-export]");
+    if (!button) return;
+    const plot = button.closest(".graph-box").querySelector(".js-plotly-plot");
+    const title = (plot.layout && plot.layout.title && plot.layout.title.text) || "figure";
+    const format = button.dataset.export;
+    Plotly.downloadImage(plot, {format: format, scale: format === "png" ? 2 : 1,
+                                filename: title.replace(/<[^>]*>/g, " ").replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 80)});
+});
 """
 
 
@@ -74,7 +89,8 @@ def create_app(runs_dir: str | Path) -> dash.Dash:
     server = Flask(__name__)
     app = dash.Dash(__name__, server=server, title="headlab dashboard", update_title=None,
                     suppress_callback_exceptions=True)
-    app.index_string = app.index_string.replace("{%css%}", "{%css%}<style>" + _CSS + "</style>")
+    app.index_string = (app.index_string.replace("{%css%}", "{%css%}<style>" + _CSS + "</style>")
+                        .replace("{%scripts%}", "{%scripts%}<script>" + EXPORT_SCRIPT + "</script>"))
     app.layout = html.Div([
         dcc.Location(id="url", refresh="callback-nav"),
         html.Header([html.H1("headlab"), dcc.Link("runs", href="/"), dcc.Link("heads grids", href="/heads"),

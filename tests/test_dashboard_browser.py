@@ -143,6 +143,21 @@ def test_the_mode_bar_offers_no_way_to_send_a_chart_anywhere(page, dashboard_url
     page.screenshot(path=screenshots / "heads-grid-modebar.png")
 
 
+def test_every_figure_saves_as_png_and_svg(page, dashboard_url, tmp_path):
+    open_page(page, f"{dashboard_url}/heads?model={quote('zoo/induction-2l')}", "#heads-grid .js-plotly-plot")
+    title = page.evaluate("document.querySelector('#heads-grid .js-plotly-plot').layout.title.text")
+    box = page.locator(".graph-box", has=page.locator("#heads-grid"))
+    for format, magic in (("png", b"\x89PNG\r\n\x1a\n"), ("svg", b"<svg")):
+        with page.expect_download() as download:
+            box.locator(f"button[data-export={format}]").click()
+        saved = tmp_path / f"figure.{format}"
+        download.value.save_as(saved)
+        assert download.value.suggested_filename.endswith(f".{format}")
+        assert download.value.suggested_filename.startswith(title.split()[0])
+        assert saved.read_bytes().startswith(magic), format
+    assert "induction" in (tmp_path / "figure.svg").read_text()  # the figure's own text is in the vector file
+
+
 def test_a_missing_bundle_answers_404_with_a_readable_page(page, dashboard_url, screenshots):
     response = page.goto(f"{dashboard_url}/bundle/no-such-bundle")
     assert response.status == 404

@@ -110,7 +110,10 @@ GRAPH_CONFIG = {"displaylogo": False, "showSendToCloud": False, "plotlyServerURL
                 "toImageButtonOptions": {"format": "svg"}}
 
 
-def graph(fig: go.Figure, graph_id: str | dict | None = None) -> dcc.Graph:
-    """Every figure of the dashboard is shown through this (see GRAPH_CONFIG)."""
+def graph(fig: go.Figure, graph_id: str | dict | None = None) -> html.Div:
+    """Every figure of the dashboard is shown through this (see GRAPH_CONFIG), with buttons
+    that save it as PNG or SVG (`EXPORT_SCRIPT` in app.server does the saving)."""
     kwargs = {"id": graph_id} if graph_id else {}
-    return dcc.Graph(figure=fig, config=GRAPH_CONFIG, **kwargs)
+    save = html.Div(["save as ", html.Button("PNG", className="export", **{"data-export": "png"}), " ",
+                     html.Button("SVG", className="export", **{"data-export": "svg"})], className="muted")
+    return html.Div([dcc.Graph(figure=fig, config=GRAPH_CONFIG, **kwargs), save], className="graph-box")
