@@ -124,7 +124,9 @@ SAE_FEATURES = register(Analysis(
                     controls=(Control("feature", "feature (most frequent first)", figures.feature_options),)),
              Figure("density", figures.draw_density, needs=("features",))),
     head_metrics=(HeadMetric("head_shares", "share", "SAE features written (share of decoder norm, summed)",
-                             "features' worth of decoder norm", "free", select=figures.head_totals),),
+                             "features' worth of decoder norm", "free", select=figures.head_totals,
+                             how_to_read="How much of the SAE's decoder lies in this head's slice of the attention "
+                                         "output, summed over features: the heads that many features write through."),),
     demo=(Demo("feature pages of that SAE", ("zoo/ioi-small", "--n-texts", "500")),),
     aliases=("sae",),
     related=("sae-train", "sae-eval", "heads"),

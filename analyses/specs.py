@@ -136,7 +136,10 @@ HEADS = register(Analysis(
     config=HeadsConfig,
     tables=(Table("scores", ("layer", "head", "kind", "score"), "one row per head and kind"),),
     figures=(Figure("scores", figures.draw_detector_scores, needs=("scores",)),),
-    head_metrics=(HeadMetric("scores", "score", figures.kind_label, "share of attention", "share", group="kind"),),
+    head_metrics=(HeadMetric("scores", "score", figures.kind_label, "share of attention", "share", group="kind",
+                             how_to_read="The share of its attention the head puts where the pattern says (the "
+                                         "previous token, the token after an earlier copy of the current one, ...), "
+                                         "averaged over probes: near 1, the head does this; near 0, it does not."),),
     demo=(Demo("head detectors, induction model", ("zoo/induction-2l",)),
           Demo("head detectors, IOI model", ("zoo/ioi-small",)),
           Demo("head detectors, MiniLM", ("minilm",))),
@@ -158,7 +161,9 @@ HEAD_PATTERNS = register(Analysis(
                               Control("layer", "layer", figures.column_options("patterns", "layer")),
                               Control("head", "head", figures.column_options("patterns", "head")))),),
     head_metrics=(HeadMetric("qk_ov", "ov_copying", "OV copying score", "Σ Re λ / Σ |λ| of the full OV circuit",
-                             "signed"),),
+                             "signed", how_to_read="From the weights alone: +1, the head's output raises the logit "
+                             "of the token it attends to (copying, as name movers do); -1, it lowers it (copy "
+                             "suppression); near 0, neither."),),
     head_views=(HeadView("Attention patterns on stored prompts", figures.head_patterns_view, needs=("patterns",)),
                 HeadView("QK / OV summaries", figures.qk_ov_view, needs=("qk_ov",))),
     demo=(Demo("attention patterns and QK/OV, induction model", ("zoo/induction-2l",)),
@@ -236,7 +241,10 @@ SINKS = register(Analysis(
                   "massive activations", optional=True)),
     figures=(Figure("sinks", figures.draw_sinks, needs=("rates", "heads")),),
     head_metrics=(HeadMetric("heads", "sink_fraction", figures.sink_label, "share of prompts", "share",
-                             select=figures.key_zero, detail="frame"),),
+                             select=figures.key_zero, detail="frame",
+                             how_to_read="The share of prompts on which the head gives key 0 (usually BOS) more "
+                                         "than ε of its attention: high for a head that parks its attention on the "
+                                         "sink when it has nothing else to attend to."),),
     head_views=(HeadView("Attention received per key position (sinks)", figures.alpha_view,
                          needs=("heads", "rates")),),
     demo=(Demo("attention sinks, MiniLM", ("minilm",)), Demo("attention sinks, IOI model", ("zoo/ioi-small",))),
@@ -256,7 +264,10 @@ PRUNING = register(Analysis(
                   "per head: importance normalised per layer, raw, and pruning rank", optional=True)),
     figures=(Figure("curve", figures.draw_pruning_curve, needs=("curve",)),),
     head_metrics=(HeadMetric("importance", "importance", "pruning importance ({task})",
-                             "E|∂loss/∂ξ_h|, normalised per layer", "free"),),
+                             "E|∂loss/∂ξ_h|, normalised per layer", "free",
+                             how_to_read="How much the task's loss moves when the head's output is scaled (the "
+                                         "gradient at its gate, Michel et al.), normalised within each layer: the "
+                                         "large ones are the heads the task cannot lose; compare within a layer."),),
     task=TaskUse(required=True, default="ioi", pairs=False),
     demo=(Demo("head pruning (IOI)", ("zoo/ioi-small", "--task", "ioi", "--n", "32")),
           Demo("head pruning (sentence pairs, MiniLM)",
@@ -280,7 +291,10 @@ MAPS = register(Analysis(
     figures=(Figure("scores", figures.draw_relation_scores, needs=("scores", "relations")),
              Figure("suppression", figures.draw_suppression_scores, needs=("scores", "relations"))),
     head_metrics=(HeadMetric("scores", "score", "MAPS top relation score", "share of pairs", "share",
-                             select=figures.best_relation, detail="relation"),),
+                             select=figures.best_relation, detail="relation",
+                             how_to_read="From the weights alone: the best share, over the relations tested (the "
+                                         "hover names it), of a relation's pairs whose target is among the head's "
+                                         "top outputs when it reads the source. High: the head implements it."),),
     head_views=(HeadView("MAPS: relations and salient operations", figures.relations_view, needs=("scores",)),),
     demo=(Demo("MAPS relation scores, MiniLM", ("minilm", "--salient", "5.7", "2.1")),
           Demo("MAPS copying scores, induction model", ("zoo/induction-2l", "--vocab-copying"))),

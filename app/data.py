@@ -80,6 +80,7 @@ class GridMetric:
     values: pd.DataFrame
     unit: str
     scale: str
+    how_to_read: str = ""
 
     @property
     def quantity(self) -> str:
@@ -195,5 +196,5 @@ def bundle_metrics(runs: Runs, entry: BundleEntry) -> list[GridMetric]:
     for i, metric in enumerate(analysis.head_metrics):
         for label, values in metric.values(tables, meta):
             metrics.append(GridMetric(f"{name}:{i}:{label}", label, name, analysis.name, values,
-                                      metric.unit_for(meta), metric.scale))
+                                      metric.unit_for(meta), metric.scale, metric.how_to_read))
     return metrics

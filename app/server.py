@@ -176,14 +176,14 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
         except Exception as error:  # keep the app usable whatever one page hits
             return [error_card(f"page {pathname}", f"{type(error).__name__}: {error}")]
 
-    @app.callback(Output("heads-grid", "figure"), Input("grid-metric", "value"), State("grid-model", "data"),
-                  prevent_initial_call=True)
+    @app.callback(Output("heads-grid", "figure"), Output("grid-metric-help", "children"), Input("grid-metric", "value"),
+                  State("grid-model", "data"), prevent_initial_call=True)
     def recolour(key, model):
         metrics, _ = runs.head_metrics(model)
         chosen = next((m for m in metrics if m.key == key), None)
         if chosen is None:
-            return {"layout": {"title": {"text": f"{key} is no longer in the runs folder"}}}
-        return grid_figure(chosen)
+            return {"layout": {"title": {"text": f"{key} is no longer in the runs folder"}}}, ""
+        return grid_figure(chosen), chosen.how_to_read
 
     @app.callback(Output("url", "href"), Input("heads-grid", "clickData"), State("grid-model", "data"),
                   prevent_initial_call=True)

@@ -60,7 +60,10 @@ CIRCUIT = register(Analysis(
                     controls=(Control("top_n", "edges shown", figures.top_n_options, widget="slider"),))),
     head_metrics=(HeadMetric("nodes", "score", lambda meta, group: f"circuit node score "
                              f"({(meta.get('parameters') or {}).get('method')}, {meta.get('task')})",
-                             "sum of the head's outgoing edge scores", "signed", select=figures.head_nodes),),
+                             "sum of the head's outgoing edge scores", "signed", select=figures.head_nodes,
+                             how_to_read="The sum of the head's outgoing edge scores in the circuit search: "
+                                         "positive, its output carries the behaviour; negative, it works against it; "
+                                         "near 0, the circuit does not need it."),),
     task=TaskUse(required=True, default="ioi", pairs=True),
     requires="causal",
     demo=(Demo("circuit of IOI by EAP-IG, with its faithfulness curve",

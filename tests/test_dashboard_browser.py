@@ -100,6 +100,8 @@ def test_grid_dropdown_changes_the_plotted_metric(page, dashboard_url, dashboard
                                grid_values(heads[heads["kind"] == "induction"]), rtol=1e-6)
     assert colouring(page, "heads-grid") == {"zmin": 0, "zmax": 1, "zmid": None,
                                              "title": "induction score<br>(share of attention)"}
+    from app.registry import find
+    assert page.locator("#grid-metric-help").inner_text() == find("heads").head_metrics[0].how_to_read
 
     page.click("#grid-metric")
     page.get_by_role("option", name=re.compile("^pruning importance")).click()
@@ -246,6 +248,11 @@ def test_head_page_shows_maps_sinks_and_patching(page, dashboard_url, dashboard_
     for label in ("previous-token score", "sink rate at key 0", "pruning importance", "MAPS top relation score",
                   "patching effect of z"):
         assert label in numbers, label
+    page.click("#head-numbers-help summary")
+    meanings = page.locator("#head-numbers-help li").all_inner_texts()
+    from app.registry import find
+    assert any(m.startswith("pruning importance") and m.endswith(find("pruning").head_metrics[0].how_to_read)
+               for m in meanings), meanings
     salient = read_bundle(bundle(dashboard_runs, "maps", "zoo/ioi-small").path).table("salient_L0H2")
     shown = page.locator("section:has(h3:text-is('MAPS: relations and salient operations')) table.data").nth(1)
     assert shown.locator("tbody tr").count() == len(salient)

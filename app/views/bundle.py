@@ -105,7 +105,8 @@ def _registered(runs: Runs, entry, analysis: Analysis, query: dict[str, str]) ->
     metrics = bundle_metrics(runs, entry)
     if metrics:
         blocks = [[graph(grid_figure(m), {"type": "head-grid", "model": meta["model"], "index": i}),
-                   _top_heads(m, meta["model"])] for i, m in enumerate(metrics)]
+                   html.P(m.how_to_read, className="muted"), _top_heads(m, meta["model"])]
+                  for i, m in enumerate(metrics)]
         parts.append(section("Per head", *[part for block in blocks for part in block],
                              dcc.Link("open in the heads grid (click a head for its page)",
                                       href=grid_href(meta["model"]))))

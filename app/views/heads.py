@@ -51,6 +51,7 @@ def grid_page(runs: Runs, model: str, query: dict[str, str] | None = None) -> li
     return page + [
         html.Label("colour by", htmlFor="grid-metric"),
         dcc.Dropdown(id="grid-metric", options=options, value=chosen["grid-metric"], clearable=False),
+        html.P(by_key[chosen["grid-metric"]].how_to_read, id="grid-metric-help", className="muted"),
         dcc.Store(id="grid-model", data=model),
         graph(grid_figure(by_key[chosen["grid-metric"]]), "heads-grid"),
         html.P("Click a cell to open that head's page.", className="muted"),
@@ -170,4 +171,10 @@ def _numbers(metrics: list[GridMetric], layer: int, head: int) -> html.Div:
                      "bundle": dcc.Link(metric.bundle, href=bundle_href(metric.bundle))})
     if not rows:
         return notice("No per-head numbers for this head.")
-    return frame_table(pd.DataFrame(rows), table_id="head-numbers")
+    meanings = {m.label: m.how_to_read for m in metrics if m.how_to_read}
+    shown = [r["metric"] for r in rows]
+    return html.Div([frame_table(pd.DataFrame(rows), table_id="head-numbers"),
+                     html.Details([html.Summary("what these numbers mean"),
+                                   html.Ul([html.Li([html.Strong(label), ": ", meanings[label]])
+                                            for label in dict.fromkeys(shown) if label in meanings])],
+                                  id="head-numbers-help")])

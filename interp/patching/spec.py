@@ -41,7 +41,10 @@ PATCH = register(Analysis(
                                         "...), the metric after the patch, and the tokens of position axes"),),
     figures=(Figure("heatmap", figures.patch_heatmap, needs=("values",)),),
     head_metrics=(HeadMetric("values", "effect", figures.head_label, figures.effect_unit, "signed",
-                             select=figures.head_effects),),
+                             select=figures.head_effects,
+                             how_to_read="The change in the task's metric when this head's activation is patched "
+                                         "between the clean and corrupted runs (the unit says how it is normalised): "
+                                         "far from 0, the behaviour runs through the head; near 0, it does not."),),
     head_views=(HeadView("Patching effect per position", figures.effects_per_position, needs=("values",)),),
     task=TaskUse(required=True, default="ioi", pairs=True),
     requires="causal",

@@ -99,7 +99,8 @@ class HeadMetric:
     `label(meta, group)` or a format string (keys of meta, and `group`) names it; `unit` (a
     string or `unit(meta)`) says what the number is, and `scale` how it is coloured: "share"
     for values in [0, 1] on a fixed 0-1 range, "signed" diverging around 0, "free" auto.
-    `detail` is a column shown on hover."""
+    `detail` is a column shown on hover; `how_to_read` says in a sentence or two what a high
+    or low value means (the heads grid and head page show it)."""
 
     table: str
     value: str
@@ -109,6 +110,7 @@ class HeadMetric:
     select: Callable[["pd.DataFrame", dict], "pd.DataFrame"] | None = None
     group: str | None = None
     detail: str | None = None
+    how_to_read: str = ""
 
     def label_for(self, meta: dict, group: str | None) -> str:
         if callable(self.label):
@@ -232,6 +234,9 @@ class Analysis:
         for metric in self.head_metrics:
             if metric.scale not in SCALES:
                 raise ValueError(f"analysis {self.name!r}: scale must be one of {SCALES}, got {metric.scale!r}")
+            if not metric.how_to_read.strip():
+                raise ValueError(f"analysis {self.name!r}: per-head metric of table {metric.table!r} needs a "
+                                 "how_to_read sentence")
         names = [f.name for f in self.figures]
         if len(set(names)) != len(names):
             raise ValueError(f"analysis {self.name!r}: figure names must differ, got {names}")

@@ -1,7 +1,8 @@
 """Bundle pages without a browser: their tables are paged, sorted and filtered on the server
 (`app.views.tables`), each page checked against the same selection written in pandas, and a
 filter the table cannot read is refused with a message, never shown as an unfiltered page;
-the registry's related-analysis links name registered analyses."""
+the registry's related-analysis links name registered analyses, and every per-head metric
+says how to read it; a click on a figure point opens a head only when it stands for one."""
 
 from __future__ import annotations
 
@@ -100,3 +101,13 @@ def test_a_clicked_point_opens_a_head_only_when_it_stands_for_one(point, head):
     from app.views.common import head_of_point
 
     assert head_of_point(point) == head
+
+
+def test_a_per_head_metric_without_a_how_to_read_sentence_is_refused():
+    from dataclasses import replace
+
+    from app.registry import find
+
+    heads = find("heads")
+    with pytest.raises(ValueError, match="needs a how_to_read sentence"):
+        replace(heads, head_metrics=(replace(heads.head_metrics[0], how_to_read=" "),))
