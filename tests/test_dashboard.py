@@ -586,8 +586,11 @@ def test_run_list_searches_filters_sorts_pages_and_folds_repeats(tmp_path):
         write_bundle(tmp_path, {"analysis": "heads", "model": "zoo/a", "parameters": {"span": 4}, "seed": 0},
                      tables={"scores": frame}, name=f"same-run-{i}")
     for i in range(60):
-        write_bundle(tmp_path, {"analysis": "sinks", "model": "zoo/b", "parameters": {"n_prompts": i}, "seed": 0},
-                     tables={"rates": frame}, name=f"sinks-{i:02d}")
+        write_bundle(tmp_path, {"analysis": "sinks", "model": "zoo/b", "parameters": {"n_prompts": i}, "seed": 0,
+                                "task": "ioi" if i < 5 else None}, tables={"rates": frame}, name=f"sinks-{i:02d}")
+    for i in range(10):  # ten runs of January 2025, one a day
+        meta_file = tmp_path / f"sinks-{i:02d}" / "meta.json"
+        meta_file.write_text(meta_file.read_text().replace('"created": "', f'"created": "2025-01-{i + 1:02d}T12:00:00+00:00", "_was": "', 1))
     runs = Runs(tmp_path)
 
     def view(search: str) -> tuple[str, list[str], list[dict]]:
@@ -608,6 +611,12 @@ def test_run_list_searches_filters_sorts_pages_and_folds_repeats(tmp_path):
     assert view("?analysis=sinks&model=zoo%2Fb")[0].startswith("60 of 63")
     assert view("?analysis=sinks&model=zoo%2Fa")[0].startswith("0 of 63")
     assert view("?q=%22n_prompts%22%3A%207")[1] == ["sinks-07"]  # the parameters are searched as JSON
+    assert view("?task=ioi")[1] == ["sinks-04", "sinks-03", "sinks-02", "sinks-01", "sinks-00"]
+    assert view("?since=2025-01-03&until=2025-01-05")[1] == ["sinks-04", "sinks-03", "sinks-02"]
+    assert view("?until=2025-12-31")[0].startswith("10 of 63")
+    count, names, parts = view("?since=January")
+    assert count.startswith("63 of 63") and any("'January' is not a date" in str(p["props"].get("children"))
+                                               for p in parts)
     count, names, parts = view("?page=2")
     assert count.endswith("page 2 of 2") and len(names) == 11
     pager = [p["props"]["href"] for p in parts if p["props"].get("children") == "← previous page"]

@@ -1,14 +1,15 @@
-"""The run list: the bundles of the runs folder, searchable, filterable by analysis and model,
-sortable and paginated, with repeated runs folded under their newest; an error card for each
+"""The run list: the bundles of the runs folder, searchable, filterable by analysis, model,
+task and date, sortable and paginated, with repeated runs folded under their newest; an error card for each
 folder that is not a readable bundle.
 
-The view's state is the URL's query (`/?q=ioi&analysis=patch&model=zoo/ioi-small&sort=analysis&page=2`),
+The view's state is the URL's query (`/?q=ioi&analysis=patch&model=zoo/ioi-small&task=ioi&since=2026-11-01&sort=analysis&page=2`),
 so any view can be shared as a link; the form submits to the same page.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from urllib.parse import urlencode
 
 from dash import dcc, html
@@ -21,8 +22,9 @@ SORTS = {"time": "newest first", "analysis": "analysis, then newest", "model": "
 
 
 def runs_page(runs: Runs, query: dict[str, str] | None = None) -> list:
-    """The run list for the URL's `query` (q, analysis, model, sort, page; unknown values are
-    ignored rather than refused, as a link may outlive the bundles it named)."""
+    """The run list for the URL's `query` (q, analysis, model, task, since, until (dates,
+    YYYY-MM-DD, inclusive), sort, page; unknown names match nothing rather than being refused,
+    as a link may outlive the bundles it named; a malformed date is said and ignored)."""
     query = query or {}
     entries = runs.entries()
     if not entries:
@@ -36,16 +38,21 @@ def runs_page(runs: Runs, query: dict[str, str] | None = None) -> list:
                             *[error_card(f"bundle {e.path.name}", e.error) for e in broken]))
     models = sorted({e.bundle.meta["model"] for e in readable})
     analyses = sorted({e.bundle.meta["analysis"] for e in readable})
+    tasks = sorted({str(e.bundle.meta.get("task")) for e in readable if e.bundle.meta.get("task")})
     page.append(section("Heads grids", html.Ul(
         [html.Li(dcc.Link(model, href=grid_href(model))) for model in models], className="inline")))
-    chosen = {"q": query.get("q", "").strip(), "analysis": query.get("analysis", ""), "model": query.get("model", ""),
-              "sort": query.get("sort", "time") if query.get("sort") in SORTS else "time"}
-    groups = fold_repeats(matching(readable, chosen["q"], chosen["analysis"], chosen["model"]), chosen["sort"])
+    chosen = {name: query.get(name, "").strip() for name in ("q", "analysis", "model", "task", "since", "until")}
+    chosen["sort"] = query.get("sort", "time") if query.get("sort") in SORTS else "time"
+    for name in ("since", "until"):
+        if chosen[name] and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", chosen[name]):
+            page.append(notice(f"{name}={chosen[name]!r} is not a date (YYYY-MM-DD): ignored."))
+            chosen[name] = ""
+    groups = fold_repeats(matching(readable, chosen), chosen["sort"])
     n_pages = max(1, -(-len(groups) // PAGE_SIZE))
     number = min(max(_int(query.get("page"), 1), 1), n_pages)
     shown = groups[(number - 1) * PAGE_SIZE: number * PAGE_SIZE]
     header = html.Tr([html.Th(c) for c in ("bundle", "analysis", "model", "task", "time (UTC)", "parameters")])
-    page += [_form(chosen, analyses, models),
+    page += [_form(chosen, analyses, models, tasks),
              html.P(f"{sum(len(g) for g in groups)} of {len(readable)} readable bundles match, {len(groups)} distinct "
                     f"runs; page {number} of {n_pages}", className="muted", id="run-count"),
              html.Table([html.Thead(header), html.Tbody([_row(group) for group in shown])], className="data",
@@ -54,14 +61,18 @@ def runs_page(runs: Runs, query: dict[str, str] | None = None) -> list:
     return page
 
 
-def matching(entries: list, text: str, analysis: str, model: str) -> list:
-    """The entries of `analysis` and `model` (when given) whose name, analysis, model, task or
-    parameters contain `text` (case-insensitive)."""
-    needle = text.lower()
+def matching(entries: list, chosen: dict[str, str]) -> list:
+    """The entries of the chosen analysis, model and task (each when given), created between
+    the dates `since` and `until` (inclusive, when given), whose name, analysis, model, task or
+    parameters contain the text `q` (case-insensitive)."""
+    needle = chosen.get("q", "").lower()
     kept = []
     for entry in entries:
         meta = entry.bundle.meta
-        if (analysis and meta["analysis"] != analysis) or (model and meta["model"] != model):
+        day = str(meta.get("created") or "")[:10]
+        if any(chosen.get(name) and str(meta.get(name) or "") != chosen[name] for name in ("analysis", "model", "task")):
+            continue
+        if (chosen.get("since") and day < chosen["since"]) or (chosen.get("until") and day > chosen["until"]):
             continue
         haystack = " ".join([entry.path.name, meta["analysis"], meta["model"], str(meta.get("task") or ""),
                              json.dumps(meta.get("parameters") or {}, default=str)]).lower()
@@ -89,7 +100,7 @@ def _int(text: str | None, default: int) -> int:
     return int(text) if text is not None and text.isdigit() else default
 
 
-def _form(chosen: dict, analyses: list[str], models: list[str]) -> html.Form:
+def _form(chosen: dict, analyses: list[str], models: list[str], tasks: list[str]) -> html.Form:
     def dropdown(name: str, options: list[tuple[str, str]]):
         return html.Select([html.Option(label, value=value, selected=value == chosen[name]) for value, label in options],
                            name=name, id=f"runs-{name}")
@@ -98,6 +109,9 @@ def _form(chosen: dict, analyses: list[str], models: list[str]) -> html.Form:
         dcc.Input(type="search", name="q", id="runs-q", value=chosen["q"], placeholder="search names, tasks, parameters"),
         dropdown("analysis", [("", "any analysis")] + [(a, a) for a in analyses]),
         dropdown("model", [("", "any model")] + [(m, m) for m in models]),
+        dropdown("task", [("", "any task")] + [(t, t) for t in tasks]),
+        html.Label(["from ", dcc.Input(type="date", name="since", id="runs-since", value=chosen["since"])]),
+        html.Label(["to ", dcc.Input(type="date", name="until", id="runs-until", value=chosen["until"])]),
         dropdown("sort", list(SORTS.items())),
         html.Button("show", type="submit"),
     ], method="get", action="/", className="inline", id="runs-form")
