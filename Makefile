@@ -2,6 +2,9 @@
 #   make demo   set up .venv, run every analysis on the embedded models into runs/, serve the
 #               dashboard (make demo SERVE=0: analyses only; PORT=8050 to choose the port)
 #   make test   set up .venv, then run the whole test suite
+# and one for the repository's documentation:
+#   make notebooks  set up .venv with the docs extra, then execute notebooks/*.ipynb in place
+#               (python notebooks/execute.py): outputs saved, figures as static PNGs
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,7 +14,7 @@ RUNS ?= runs
 SERVE ?= 1
 PORT ?= 8050
 
-.PHONY: demo test setup clean chromium
+.PHONY: demo test setup clean chromium notebooks
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +31,17 @@ demo: setup
 test: setup chromium
 	$(PY) -m pytest -q
 
-# The dashboard's browser tests drive Debian's chromium (never `playwright install`, which
-# downloads a browser). Installed here when missing and we are root; otherwise they skip.
+# kaleido renders the notebooks' plotly figures in Debian's chromium (it never downloads one).
+$(VENV)/.docs: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[docs]"
+	touch $@
+
+notebooks: $(VENV)/.docs chromium
+	$(PY) notebooks/execute.py
+
+# The dashboard's browser tests and the notebooks' figures use Debian's chromium (never
+# `playwright install`, which downloads a browser). Installed here when missing and we are root;
+# otherwise the browser tests skip and `make notebooks` stops.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
