@@ -102,14 +102,17 @@ def faithfulness_figure(frame: pd.DataFrame, title: str = "faithfulness",
         if rows["ci_low"].notna().all():
             band = f"{confidence:.0%} interval" if confidence else "interval"
             fig.add_trace(go.Scatter(x=x + x[::-1], y=rows["ci_high"].tolist() + rows["ci_low"].tolist()[::-1],
-                                     fill="toself", fillcolor=fill, line={"width": 0}, hoverinfo="skip",
+                                     mode="lines", fill="toself", fillcolor=fill, line={"width": 0}, hoverinfo="skip",
                                      name=f"{ranking} {band}"))
         fig.add_trace(go.Scatter(
             x=x, y=rows["faithfulness"].tolist(), mode="lines+markers", name=f"{ranking} ranking",
             line={"color": line}, customdata=list(zip(rows["n_edges"], rows["n_edges_kept"])),
             hovertemplate="%{x:.1%} of edges (%{customdata[0]}, %{customdata[1]} kept)<br>f = %{y:.3f}"))
     fig.add_hline(y=1.0, line_dash="dash", line_color="#888888")
-    fig.update_layout(title=title, xaxis={"type": "log", "title": "fraction of edges", "tickformat": ".1%"},
+    # Ticks at the evaluated fractions only: a log axis labels every minor tick, which overlap.
+    ticks = sorted(frame["fraction"].unique())
+    fig.update_layout(title=title, xaxis={"type": "log", "title": "fraction of edges", "tickvals": ticks,
+                                         "ticktext": [f"{100 * t:.3g}%" for t in ticks]},
                       yaxis={"title": "faithfulness f(C)"}, plot_bgcolor="white")
     return fig
 

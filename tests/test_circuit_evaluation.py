@@ -484,6 +484,9 @@ def test_evaluate_circuit_end_to_end(tmp_path):
         pytest.approx(evaluation.signed.faithfulness.tolist())
     redrawn = faithfulness_figure(bundle.table("faithfulness"))  # from the table alone
     assert [list(t.y) for t in redrawn.data] == [list(t.y) for t in fig.data]
+    # One labelled tick per evaluated fraction (a log axis would label its minor ticks, which overlap).
+    assert list(redrawn.layout.xaxis.tickvals) == pytest.approx(list(MIB_FRACTIONS))
+    assert redrawn.layout.xaxis.ticktext[:4] == ("0.1%", "0.2%", "0.5%", "1%")
     back = Graph.from_bundle(path)
     assert torch.equal(back.scores.nan_to_num(3.0), graph.scores.nan_to_num(3.0))
 
