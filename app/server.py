@@ -39,6 +39,7 @@ from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
 from app.data import Runs
+from app.views.attention import add_attention_callbacks
 from app.views.bundle import bundle_not_found, bundle_page, redraw
 from app.views.common import error_card, head_href, head_of_point, notice
 from app.views.compare import compare_href, compare_page
@@ -169,6 +170,8 @@ def route(runs: Runs, pathname: str | None, search: str | None) -> list:
 
 
 def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
+    add_attention_callbacks(app, runs)
+
     @app.callback(Output("page", "children"), Input("url", "pathname"), Input("url", "search"))
     def render(pathname, search):
         try:

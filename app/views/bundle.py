@@ -11,6 +11,7 @@ from __future__ import annotations
 from dash import dcc, html
 
 from app.data import GridMetric, Runs, analysis_of, bundle_metrics
+from app.views.attention import bundle_explorer
 from app.views.common import (bundle_href, bundle_zip_href, compact, download_href, error_card, graph, grid_href, head_href, notice,
                               section, when)
 from app.views.heads import grid_figure
@@ -101,6 +102,7 @@ def _registered(runs: Runs, entry, analysis: Analysis, query: dict[str, str]) ->
         if all(t in tables for t in figure.needs):
             parts.append(figure_block(runs, entry, index, figure, {c.name: query.get(params[index, c.name])
                                                                    for c in figure.controls}))
+    parts += bundle_explorer(entry)
     parts += [graph(runs.figure(entry, name)) for name in entry.bundle.figure_names]  # stored by older versions
     metrics = bundle_metrics(runs, entry)
     if metrics:

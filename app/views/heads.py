@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from dash import dcc, html
 
 from app.data import GridMetric, Runs, analysis_of
+from app.views.attention import head_explorer
 from app.views.common import bundle_href, error_card, frame_table, graph, grid_href, head_href, notice, section
 from interp.results.figures import layer_head_heatmap
 
@@ -99,7 +100,8 @@ def head_page(runs: Runs, model: str, layer: int, head: int, shape: tuple[int, i
             links += [" · ", dcc.Link(f"{label} (L{neighbour[0]}H{neighbour[1]})", href=head_href(model, *neighbour))]
     page = [html.H2(f"Head L{layer}H{head} of {model}"), html.P(links),
             *[error_card(f"bundle {name}", why) for name, why in errors],
-            section("Numbers in every analysis", _numbers(metrics, layer, head))]
+            section("Numbers in every analysis", _numbers(metrics, layer, head)),
+            *head_explorer(runs, model, layer, head)]
     sections: dict[str, list] = {}
     newest_first = sorted((e for e in runs.entries() if e.ok and e.bundle.meta["model"] == model),
                           key=lambda e: str(e.bundle.meta.get("created") or ""), reverse=True)
