@@ -190,9 +190,13 @@ def labels(table: pd.DataFrame, prompt: int) -> list[str]:
 
 
 def open_explorer(page, url: str) -> None:
-    """Open `url` and wait until the explorer has drawn its token strip."""
+    """Open `url` and wait until the explorer has drawn its token strip and the page stands
+    still (the pickers are drawn by a script loaded on first use: until then the strip sits
+    higher, and a mouse aimed at a token would land elsewhere)."""
     page.goto(url)
     page.wait_for_function(f"{GRAPH.format('attn-tokens')} && {GRAPH.format('attn-tokens')}.data.length > 0")
+    page.wait_for_selector("#attn-heads .dash-dropdown-value-item")
+    page.wait_for_load_state("networkidle")
 
 
 def label_of(page, token: int) -> str:
