@@ -145,7 +145,7 @@ def test_comparisons_that_cannot_be_drawn_say_why(page, many_url):
 
     open_page(page, f"{many_url}/compare?a={OLD}&b=patterns-induction-new", "#compare-pattern")
     assert "different axes" in page.locator("#compare-pattern .notice").inner_text()
-    assert page.locator("#compare-pattern .js-plotly-plot").count() == 2  # side by side
+    page.wait_for_function("document.querySelectorAll('#compare-pattern .js-plotly-plot').length === 2")  # side by side
     open_page(page, f"{many_url}/compare?a={OLD}&b={HEADS[0]}", ".notice")
     assert "two bundles of one registered analysis" in page.locator(".notice").inner_text()
     open_page(page, f"{many_url}/compare?a={OLD}&b=nope", ".notice")
