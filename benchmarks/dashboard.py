@@ -50,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -65,7 +65,7 @@ TARGET_S = 2.0
 MODEL = "minilm"  # the demo's largest model (6 layers x 12 heads): its grid and head page
 HEAD = (5, 7)  # a head MAPS marks salient, so its page has every head view
 CACHE = Path("/tmp/headlab-dashboard-bench")
-LOAD_TIMEOUT_S = 180  # per tab; ten tabs of a heavy page on two busy cores take a minute
+LOAD_TIMEOUT_S = 120  # from opening; tabs opened together share it (ten heavy tabs on two busy cores: ~1 min)
 ERROR_CARD = "card error-card"
 MADE_HERE = "made-by-benchmarks-dashboard.txt"  # marks a runs folder this benchmark may empty
 
@@ -121,11 +121,15 @@ PAGES = [
 # Installed in every tab before the page's own scripts: records in window.__ready the time
 # (ms from navigation start) at which every selector matches and each matched plotly graph has
 # finished drawing, and in window.__plotly the time plotly.js was first seen evaluated. Checked
-# on DOM changes, on every animation frame and every 50 ms.
+# on DOM changes, on every animation frame and every 50 ms (window.__check); window.__why() says
+# how far a page that is not ready got.
 READY_SCRIPT = """(() => {
   const selectors = %s;
   const drawn = el => !el.classList.contains('js-plotly-plot')
                       || (el._fullLayout !== undefined && el._fullLayout._replotting === false);
+  window.__why = () => selectors.map(s => { const el = document.querySelector(s);
+    return `${s}: ${el === null ? 'missing' : drawn(el) ? 'drawn' : 'not drawn'}`; }).join(', ')
+    + `; plotly.js ${window.Plotly === undefined ? 'not ' : ''}loaded`;
   const check = () => {
     if (window.__plotly === undefined && window.Plotly !== undefined) window.__plotly = performance.now();
     if (window.__ready !== undefined) return;
@@ -136,6 +140,7 @@ READY_SCRIPT = """(() => {
   const frame = () => { check(); if (window.__ready === undefined) requestAnimationFrame(frame); };
   requestAnimationFrame(frame);
   setInterval(check, 50);
+  window.__check = check;
 })();"""
 
 # What a ready tab reports: its marks (ms from navigation start, in order, null when a page
@@ -318,21 +323,42 @@ class Load:
     phases: dict[str, float | None] = field(default_factory=dict)
 
 
-def open_tab(context, url: str, ready: tuple[str, ...]):
+@dataclass
+class Tab:
+    """A browser tab, when it was opened (time.monotonic()), and the distinct script errors of
+    its page (uncaught ones and those logged to the console)."""
+
+    page: Any
+    opened: float
+    errors: list[str]
+
+    def error(self, text: str) -> None:
+        if text[:200] not in self.errors:
+            self.errors.append(text[:200])
+
+
+def open_tab(context, url: str, ready: tuple[str, ...]) -> Tab:
     """A new tab of `context` navigating to `url` (not waited for), timing the `ready` selectors."""
-    tab = context.new_page()
-    tab.add_init_script(READY_SCRIPT % json.dumps(list(ready)))
-    tab.goto(url, wait_until="commit")
+    tab = Tab(context.new_page(), time.monotonic(), [])
+    tab.page.on("pageerror", lambda error: tab.error(str(error)))
+    tab.page.on("console", lambda message: tab.error(message.text) if message.type == "error" else None)
+    tab.page.add_init_script(READY_SCRIPT % json.dumps(list(ready)))
+    tab.page.goto(url, wait_until="commit")
     return tab
 
 
-def measure(tab) -> Load:
-    """Wait for the tab's page to be ready, then read its times (seconds)."""
+def measure(tab: Tab) -> Load:
+    """Wait for the tab's page to be ready, LOAD_TIMEOUT_S at most from its opening, then read
+    its times (seconds); for a page not ready, say how far it got and which errors it met."""
+    left = tab.opened + LOAD_TIMEOUT_S - time.monotonic()
     try:
-        tab.wait_for_function("window.__ready !== undefined", timeout=LOAD_TIMEOUT_S * 1000, polling=100)
+        tab.page.wait_for_function("window.__check?.(), window.__ready !== undefined",
+                                   timeout=max(1.0, left) * 1000, polling=100)
     except Exception as error:  # noqa: BLE001 - playwright's timeout: report it as a failed load
-        return Load(None, problem=f"not ready in {LOAD_TIMEOUT_S} s ({type(error).__name__})")
-    got = tab.evaluate(MEASURE_SCRIPT)
+        how_far = tab.page.evaluate("window.__why?.() ?? 'the ready script did not run'")
+        return Load(None, problem=f"not ready in {LOAD_TIMEOUT_S} s ({type(error).__name__}): {how_far}; "
+                                  f"script errors: {tab.errors or 'none'}")
+    got = tab.page.evaluate(MEASURE_SCRIPT)
     return Load(got["marks"][-1] / 1000, f"{got['errors']} error card(s)" if got["errors"] else "",
                 phases(got["marks"]))
 
@@ -348,9 +374,9 @@ def browser_loads(browser, url: str, page: PageType, address: str, repeats: int,
             tab = open_tab(context, url + address, page.ready)
             loads.append(measure(tab))
             if number == repeats - 1:
-                tab.screenshot(path=shots / f"{page.slug}.png")
-                tab.screenshot(path=shots / f"{page.slug}-full.png", full_page=True)
-            tab.close()
+                tab.page.screenshot(path=shots / f"{page.slug}.png")
+                tab.page.screenshot(path=shots / f"{page.slug}-full.png", full_page=True)
+            tab.page.close()
     finally:
         context.close()
     return loads
