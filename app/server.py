@@ -216,30 +216,21 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
                   Input({"type": "head-grid", "model": ALL, "index": ALL}, "clickData"), prevent_initial_call=True)
     def open_head_from_a_bundle(clicks):
         """A click on a per-head grid of a bundle page opens that head's page."""
-        click = ctx.triggered[0]["value"] if ctx.triggered else None
-        if not click or not click.get("points") or not isinstance(ctx.triggered_id, dict):
-            raise PreventUpdate
-        point = click["points"][0]
+        point = _clicked_point()
         return head_href(ctx.triggered_id["model"], int(point["y"]), int(point["x"]))
 
     @app.callback(Output("url", "href", allow_duplicate=True),
                   Input({"type": "head-scatter", "model": ALL, "index": ALL}, "clickData"), prevent_initial_call=True)
     def open_head_from_a_scatter(clicks):
         """A click on a point of a per-head scatter (customdata [layer, head]) opens that head's page."""
-        click = ctx.triggered[0]["value"] if ctx.triggered else None
-        if not click or not click.get("points") or not isinstance(ctx.triggered_id, dict):
-            raise PreventUpdate
-        layer, head = click["points"][0]["customdata"]
+        layer, head = _clicked_point()["customdata"]
         return head_href(ctx.triggered_id["model"], int(layer), int(head))
 
     @app.callback(Output("url", "href", allow_duplicate=True),
                   Input({"type": "figure", "bundle": ALL, "figure": ALL}, "clickData"), prevent_initial_call=True)
     def open_head_from_a_figure(clicks):
         """A click on a point of a bundle's figure that stands for a head (`head_of_point`) opens its page."""
-        click = ctx.triggered[0]["value"] if ctx.triggered else None
-        if not click or not click.get("points") or not isinstance(ctx.triggered_id, dict):
-            raise PreventUpdate
-        head, entry = head_of_point(click["points"][0]), runs.entry(ctx.triggered_id["bundle"])
+        head, entry = head_of_point(_clicked_point()), runs.entry(ctx.triggered_id["bundle"])
         if head is None or entry is None or not entry.ok:
             raise PreventUpdate
         return head_href(entry.bundle.meta["model"], *head)
@@ -315,6 +306,15 @@ KEEP_CONTROLS_IN_URL = """function(values) {
 KEEP_PICKERS_IN_URL = ("function(" + ", ".join(f"v{i}" for i in range(len(GRID_PICKERS))) + ") {\n"
                        f"    const pairs = {json.dumps(list(GRID_PICKERS.values()))}"
                        ".map((key, i) => [key, arguments[i]]);\n" + _SET_PARAMS + "}")
+
+
+def _clicked_point() -> dict:
+    """The first clicked point of the pattern-matching graph that triggered the callback;
+    PreventUpdate when there is none."""
+    click = ctx.triggered[0]["value"] if ctx.triggered else None
+    if not click or not click.get("points") or not isinstance(ctx.triggered_id, dict):
+        raise PreventUpdate
+    return click["points"][0]
 
 
 def _refuse_unsafe_paths(server: Flask) -> None:
