@@ -49,11 +49,9 @@ def _others(runs: Runs, entry, analysis: Analysis | None) -> list:
     bundles of the same model that its analysis names as related (newest first, at most
     MAX_RELATED each) and to the newest bundle of each other analysis of the model."""
     meta, name = entry.bundle.meta, entry.path.name
-    same_model = sorted((e for e in runs.entries() if e.ok and e.path.name != name and e.bundle.meta["model"] ==
-                         meta["model"]), key=lambda e: str(e.bundle.meta.get("created") or ""), reverse=True)
-    peers = sorted((e for e in runs.entries() if e.ok and e.path.name != name
-                    and e.bundle.meta["analysis"] == meta["analysis"]),
-                   key=lambda e: str(e.bundle.meta.get("created") or ""), reverse=True)
+    others = [e for e in runs.entries() if e.ok and e.path.name != name]  # newest first, as listed
+    same_model = [e for e in others if e.bundle.meta["model"] == meta["model"]]
+    peers = [e for e in others if e.bundle.meta["analysis"] == meta["analysis"]]
     parts = []
     if peers:
         options = [{"label": f"{e.path.name} ({e.bundle.meta['model']}, {when(e.bundle.meta.get('created'))})",

@@ -103,9 +103,7 @@ def head_page(runs: Runs, model: str, layer: int, head: int, shape: tuple[int, i
             section("Numbers in every analysis", _numbers(metrics, layer, head)),
             *head_explorer(runs, model, layer, head)]
     sections: dict[str, list] = {}
-    newest_first = sorted((e for e in runs.entries() if e.ok and e.bundle.meta["model"] == model),
-                          key=lambda e: str(e.bundle.meta.get("created") or ""), reverse=True)
-    for entry in newest_first:
+    for entry in (e for e in runs.entries() if e.ok and e.bundle.meta["model"] == model):  # newest first
         analysis = analysis_of(entry)
         for index, view in enumerate(analysis.head_views if analysis else ()):
             if not all(t in entry.bundle.table_names for t in view.needs):
