@@ -39,6 +39,7 @@ from flask import Flask, Response, request
 from werkzeug.serving import make_server
 
 from app.data import Runs
+from app.plotly_js import serve_cartesian_plotly
 from app.views.attention import add_attention_callbacks
 from app.views.bundle import bundle_not_found, bundle_page, redraw
 from app.views.common import error_card, head_href, head_of_point, notice
@@ -100,6 +101,7 @@ def create_app(runs_dir: str | Path) -> dash.Dash:
         dcc.Store(id="url-state"),  # the output of the callbacks that keep a view's state in the URL
     ])
     _refuse_unsafe_paths(server)
+    serve_cartesian_plotly(server)
     _answer_missing_pages_with_404(app, runs)
     _add_download_route(server, runs)
     _add_callbacks(app, runs)

@@ -145,6 +145,14 @@ def test_the_mode_bar_offers_no_way_to_send_a_chart_anywhere(page, dashboard_url
     page.screenshot(path=screenshots / "heads-grid-modebar.png")
 
 
+def test_graphs_run_on_plotly_js_cartesian_bundle(page, dashboard_url):
+    from app.plotly_js import TRACE_TYPES, VERSION
+
+    open_page(page, f"{dashboard_url}/heads?model={quote('zoo/induction-2l')}", "#heads-grid .js-plotly-plot")
+    version, traces = page.evaluate("[Plotly.version, Object.keys(Plotly.PlotSchema.get().traces)]")
+    assert version == VERSION and set(traces) == TRACE_TYPES  # the full bundle also has scatter3d, sankey, ...
+
+
 def test_every_figure_saves_as_png_and_svg(page, dashboard_url, tmp_path):
     open_page(page, f"{dashboard_url}/heads?model={quote('zoo/induction-2l')}", "#heads-grid .js-plotly-plot")
     title = page.evaluate("document.querySelector('#heads-grid .js-plotly-plot').layout.title.text")

@@ -111,3 +111,34 @@ def test_a_per_head_metric_without_a_how_to_read_sentence_is_refused():
     heads = find("heads")
     with pytest.raises(ValueError, match="needs a how_to_read sentence"):
         replace(heads, head_metrics=(replace(heads.head_metrics[0], how_to_read=" "),))
+
+
+def test_plotly_js_is_the_cartesian_bundle_of_the_installed_plotly_version(tmp_path):
+    from plotly.offline import get_plotlyjs_version
+
+    from app.plotly_js import BUNDLE, VERSION
+    from app.server import create_app
+
+    assert get_plotlyjs_version() == VERSION, (
+        f"plotly now ships plotly.js {get_plotlyjs_version()}: replace {BUNDLE.name} with that version's "
+        "plotly.js-cartesian-dist-min (npm) and set VERSION, or the dashboard falls back to the full 4.8 MB bundle")
+    client = create_app(tmp_path).server.test_client()
+    for address in ("/_dash-component-suites/plotly/package_data/plotly.min.js",
+                    "/_dash-component-suites/plotly/package_data/plotly.v7_1_0m1764500000.min.js"):
+        served = client.get(address)
+        assert served.status_code == 200 and served.mimetype == "application/javascript"
+        assert served.data.startswith(b"/**\n* plotly.js (cartesian - minified) v" + VERSION.encode())
+        again = client.get(address, headers={"If-None-Match": served.headers["ETag"]})
+        assert again.status_code == 304  # revalidated, not sent again
+    other = client.get("/_dash-component-suites/dash/dcc/dash_core_components.js")
+    assert b"plotly.js (cartesian" not in other.data[:200]
+
+
+def test_a_figure_with_a_trace_the_bundle_lacks_is_refused():
+    import plotly.graph_objects as go
+
+    from app.views.common import graph
+
+    assert graph(go.Figure([go.Heatmap(z=[[1]]), go.Scatter(y=[1]), go.Bar(y=[1]), go.Histogram(x=[1])]))
+    with pytest.raises(ValueError, match=r"only cartesian plotly traces.*\['sankey', 'scatter3d'\]"):
+        graph(go.Figure([go.Scatter3d(x=[1], y=[1], z=[1]), go.Sankey(), go.Scatter(y=[1])]))

@@ -12,6 +12,8 @@ import plotly.graph_objects as go
 from dash import dcc, html
 from dash.development.base_component import Component
 
+from app.plotly_js import check_traces
+
 MAX_ROWS = 200
 
 
@@ -112,7 +114,9 @@ GRAPH_CONFIG = {"displaylogo": False, "showSendToCloud": False, "plotlyServerURL
 
 def graph(fig: go.Figure, graph_id: str | dict | None = None) -> html.Div:
     """Every figure of the dashboard is shown through this (see GRAPH_CONFIG), with buttons
-    that save it as PNG or SVG (`EXPORT_SCRIPT` in app.server does the saving)."""
+    that save it as PNG or SVG (`EXPORT_SCRIPT` in app.server does the saving). Raises
+    ValueError for a trace type the dashboard's plotly.js lacks (`app.plotly_js`)."""
+    check_traces(fig)
     kwargs = {"id": graph_id} if graph_id else {}
     save = html.Div(["save as ", html.Button("PNG", className="export", **{"data-export": "png"}), " ",
                      html.Button("SVG", className="export", **{"data-export": "svg"})], className="muted")
