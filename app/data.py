@@ -16,6 +16,7 @@ name breaks the library's naming rule is listed as unreadable, with the rule.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -28,7 +29,7 @@ import plotly.graph_objects as go
 
 from app.registry import analyses, find
 from interp.results import BundleEntry, BundleError, list_bundles
-from interp.results.layout import check_name, part_file
+from interp.results.layout import META_FILE, check_name, part_file
 from interp.results.registry import Analysis
 
 _CACHE_SIZE = 256
@@ -116,11 +117,37 @@ class Runs:
         if not self.root.is_dir():
             raise FileNotFoundError(f"runs folder {self.root} does not exist or is not a folder")
         self._parts = _PartCache()
+        # The last listing and the last per-head metrics of each model, each with the state of
+        # the files it was made from (`_listing_stamp`, `_tables_stamp`): a page asks for them
+        # several times, and reading 300 meta.json files or every table of a model again for
+        # each ask made the head page take over a second on the server.
+        self._entries: tuple[tuple, list[BundleEntry]] | None = None
+        self._metrics: dict[str, tuple[tuple, tuple[list[GridMetric], list[tuple[str, str]]]]] = {}
+        self._lock = threading.Lock()
 
     def entries(self) -> list[BundleEntry]:
         """Every bundle folder, newest first; broken ones carry `.error`, and so does a
-        folder whose name is not a valid bundle name (it could not be linked to safely)."""
-        return [_check_folder_name(entry) for entry in list_bundles(self.root)]
+        folder whose name is not a valid bundle name (it could not be linked to safely).
+        Listed again whenever a folder or a meta.json in the runs folder changed."""
+        stamp = self._listing_stamp()
+        with self._lock:
+            if self._entries is not None and self._entries[0] == stamp:
+                return list(self._entries[1])
+        listed = [_check_folder_name(entry) for entry in list_bundles(self.root)]
+        with self._lock:
+            self._entries = (stamp, listed)
+        return list(listed)
+
+    def _listing_stamp(self) -> tuple:
+        """Each folder's name, inode and modification time, and its meta.json's `_file_stamp`."""
+        stamp = []
+        with os.scandir(self.root) as children:
+            for child in children:
+                if child.name.startswith(".") or not child.is_dir():
+                    continue
+                stamp.append((child.name, child.inode(), child.stat().st_mtime_ns,
+                              _file_stamp(Path(child.path) / META_FILE)))
+        return tuple(sorted(stamp))
 
     def entry(self, name: str) -> BundleEntry | None:
         """The bundle called `name`, or None when there is none: `name` is matched against
@@ -155,12 +182,23 @@ class Runs:
     def head_metrics(self, model: str) -> tuple[list[GridMetric], list[tuple[str, str]]]:
         """Every per-head metric in the readable bundles of `model`, by analysis in the app's
         order, newest bundle first within one, and (bundle name, error) for each bundle whose
-        tables failed to load."""
+        tables failed to load. Computed again whenever one of those bundles or tables changed
+        (shared: do not modify the metrics' values)."""
+        entries = [e for e in self.entries() if e.ok and e.bundle.meta["model"] == model]
+        stamp = tuple((e.path.name, *(_file_stamp(e.path / part_file("tables", t)) for t in e.bundle.table_names))
+                      for e in entries)
+        with self._lock:
+            if model in self._metrics and self._metrics[model][0] == stamp:
+                return self._metrics[model][1]
+        found = self._gather_head_metrics(entries)
+        with self._lock:
+            self._metrics[model] = (stamp, found)
+        return found
+
+    def _gather_head_metrics(self, entries: list[BundleEntry]) -> tuple[list[GridMetric], list[tuple[str, str]]]:
         metrics: list[GridMetric] = []
         errors: list[tuple[str, str]] = []
-        for entry in self.entries():
-            if not entry.ok or entry.bundle.meta["model"] != model:
-                continue
+        for entry in entries:
             try:
                 metrics.extend(bundle_metrics(self, entry))
             except Exception as error:  # one damaged bundle must not hide the others' numbers
@@ -168,6 +206,16 @@ class Runs:
         order = [a.name for a in analyses()]
         metrics.sort(key=lambda m: order.index(m.analysis))  # stable: newest first within an analysis
         return metrics, errors
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, modification time, size) of a file, None when it cannot be read. The inode
+    tells a file replaced within the clock's tick, as atomic writes replace them."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
 def _check_folder_name(entry: BundleEntry) -> BundleEntry:

@@ -625,3 +625,39 @@ def test_run_list_searches_filters_sorts_pages_and_folds_repeats(tmp_path):
     state = [p["props"]["href"] for p in _flatten(route(runs, "/", "?analysis=sinks&sort=model"))
              if p["props"].get("children") == "next page →"]
     assert state == ["/?analysis=sinks&sort=model&page=2"]  # the next page keeps the view's filters
+
+
+def test_runs_sees_bundles_added_removed_replaced_and_rewritten(tmp_path, dashboard_runs):
+    """The listing and the per-head metrics are kept between requests; each must still follow
+    the runs folder: a bundle added, removed, its meta.json replaced, a table rewritten."""
+    source = next(e.path for e in list_bundles(dashboard_runs) if e.ok and e.bundle.meta["analysis"] == "heads"
+                  and e.bundle.meta["model"] == "zoo/induction-2l")
+    shutil.copytree(source, tmp_path / "first")
+    runs = Runs(tmp_path)
+
+    def previous_token_scores() -> list[float]:
+        metric = next(m for m in runs.head_metrics("zoo/induction-2l")[0] if "previous" in m.label)
+        return metric.values.sort_values(["layer", "head"])["value"].tolist()
+
+    assert [e.path.name for e in runs.entries()] == ["first"]
+    scores_file = tmp_path / "first" / "tables" / "scores.parquet"
+    scores = pd.read_parquet(scores_file)
+    expected = scores[scores["kind"] == "previous_token"].sort_values(["layer", "head"])["score"].tolist()
+    assert previous_token_scores() == pytest.approx(expected)
+
+    shutil.copytree(source, tmp_path / "second")
+    assert sorted(e.path.name for e in runs.entries()) == ["first", "second"]
+    shutil.rmtree(tmp_path / "second")
+    assert [e.path.name for e in runs.entries()] == ["first"]
+
+    halved = scores.assign(score=scores["score"] / 2)
+    halved.to_parquet(scores_file.with_name(".scores.tmp"))
+    os.replace(scores_file.with_name(".scores.tmp"), scores_file)  # as a bundle writer replaces a file
+    assert previous_token_scores() == pytest.approx([v / 2 for v in expected])
+
+    meta_file = tmp_path / "first" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["model"] = "zoo/another"
+    meta_file.with_name(".meta.tmp").write_text(json.dumps(meta))
+    os.replace(meta_file.with_name(".meta.tmp"), meta_file)
+    assert runs.entries()[0].bundle.meta["model"] == "zoo/another" and runs.head_metrics("zoo/induction-2l")[0] == []
