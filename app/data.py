@@ -227,6 +227,14 @@ def _check_folder_name(entry: BundleEntry) -> BundleEntry:
     return entry
 
 
+def run_key(entry: BundleEntry) -> str:
+    """What makes two readable bundles identical runs: the same analysis, model, task and
+    parameters (their time and name may differ)."""
+    meta = entry.bundle.meta
+    return json.dumps([meta["analysis"], meta["model"], meta.get("task"), meta.get("parameters")],
+                      sort_keys=True, default=str)
+
+
 def analysis_of(entry: BundleEntry) -> Analysis | None:
     """The registration of a readable bundle's analysis (older names included), or None."""
     return find(entry.bundle.meta["analysis"])

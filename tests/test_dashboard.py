@@ -605,8 +605,16 @@ def test_run_list_searches_filters_sorts_pages_and_folds_repeats(tmp_path):
     assert count == "63 of 63 readable bundles match, 61 distinct runs; page 1 of 2" and len(names) == 50
     count, names, parts = view("?sort=analysis")
     assert names[0] == "same-run-2"  # "heads" sorts before "sinks"; the newest of the identical runs shows
-    folded = [p for p in parts if p["type"] == "Summary"]
-    assert [p["props"]["children"] for p in folded] == ["+ 2 older identical runs"]
+    folded = [p for p in parts if p["props"].get("className") == "older-runs"]
+    assert [(p["props"]["children"], p["props"]["href"]) for p in folded] == [("+ 2 older identical runs",
+                                                                               "/?same=same-run-2")]
+    count, names, parts = view("?same=same-run-2")  # the link lists the identical runs, unfolded
+    assert names == ["same-run-2", "same-run-1", "same-run-0"] and count.startswith("3 of 3")
+    assert not [p for p in parts if p["props"].get("className") == "older-runs"]
+    assert view("?same=sinks-07")[1] == ["sinks-07"]
+    count, names, parts = view("?same=nothing-of-that-name")
+    assert count.startswith("63 of 63") and any("No readable bundle is named 'nothing-of-that-name'"
+                                               in str(p["props"].get("children")) for p in parts)
     assert view("?q=same-run")[0] == "3 of 63 readable bundles match, 1 distinct runs; page 1 of 1"
     assert view("?analysis=sinks&model=zoo%2Fb")[0].startswith("60 of 63")
     assert view("?analysis=sinks&model=zoo%2Fa")[0].startswith("0 of 63")

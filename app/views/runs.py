@@ -1,6 +1,6 @@
 """The run list: the bundles of the runs folder, searchable, filterable by analysis, model,
-task and date, sortable and paginated, with repeated runs folded under their newest; an error card for each
-folder that is not a readable bundle.
+task and date, sortable and paginated, with repeated runs folded under their newest (a link
+lists them); an error card for each folder that is not a readable bundle.
 
 The view's state is the URL's query (`/?q=ioi&analysis=patch&model=zoo/ioi-small&task=ioi&since=2026-11-01&sort=analysis&page=2`),
 so any view can be shared as a link; the form submits to the same page.
@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 
 from dash import dcc, html
 
-from app.data import Runs
+from app.data import Runs, run_key
 from app.views.common import bundle_href, compact, error_card, grid_href, notice, section, when
 
 PAGE_SIZE = 50
@@ -23,7 +23,8 @@ SORTS = {"time": "newest first", "analysis": "analysis, then newest", "model": "
 
 def runs_page(runs: Runs, query: dict[str, str] | None = None) -> list:
     """The run list for the URL's `query` (q, analysis, model, task, since, until (dates,
-    YYYY-MM-DD, inclusive), sort, page; unknown names match nothing rather than being refused,
+    YYYY-MM-DD, inclusive), sort, page, same (a bundle name: only the runs identical to it,
+    unfolded); unknown names match nothing rather than being refused,
     as a link may outlive the bundles it named; a malformed date is said and ignored)."""
     query = query or {}
     entries = runs.entries()
@@ -47,7 +48,21 @@ def runs_page(runs: Runs, query: dict[str, str] | None = None) -> list:
         if chosen[name] and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", chosen[name]):
             page.append(notice(f"{name}={chosen[name]!r} is not a date (YYYY-MM-DD): ignored."))
             chosen[name] = ""
+    same = query.get("same", "").strip()
+    if same:  # the identical runs of one bundle, each on its own row
+        named = next((e for e in readable if e.path.name == same), None)
+        if named is None:
+            page.append(notice(f"No readable bundle is named {same!r}: showing every run."))
+            same = ""
+        else:
+            key = run_key(named)
+            readable = [e for e in readable if run_key(e) == key]
+            page.append(notice(f"Runs identical to {same} (same analysis, model, task and parameters), newest "
+                               "first."))
+    chosen["same"] = same  # kept by the pager's links
     groups = fold_repeats(matching(readable, chosen), chosen["sort"])
+    if same:
+        groups = [[entry] for group in groups for entry in group]
     n_pages = max(1, -(-len(groups) // PAGE_SIZE))
     number = min(max(_int(query.get("page"), 1), 1), n_pages)
     shown = groups[(number - 1) * PAGE_SIZE: number * PAGE_SIZE]
@@ -86,10 +101,7 @@ def fold_repeats(entries: list, sort: str) -> list[list]:
     newest first, the groups sorted by `sort` (newest group first within equal keys)."""
     groups: dict[str, list] = {}
     for entry in sorted(entries, key=lambda e: e.bundle.created, reverse=True):
-        meta = entry.bundle.meta
-        key = json.dumps([meta["analysis"], meta["model"], meta.get("task"), meta.get("parameters")],
-                         sort_keys=True, default=str)
-        groups.setdefault(key, []).append(entry)
+        groups.setdefault(run_key(entry), []).append(entry)
     ordered = list(groups.values())  # newest first, as their newest members came
     if sort in ("analysis", "model"):
         ordered.sort(key=lambda group: group[0].bundle.meta[sort])  # stable: newest first within a key
@@ -135,10 +147,9 @@ def _row(group: list) -> html.Tr:
     meta = entry.bundle.meta
     parameters = meta.get("parameters") or {}
     name = [dcc.Link(entry.path.name, href=bundle_href(entry.path.name))]
-    if older:
-        name.append(html.Details([html.Summary(f"+ {len(older)} older identical run{'s' * (len(older) > 1)}"),
-                                  html.Ul([html.Li(dcc.Link(e.path.name, href=bundle_href(e.path.name)))
-                                           for e in older])], className="older-runs"))
+    if older:  # a link, not the older names: hundreds of links made the page slow to draw
+        name += [html.Br(), dcc.Link(f"+ {len(older)} older identical run{'s' * (len(older) > 1)}",
+                                     href="/?" + urlencode({"same": entry.path.name}), className="older-runs")]
     return html.Tr([
         html.Td(name),
         html.Td(meta["analysis"]),
