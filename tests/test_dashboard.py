@@ -669,3 +669,34 @@ def test_runs_sees_bundles_added_removed_replaced_and_rewritten(tmp_path, dashbo
     meta_file.with_name(".meta.tmp").write_text(json.dumps(meta))
     os.replace(meta_file.with_name(".meta.tmp"), meta_file)
     assert runs.entries()[0].bundle.meta["model"] == "zoo/another" and runs.head_metrics("zoo/induction-2l")[0] == []
+
+
+def test_head_page_folds_identical_runs_into_their_newest(tmp_path, dashboard_runs):
+    """Three copies of one sinks run (identical runs, equal numbers) and one run with other
+    parameters: the numbers table shows the newest copy's row once, with a link to the older
+    copies, and the other run's row; the head view lists the copies once, the other run folded."""
+    from app.server import route
+
+    source = next(e for e in list_bundles(dashboard_runs) if e.ok and e.bundle.meta["analysis"] == "sinks"
+                  and e.bundle.meta["model"] == "zoo/ioi-small")
+    for i, name in enumerate(["copy-old", "copy-mid", "copy-new", "other-run"]):
+        shutil.copytree(source.path, tmp_path / name)
+        meta = dict(source.bundle.meta, created=f"2026-01-0{i + 1}T00:00:00+00:00")
+        if name == "other-run":
+            meta["parameters"] = {**meta["parameters"], "threshold": 0.123}
+        (tmp_path / name / "meta.json").write_text(json.dumps(meta))
+    layer, head = 1, 2
+    parts = _flatten(route(Runs(tmp_path), "/head", f"?model=zoo%2Fioi-small&layer={layer}&head={head}"))
+    table = next(p for p in parts if p["props"].get("id") == "head-numbers")
+    rows = [p for p in _flatten(table) if p["type"] == "Tr"][1:]
+    labels = {m.label for m in Runs(tmp_path).head_metrics("zoo/ioi-small")[0]}
+    assert len(rows) == 2 * len(labels)  # each metric: the other run's row and the copies' row
+    links = [(p["props"]["children"], p["props"]["href"]) for p in _flatten(table) if "href" in p["props"]]
+    assert links.count(("copy-new", "/bundle/copy-new")) == len(labels)
+    assert links.count(("2 identical older runs", "/?same=copy-new")) == len(labels)
+    assert links.count(("other-run", "/bundle/other-run")) == len(labels)
+    assert not [name for name, _ in links if name in ("copy-mid", "copy-old")]
+    view = next(p for p in parts if p["type"] == "Section" and "sinks" in str(p["props"]["children"][0]))
+    drawn = [q["props"]["children"] for p in _flatten(view) if p["type"] == "H4" for q in _flatten(p["props"]["children"])]
+    folded = [p["props"]["children"] for p in _flatten(view) if p["type"] == "Summary"]
+    assert drawn == ["other-run"] and folded == ["copy-new (click to draw)"]  # the newest drawn, the copies once

@@ -4,11 +4,13 @@ bundles of its model: patterns, QK/OV, sinks, MAPS operations, patching per posi
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 import pandas as pd
 import plotly.graph_objects as go
 from dash import dcc, html
 
-from app.data import GridMetric, Runs, analysis_of
+from app.data import GridMetric, Runs, analysis_of, run_key
 from app.views.attention import head_explorer
 from app.views.common import bundle_href, error_card, frame_table, graph, grid_href, head_href, notice, section
 from interp.results.figures import layer_head_heatmap
@@ -100,14 +102,16 @@ def head_page(runs: Runs, model: str, layer: int, head: int, shape: tuple[int, i
             links += [" · ", dcc.Link(f"{label} (L{neighbour[0]}H{neighbour[1]})", href=head_href(model, *neighbour))]
     page = [html.H2(f"Head L{layer}H{head} of {model}"), html.P(links),
             *[error_card(f"bundle {name}", why) for name, why in errors],
-            section("Numbers in every analysis", _numbers(metrics, layer, head)),
+            section("Numbers in every analysis", _numbers(runs, metrics, layer, head)),
             *head_explorer(runs, model, layer, head)]
     sections: dict[str, list] = {}
+    shown_runs: set[tuple[str, str]] = set()  # (view title, run_key): identical older runs are not listed again
     for entry in (e for e in runs.entries() if e.ok and e.bundle.meta["model"] == model):  # newest first
         analysis = analysis_of(entry)
         for index, view in enumerate(analysis.head_views if analysis else ()):
-            if not all(t in entry.bundle.table_names for t in view.needs):
+            if not all(t in entry.bundle.table_names for t in view.needs) or (view.title, run_key(entry)) in shown_runs:
                 continue
+            shown_runs.add((view.title, run_key(entry)))
             parts = sections.setdefault(view.title, [])
             if not parts:
                 drawn = head_view(runs, entry.path.name, index, layer, head)
@@ -158,17 +162,30 @@ def tie_aware_rank(sizes: pd.Series, value: float) -> str:
     return f"{above + 1}–{above + tied} of {len(sizes)} ({tied} tied)"
 
 
-def _numbers(metrics: list[GridMetric], layer: int, head: int) -> html.Div:
-    rows = []
-    for metric in metrics:
+def _numbers(runs: Runs, metrics: list[GridMetric], layer: int, head: int) -> html.Div:
+    """The head's row of every metric; the rows of identical older runs (`run_key`) that give
+    the same value, rank and detail are folded into the newest's, with a link listing them."""
+    key_of = {e.path.name: run_key(e) for e in runs.entries() if e.ok}
+    rows, repeats = {}, {}
+    for metric in metrics:  # newest bundle first within an analysis
         values = metric.values
         here = values[(values["layer"] == layer) & (values["head"] == head)]
         if here.empty:
             continue
         size = values["value"].abs() if metric.scale == "signed" else values["value"]
-        rows.append({"analysis": metric.analysis, "metric": metric.label, "value": float(here["value"].iloc[0]),
-                     "rank": tie_aware_rank(size, size[here.index[0]]), "detail": here["detail"].iloc[0],
-                     "bundle": dcc.Link(metric.bundle, href=bundle_href(metric.bundle))})
+        row = {"analysis": metric.analysis, "metric": metric.label, "value": float(here["value"].iloc[0]),
+               "rank": tie_aware_rank(size, size[here.index[0]]), "detail": here["detail"].iloc[0]}
+        same = (key_of.get(metric.bundle, metric.bundle), *row.values())
+        if same in rows:
+            repeats[same] += 1
+        else:
+            rows[same], repeats[same] = {**row, "bundle": metric.bundle}, 0
+    for same, row in rows.items():
+        link = dcc.Link(row["bundle"], href=bundle_href(row["bundle"]))
+        older = repeats[same]
+        row["bundle"] = link if not older else html.Span([link, " and ", dcc.Link(
+            f"{older} identical older run{'s' * (older > 1)}", href="/?" + urlencode({"same": row["bundle"]}))])
+    rows = list(rows.values())
     if not rows:
         return notice("No per-head numbers for this head.")
     meanings = {m.label: m.how_to_read for m in metrics if m.how_to_read}
