@@ -34,9 +34,11 @@ TRACE_TYPES = frozenset({"bar", "box", "contour", "heatmap", "histogram", "histo
 _DASH_PLOTLY_JS = re.compile(r"/_dash-component-suites/plotly/package_data/plotly(\.v[\w]+)?\.min\.js")
 
 
-def check_traces(fig: go.Figure) -> None:
-    """Raise ValueError when `fig` has a trace type the dashboard's plotly.js cannot draw."""
-    missing = sorted({trace.type or "scatter" for trace in fig.data} - TRACE_TYPES)
+def check_traces(fig: go.Figure | dict) -> None:
+    """Raise ValueError when `fig` (a Figure or its dict) has a trace type the dashboard's
+    plotly.js cannot draw."""
+    traces = fig.get("data") or [] if isinstance(fig, dict) else fig.data
+    missing = sorted({(trace["type"] if "type" in trace else None) or "scatter" for trace in traces} - TRACE_TYPES)
     if missing:
         raise ValueError(f"the dashboard draws only cartesian plotly traces {sorted(TRACE_TYPES)}; this figure has "
                          f"{missing} (see app/plotly_js.py)")

@@ -10,7 +10,7 @@ under new names, each copy `created` some days before its original, until there 
 them under their newest.
 
 Page types (PAGES): the run list, the heads grid and a head page of MiniLM, the largest MAPS
-bundle's page, the attention explorer (for now MiniLM's head-patterns bundle page), the
+bundle's page, the attention explorer (on MiniLM's head-patterns bundle page), the
 circuit page and the SAE feature page. A page is *ready* when every selector of its entry
 matches, and each plotly graph among the matches has finished drawing (its
 `_fullLayout._replotting` is false); the time is read in the page, from navigation start.
@@ -26,9 +26,11 @@ For each page type, in headless chromium (the dashboard tests' flags):
 - --concurrent simultaneous POSTs of the page callback (threads), each checked for status 200
   and no error card; wall time, p50 and p95.
 - --tabs browser tabs opened at once, each checked to get ready without an error card.
+A browser load also fails on any script error (a failed callback is one: "Failed to load
+resource ... 500").
 
 Target: every page ready in <= 2 s. Missing it is reported, not failed; the exit status is 1
-when any page shows an error card or fails to load.
+when any page shows an error card, a script error, or fails to load.
 
 A default run took 17.5 min on two shared cores (load 5-11), mostly in the 100 concurrent
 requests, which the server answers in effect one at a time (threads of one Python process
@@ -110,14 +112,16 @@ class PageType:
         return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
 
 
+# The attention explorer drawn: its token strip has its tokens and its heatmap its cells.
+EXPLORER_DRAWN = ("#attn-tokens .scatterlayer .point", "#attn-heatmap .hm image")
+
 PAGES = [
     PageType("run list", lambda entries: "/", ("#run-list tbody tr",)),
     PageType("heads grid", lambda entries: grid_href(MODEL), ("#heads-grid .js-plotly-plot",)),
-    PageType("head page", lambda entries: head_href(MODEL, *HEAD), ("#head-numbers", "main .js-plotly-plot")),
+    PageType("head page", lambda entries: head_href(MODEL, *HEAD),
+             ("#head-numbers", "main .js-plotly-plot", *EXPLORER_DRAWN)),
     PageType("MAPS page (largest)", largest("maps"), ("#figure-scores .js-plotly-plot",)),
-    # The explorer component is being built on another branch: change this line (or pass
-    # --explorer-selector) when it lands.
-    PageType("attention explorer", newest("head-patterns", MODEL), ("#figure-pattern .js-plotly-plot",)),
+    PageType("attention explorer", newest("head-patterns", MODEL), ("#figure-pattern .js-plotly-plot", *EXPLORER_DRAWN)),
     PageType("circuit page", newest("circuit"), ("#figure-faithfulness .js-plotly-plot",)),
     PageType("SAE feature page", newest("sae-features"), ("#figure-feature .js-plotly-plot",)),
 ]
@@ -363,8 +367,8 @@ def measure(tab: Tab) -> Load:
         return Load(None, problem=f"not ready in {LOAD_TIMEOUT_S} s ({type(error).__name__}): {how_far}; "
                                   f"script errors: {tab.errors or 'none'}")
     got = tab.page.evaluate(MEASURE_SCRIPT)
-    return Load(got["marks"][-1] / 1000, f"{got['errors']} error card(s)" if got["errors"] else "",
-                phases(got["marks"]))
+    problems = ([f"{got['errors']} error card(s)"] if got["errors"] else []) + [f"script error: {e}" for e in tab.errors]
+    return Load(got["marks"][-1] / 1000, "; ".join(problems), phases(got["marks"]))
 
 
 def browser_loads(browser, url: str, page: PageType, address: str, repeats: int, shots: Path) -> list[Load]:
@@ -495,17 +499,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tabs", type=int, default=10, help="browser tabs opened at once per page")
     parser.add_argument("--pages", nargs="+", default=None, metavar="NAME",
                         help="only these page types (default: all): " + ", ".join(p.name for p in PAGES))
-    parser.add_argument("--explorer-selector", default=None,
-                        help="the attention explorer's ready selector (default: its PAGES entry's)")
     parser.add_argument("--screenshots", type=Path, default=ROOT / "test-artifacts" / "dashboard-bench",
                         help="folder of the screenshots of each page type, its window and its whole page")
     return parser.parse_args()
 
 
 def chosen_pages(args) -> list[PageType]:
-    """PAGES, with --explorer-selector applied, cut to --pages."""
-    pages = [PageType(p.name, p.address, (args.explorer_selector,))
-             if p.name == "attention explorer" and args.explorer_selector else p for p in PAGES]
+    """PAGES, cut to --pages."""
+    pages = PAGES
     if args.pages:
         unknown = set(args.pages) - {p.name for p in pages}
         if unknown:

@@ -140,5 +140,9 @@ def test_a_figure_with_a_trace_the_bundle_lacks_is_refused():
     from app.views.common import graph
 
     assert graph(go.Figure([go.Heatmap(z=[[1]]), go.Scatter(y=[1]), go.Bar(y=[1]), go.Histogram(x=[1])]))
+    assert graph({"data": [{"y": [1]}, {"type": "heatmap", "z": [[1]]}], "layout": {}})  # figures as dicts too
+    assert graph({"layout": {"title": {"text": "blank"}}})
     with pytest.raises(ValueError, match=r"only cartesian plotly traces.*\['sankey', 'scatter3d'\]"):
         graph(go.Figure([go.Scatter3d(x=[1], y=[1], z=[1]), go.Sankey(), go.Scatter(y=[1])]))
+    with pytest.raises(ValueError, match=r"\['scattergl'\]"):
+        graph({"data": [{"type": "scattergl", "y": [1]}]})
