@@ -235,6 +235,15 @@ def run_key(entry: BundleEntry) -> str:
                       sort_keys=True, default=str)
 
 
+def distinct_runs(entries: list[BundleEntry]) -> list[BundleEntry]:
+    """The first of each group of identical runs (`run_key`) among readable `entries`, in
+    their order (the newest of each, for entries listed newest first)."""
+    firsts: dict[str, BundleEntry] = {}
+    for entry in entries:
+        firsts.setdefault(run_key(entry), entry)
+    return list(firsts.values())
+
+
 def analysis_of(entry: BundleEntry) -> Analysis | None:
     """The registration of a readable bundle's analysis (older names included), or None."""
     return find(entry.bundle.meta["analysis"])

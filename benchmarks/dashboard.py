@@ -113,7 +113,7 @@ class PageType:
 
 
 # The attention explorer drawn: its token strip has its tokens and its heatmap its cells.
-EXPLORER_DRAWN = ("#attn-tokens .scatterlayer .point", "#attn-heatmap .hm image")
+EXPLORER_DRAWN = ("#attn-tokens .barlayer .point", "#attn-heatmap .hm image")
 
 PAGES = [
     PageType("run list", lambda entries: "/", ("#run-list tbody tr",)),

@@ -700,3 +700,23 @@ def test_head_page_folds_identical_runs_into_their_newest(tmp_path, dashboard_ru
     drawn = [q["props"]["children"] for p in _flatten(view) if p["type"] == "H4" for q in _flatten(p["props"]["children"])]
     folded = [p["props"]["children"] for p in _flatten(view) if p["type"] == "Summary"]
     assert drawn == ["other-run"] and folded == ["copy-new (click to draw)"]  # the newest drawn, the copies once
+
+    def grid_options(search: str) -> list[str]:
+        parts = _flatten(route(Runs(tmp_path), "/heads", search))
+        picker = next(p for p in parts if p["props"].get("id") == "grid-metric")
+        return [option["value"] for option in picker["props"]["options"]]
+
+    offered = grid_options("?model=zoo%2Fioi-small")  # the heads grid offers each distinct run once
+    assert sorted({key.split(":")[0] for key in offered}) == ["copy-new", "other-run"]
+    assert len(offered) == 2 * len(labels)
+    older = next(m.key for m in Runs(tmp_path).head_metrics("zoo/ioi-small")[0] if m.bundle == "copy-old")
+    assert grid_options(f"?model=zoo%2Fioi-small&metric={quote(older)}") == offered + [older]  # a link to it still works
+
+    heads = next(e for e in list_bundles(dashboard_runs) if e.ok and e.bundle.meta["analysis"] == "heads"
+                 and e.bundle.meta["model"] == "zoo/ioi-small")
+    for i, name in enumerate(["heads-old", "heads-new"]):  # sinks names heads as related: one link for both
+        shutil.copytree(heads.path, tmp_path / name)
+        (tmp_path / name / "meta.json").write_text(json.dumps(dict(heads.bundle.meta, created=f"2026-02-0{i + 1}T00:00:00+00:00")))
+    related = next(p for p in _flatten(route(Runs(tmp_path), "/bundle/other-run", "")) if p["props"].get("id") == "related")
+    linked = [p["props"]["children"] for p in _flatten(related) if "href" in p["props"]]
+    assert "heads-new" in linked and "heads-old" not in linked

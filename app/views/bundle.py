@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dash import dcc, html
 
-from app.data import GridMetric, Runs, analysis_of, bundle_metrics
+from app.data import GridMetric, Runs, analysis_of, bundle_metrics, distinct_runs
 from app.views.attention import bundle_explorer
 from app.views.common import (bundle_href, bundle_zip_href, compact, download_href, error_card, graph, grid_href, head_href, notice,
                               section, when)
@@ -47,7 +47,7 @@ MAX_RELATED = 5
 def _others(runs: Runs, entry, analysis: Analysis | None) -> list:
     """A picker of the bundles of the same analysis to compare this one with, and links to the
     bundles of the same model that its analysis names as related (newest first, at most
-    MAX_RELATED each) and to the newest bundle of each other analysis of the model."""
+    MAX_RELATED distinct runs each) and to the newest bundle of each other analysis of the model."""
     meta, name = entry.bundle.meta, entry.path.name
     others = [e for e in runs.entries() if e.ok and e.path.name != name]  # newest first, as listed
     same_model = [e for e in others if e.bundle.meta["model"] == meta["model"]]
@@ -61,7 +61,8 @@ def _others(runs: Runs, entry, analysis: Analysis | None) -> list:
                                             f"{meta['analysis']}: see the difference or the overlay"),
                                dcc.Store(id="compare-a", data=name)], className="control"))
     related = analysis.related if analysis else ()
-    groups = [(other, [e for e in same_model if e.bundle.meta["analysis"] == other][:MAX_RELATED]) for other in related]
+    groups = [(other, distinct_runs([e for e in same_model if e.bundle.meta["analysis"] == other])[:MAX_RELATED])
+              for other in related]
     newest: dict[str, object] = {}
     for e in same_model:
         if e.bundle.meta["analysis"] not in related and e.bundle.meta["analysis"] != meta["analysis"]:

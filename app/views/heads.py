@@ -50,7 +50,9 @@ def grid_page(runs: Runs, model: str, query: dict[str, str] | None = None) -> li
     if unknown:
         page.append(notice(f"No per-head metric of {model} is named {' or '.join(unknown)}: shown with the first "
                            "metrics instead. Pick one below."))
-    options = [{"label": f"{m.label} — {m.bundle}", "value": m.key} for m in metrics]
+    offered = newest_runs_metrics(runs, metrics)
+    offered += [by_key[key] for key in dict.fromkeys(chosen.values()) if by_key[key] not in offered]  # linked older runs
+    options = [{"label": f"{m.label} — {m.bundle}", "value": m.key} for m in offered]
     return page + [
         html.Label("colour by", htmlFor="grid-metric"),
         dcc.Dropdown(id="grid-metric", options=options, value=chosen["grid-metric"], clearable=False),
@@ -59,14 +61,29 @@ def grid_page(runs: Runs, model: str, query: dict[str, str] | None = None) -> li
         graph(grid_figure(by_key[chosen["grid-metric"]]), "heads-grid"),
         html.P("Click a cell to open that head's page.", className="muted"),
         section("Two metrics across heads",
-                html.Div([html.Label("x", htmlFor="scatter-x"),
-                          dcc.Dropdown(id="scatter-x", options=options, value=chosen["scatter-x"], clearable=False),
-                          html.Label("y", htmlFor="scatter-y"),
-                          dcc.Dropdown(id="scatter-y", options=options, value=chosen["scatter-y"],
-                                       clearable=False)], className="grid-2"),
+                html.Div([html.Div([html.Label("x", htmlFor="scatter-x"),
+                                    dcc.Dropdown(id="scatter-x", options=options, value=chosen["scatter-x"],
+                                                 clearable=False)]),
+                          html.Div([html.Label("y", htmlFor="scatter-y"),
+                                    dcc.Dropdown(id="scatter-y", options=options, value=chosen["scatter-y"],
+                                                 clearable=False)])], className="grid-2"),
                 graph(scatter_figure(by_key[chosen["scatter-x"]], by_key[chosen["scatter-y"]]), "metric-scatter"),
                 html.P("Each point is a head; click one to open its page.", className="muted")),
     ]
+
+
+def newest_runs_metrics(runs: Runs, metrics: list[GridMetric]) -> list[GridMetric]:
+    """`metrics` without those of older identical runs (`run_key`) of a bundle already there
+    (metrics come newest first): the pickers offer each distinct run once. A chosen or linked
+    older one is still shown."""
+    key_of = {e.path.name: run_key(e) for e in runs.entries() if e.ok}
+    seen, kept = set(), []
+    for metric in metrics:
+        same = (key_of.get(metric.bundle, metric.bundle), metric.label)
+        if same not in seen:
+            seen.add(same)
+            kept.append(metric)
+    return kept
 
 
 def scatter_figure(x: GridMetric, y: GridMetric) -> go.Figure:
