@@ -135,13 +135,13 @@ def locate(runs: Runs, pathname: str | None, search: str | None) -> Page:
             return Page(False, partial(models_page, runs, model or ""))
         if path == "/heads":
             return Page(True, partial(grid_page, runs, model, query))
-        return _locate_head(runs, model, query.get("layer"), query.get("head"))
+        return _locate_head(runs, model, query.get("layer"), query.get("head"), search or "")
     if path.startswith("/bundle/"):
         name = path.removeprefix("/bundle/")
         entry = runs.entry(name)
         if entry is None:
             return Page(False, partial(bundle_not_found, name))
-        return Page(True, partial(bundle_page, runs, entry, query))
+        return Page(True, partial(bundle_page, runs, entry, query, search or ""))
     if path == "/compare":
         a, b = runs.entry(query.get("a", "")), runs.entry(query.get("b", ""))
         if a is None or b is None:
@@ -152,7 +152,7 @@ def locate(runs: Runs, pathname: str | None, search: str | None) -> Page:
     return Page(False, lambda: [html.H2("Page not found"), notice(f"No page at {pathname!r}.")])
 
 
-def _locate_head(runs: Runs, model: str, layer: str | None, head: str | None) -> Page:
+def _locate_head(runs: Runs, model: str, layer: str | None, head: str | None, search: str) -> Page:
     shape = runs.head_shape(model)
     if shape is None:
         return Page(False, partial(head_not_found, model, f"No bundle of {model} has per-head numbers or patterns."))
@@ -163,7 +163,7 @@ def _locate_head(runs: Runs, model: str, layer: str | None, head: str | None) ->
         why = (f"{model} has layers 0-{n_layers - 1} and heads 0-{n_heads - 1}; this URL asks for layer {layer!r}, "
                f"head {head!r} (a head page is /head?model=M&layer=L&head=H).")
         return Page(False, partial(head_not_found, model, why))
-    return Page(True, partial(head_page, runs, model, int(layer), int(head), shape))
+    return Page(True, partial(head_page, runs, model, int(layer), int(head), shape, search))
 
 
 def route(runs: Runs, pathname: str | None, search: str | None) -> list:

@@ -259,29 +259,51 @@ def explorable(entry) -> bool:
     return analysis is not None and analysis.name == HEAD_PATTERNS.name
 
 
-def bundle_explorer(entry) -> list:
-    """The explorer section of a head-patterns bundle's page ([] for any other bundle)."""
-    return [_section([entry.path.name], "bundle", [])] if explorable(entry) else []
+def bundle_explorer(runs: Runs, entry, search: str = "") -> list:
+    """The explorer section of a head-patterns bundle's page ([] for any other bundle), drawn
+    as the page's raw query string `search` asks (`url_query`)."""
+    return [_section(runs, [entry.path.name], "bundle", [], search)] if explorable(entry) else []
 
 
-def head_explorer(runs: Runs, model: str, layer: int, head: int) -> list:
+def head_explorer(runs: Runs, model: str, layer: int, head: int, search: str = "") -> list:
     """The explorer section of a head's page: the head preselected, the model's newest
-    head-patterns bundle drawn, the others behind a picker ([] when it has none)."""
+    head-patterns bundle drawn (or the one `search` names), the others behind a picker ([]
+    when it has none)."""
     names = [e.path.name for e in runs.entries() if explorable(e) and e.bundle.meta["model"] == model]
-    return [_section(names, "head", [[layer, head]])] if names else []
+    return [_section(runs, names, "head", [[layer, head]], search)] if names else []
 
 
-def _section(bundles: list[str], page: str, heads: list[list[int]]) -> html.Section:
-    """The static part: the bundle picker (hidden when there is one bundle) and the place the
-    explorer of the picked bundle is drawn into (by `add_attention_callbacks`)."""
+def _section(runs: Runs, bundles: list[str], page: str, heads: list[list[int]], search: str) -> html.Section:
+    """The bundle picker (hidden when there is one bundle) and the explorer of the bundle the
+    URL names, else the first, drawn with the page (a later pick is drawn by `draw_explorer`)."""
+    source = {"page": page, "bundles": bundles, "heads": heads}
+    name, children = first_view(runs, bundles[0], source, url_query(search))
     picker = html.Div([html.Label("head-patterns bundle", htmlFor="attn-bundle"),
-                       dcc.Dropdown(id="attn-bundle", options=bundles, value=bundles[0], clearable=False)],
+                       dcc.Dropdown(id="attn-bundle", options=bundles, value=name, clearable=False)],
                       style=None if len(bundles) > 1 else {"display": "none"})
     how = ("Hover a token to colour every token by the attention between the two; click it to keep it "
            "(click again to release). Pick several heads to see their mean. The view is the page's URL.")
     return html.Section([html.H3("Attention explorer"), html.P(how, className="muted"), picker,
-                         dcc.Store(id="attn-source", data={"page": page, "bundles": bundles, "heads": heads}),
-                         html.Div(id="attn-explorer")], id="attention-explorer")
+                         dcc.Store(id="attn-source", data=source),
+                         html.Div(children, id="attn-explorer")], id="attention-explorer")
+
+
+def first_view(runs: Runs, name: str, source: dict, query: dict[str, str]) -> tuple[str, list]:
+    """(bundle, explorer) as first drawn: bundle `name`, or on a head page the head-patterns
+    bundle the URL's `query` names, set to the view `query` asks for (`explorer`)."""
+    problems = []
+    if source["page"] == "head" and "bundle" in query:
+        if query["bundle"] in source["bundles"]:
+            name = query["bundle"]
+        else:
+            problems.append(f"bundle {query['bundle']!r} is not a head-patterns bundle of this model "
+                            f"(it has {', '.join(source['bundles'])}).")
+    if source["page"] == "bundle":
+        query = {k: v for k, v in query.items() if k != "bundle"}
+    entry = runs.entry(name)
+    if entry is None or not explorable(entry):
+        return name, [notice(f"Bundle {name!r} is gone or holds no attention patterns.")]
+    return name, explorer(runs, entry, [tuple(h) for h in source["heads"]], query, problems)
 
 
 def explorer(runs: Runs, entry, default_heads: list[Head], query: dict[str, str], problems: list[str]) -> list:
@@ -408,29 +430,15 @@ _WRITE_BUNDLE = """function(bundle) {
 
 
 def add_attention_callbacks(app, runs: Runs) -> None:
-    """The explorer's callbacks: draw the picked bundle's explorer (with the URL's view when
-    the page is loaded), compute a selection, colour the tokens, keep a token, write the URL."""
+    """The explorer's callbacks: draw a newly picked bundle's explorer, compute a selection,
+    colour the tokens, keep a token, write the URL."""
 
-    @app.callback(Output("attn-bundle", "value"), Output("attn-explorer", "children"),
-                  Input("attn-bundle", "value"), State("attn-source", "data"), State("url", "search"))
-    def draw_explorer(name, source, search):
-        # Only the page's first drawing takes the view from the URL (a later pick starts afresh).
-        query = url_query(search) if ctx.triggered_id is None else {}
-        picked, problems = name, []
-        if source["page"] == "head" and "bundle" in query:
-            if query["bundle"] in source["bundles"]:
-                name = query["bundle"]
-            else:
-                problems.append(f"bundle {query['bundle']!r} is not a head-patterns bundle of this model "
-                                f"(it has {', '.join(source['bundles'])}).")
-        if source["page"] == "bundle":
-            query.pop("bundle", None)
-        entry = runs.entry(name)
-        if entry is None or not explorable(entry):
-            return no_update, [notice(f"Bundle {name!r} is gone or holds no attention patterns.")]
-        defaults = [tuple(h) for h in source["heads"]]
-        children = explorer(runs, entry, defaults, query, problems)
-        return (name if name != picked else no_update), children
+    @app.callback(Output("attn-explorer", "children"), Input("attn-bundle", "value"), State("attn-source", "data"),
+                  prevent_initial_call=True)
+    def draw_explorer(name, source):
+        """The explorer of a bundle picked on a head page, with its defaults (the page drew the
+        first one, as its URL asked)."""
+        return first_view(runs, name, source, {})[1]
 
     @app.callback(Output("attn-data", "data"), Output("attn-problem", "children"), Output("attn-status", "children"),
                   Input("attn-prompt", "value"), Input("attn-heads", "value"), State("attn-bundle", "value"),

@@ -25,16 +25,17 @@ def bundle_not_found(name: str) -> list:
     return [html.H2("Bundle not found"), notice(f"There is no bundle named {name!r} in the runs folder.")]
 
 
-def bundle_page(runs: Runs, entry, query: dict[str, str] | None = None) -> list:
+def bundle_page(runs: Runs, entry, query: dict[str, str] | None = None, search: str = "") -> list:
     """The page of one listed bundle (an error card for an unreadable one). `query` holds the
-    URL's control values (`url_params`), so a shared link shows the same view."""
+    URL's control values (`url_params`), so a shared link shows the same view; `search` is the
+    raw query string, which the attention explorer reads (blank values included)."""
     name = entry.path.name
     if not entry.ok:
         return [html.H2(f"Bundle {name}"), error_card(f"bundle {name}", entry.error)]
     meta = entry.bundle.meta
     analysis = analysis_of(entry)
     try:
-        body = _registered(runs, entry, analysis, query or {}) if analysis else _unregistered(runs, entry)
+        body = _registered(runs, entry, analysis, query or {}, search) if analysis else _unregistered(runs, entry)
     except Exception as error:  # a part that fails to load: say which bundle, keep serving
         body = [error_card(f"bundle {name}", f"{type(error).__name__}: {error}")]
     return [html.H2(f"{meta['analysis']} — {meta['model']}"), _meta_block(entry), *_others(runs, entry, analysis),
@@ -93,7 +94,7 @@ def _downloads(entry) -> html.Section:
     return section("Downloads", html.Div([whole, *links], className="inline"))
 
 
-def _registered(runs: Runs, entry, analysis: Analysis, query: dict[str, str]) -> list:
+def _registered(runs: Runs, entry, analysis: Analysis, query: dict[str, str], search: str) -> list:
     tables, meta = runs.tables(entry), entry.bundle.meta
     parts: list = [html.P(analysis.how_to_read, className="muted", id="how-to-read")]
     params = url_params(analysis)
@@ -101,7 +102,7 @@ def _registered(runs: Runs, entry, analysis: Analysis, query: dict[str, str]) ->
         if all(t in tables for t in figure.needs):
             parts.append(figure_block(runs, entry, index, figure, {c.name: query.get(params[index, c.name])
                                                                    for c in figure.controls}))
-    parts += bundle_explorer(entry)
+    parts += bundle_explorer(runs, entry, search)
     parts += [graph(runs.figure(entry, name)) for name in entry.bundle.figure_names]  # stored by older versions
     metrics = bundle_metrics(runs, entry)
     if metrics:

@@ -105,8 +105,9 @@ def grid_figure(metric: GridMetric) -> go.Figure:
                               title=f"{metric.label} — {metric.bundle}", detail="detail")
 
 
-def head_page(runs: Runs, model: str, layer: int, head: int, shape: tuple[int, int]) -> list:
-    """The page of head L`layer`H`head` of `model`, whose shape is (n_layers, n_heads).
+def head_page(runs: Runs, model: str, layer: int, head: int, shape: tuple[int, int], search: str = "") -> list:
+    """The page of head L`layer`H`head` of `model`, whose shape is (n_layers, n_heads);
+    `search`, the URL's raw query string, holds the attention explorer's view.
 
     Each head view (patterns, QK/OV, sinks, ...) is drawn for the model's newest bundle that
     has it; older bundles' views are listed folded and drawn when unfolded (`head_view`), so a
@@ -120,7 +121,7 @@ def head_page(runs: Runs, model: str, layer: int, head: int, shape: tuple[int, i
     page = [html.H2(f"Head L{layer}H{head} of {model}"), html.P(links),
             *[error_card(f"bundle {name}", why) for name, why in errors],
             section("Numbers in every analysis", _numbers(runs, metrics, layer, head)),
-            *head_explorer(runs, model, layer, head)]
+            *head_explorer(runs, model, layer, head, search)]
     sections: dict[str, list] = {}
     shown_runs: set[tuple[str, str]] = set()  # (view title, run_key): identical older runs are not listed again
     for entry in (e for e in runs.entries() if e.ok and e.bundle.meta["model"] == model):  # newest first
