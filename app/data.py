@@ -118,7 +118,7 @@ class Runs:
             raise FileNotFoundError(f"runs folder {self.root} does not exist or is not a folder")
         self._parts = _PartCache()
         # The last listing and the last per-head metrics of each model, each with the state of
-        # the files it was made from (`_listing_stamp`, `_tables_stamp`): a page asks for them
+        # the files it was made from (`_listing_stamp`, `_file_stamp`s of tables): a page asks for them
         # several times, and reading 300 meta.json files or every table of a model again for
         # each ask made the head page take over a second on the server.
         self._entries: tuple[tuple, list[BundleEntry]] | None = None
@@ -146,7 +146,7 @@ class Runs:
                 if child.name.startswith(".") or not child.is_dir():
                     continue
                 stamp.append((child.name, child.inode(), child.stat().st_mtime_ns,
-                              _file_stamp(Path(child.path) / META_FILE)))
+                              _file_stamp(os.path.join(child.path, META_FILE))))
         return tuple(sorted(stamp))
 
     def entry(self, name: str) -> BundleEntry | None:
@@ -208,11 +208,11 @@ class Runs:
         return metrics, errors
 
 
-def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+def _file_stamp(path: str | Path) -> tuple[int, int, int] | None:
     """(inode, modification time, size) of a file, None when it cannot be read. The inode
     tells a file replaced within the clock's tick, as atomic writes replace them."""
     try:
-        stat = path.stat()
+        stat = os.stat(path)
     except OSError:
         return None
     return stat.st_ino, stat.st_mtime_ns, stat.st_size

@@ -26,6 +26,8 @@ For each page type, in headless chromium (the dashboard tests' flags):
 - --concurrent simultaneous POSTs of the page callback (threads), each checked for status 200
   and no error card; wall time, p50 and p95.
 - --tabs browser tabs opened at once, each checked to get ready without an error card.
+The loads and server times of every page type are measured first, then the crowds of every
+page type (which leave the machine busy for a while after them).
 A browser load also fails on any script error (a failed callback is one: "Failed to load
 resource ... 500").
 
@@ -423,18 +425,30 @@ def quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def bench_page(browser, url: str, page: PageType, address: str, args) -> Result:
-    """Browser loads first (so the first one is cold for the server too), then the server's
-    own time, then the concurrent requests and tabs."""
-    loads = browser_loads(browser, url, page, address, args.repeats, args.screenshots)
-    server = [fetch(url, address) for _ in range(args.repeats)]
-    crowd, wall = concurrent_fetches(url, address, args.concurrent)
-    tabs = concurrent_tabs(browser, url, page, address, args.tabs)
-    result = Result(page, address, loads, server, crowd, wall, tabs)
-    for what, items in (("load", loads), ("server request", server), ("concurrent request", crowd), ("tab", tabs)):
-        wrong = sorted({item.problem for item in items if item.problem})
-        result.problems += [f"{page.name}: {what}: {problem}" for problem in wrong]
-    return result
+def bench_pages(browser, url: str, pages: list[PageType], entries: list[BundleEntry], args) -> list[Result]:
+    """Every page type's browser loads (the first cold for the server too) and the server's
+    own time first, then every page type's concurrent requests and tabs: the crowds leave the
+    machine busy for a while (closing tabs), which would slow the next page's loads."""
+    timed = []
+    for page in pages:
+        address = page.address(entries)
+        print(f"--> {page.name}: {address}  (load average {load_average()})", flush=True)
+        loads = browser_loads(browser, url, page, address, args.repeats, args.screenshots)
+        timed.append((page, address, loads, [fetch(url, address) for _ in range(args.repeats)]))
+        print(f"    ready s: {', '.join(seconds(load.ready) for load in loads)}", flush=True)
+    results = []
+    for page, address, loads, server in timed:
+        began = time.perf_counter()
+        crowd, wall = concurrent_fetches(url, address, args.concurrent)
+        tabs = concurrent_tabs(browser, url, page, address, args.tabs)
+        result = Result(page, address, loads, server, crowd, wall, tabs)
+        for what, items in (("load", loads), ("server request", server), ("concurrent request", crowd),
+                            ("tab", tabs)):
+            wrong = sorted({item.problem for item in items if item.problem})
+            result.problems += [f"{page.name}: {what}: {problem}" for problem in wrong]
+        results.append(result)
+        print(f"{row(result)}  ({time.perf_counter() - began:.0f} s)", flush=True)
+    return results
 
 
 def target_met(loads: list[Load]) -> str:
@@ -538,14 +552,9 @@ def main() -> int:
     entries = fill_runs(source, args.runs, args.bundles)
     print(f"runs folder: {args.runs}, {len(entries)} bundles copied from {source} "
           f"in {time.perf_counter() - start:.1f} s", flush=True)
-    results = []
     with serving(args.runs) as (url, _), sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        for page in pages:
-            print(f"--> {page.name}: {page.address(entries)}  (load average {load_average()})", flush=True)
-            began = time.perf_counter()
-            results.append(bench_page(browser, url, page, page.address(entries), args))
-            print(f"{row(results[-1])}  ({time.perf_counter() - began:.0f} s)", flush=True)
+        results = bench_pages(browser, url, pages, entries, args)
         browser.close()
     print(f"\nload average at the end: {load_average()}; screenshots in {args.screenshots}\n")
     print(markdown_table([row(r) for r in results]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from urllib.parse import urlencode
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from dash import dcc, html
@@ -172,7 +173,7 @@ def _neighbour(layer: int, head: int, shape: tuple[int, int], step: int) -> tupl
     return divmod(index, n_heads) if 0 <= index < n_layers * n_heads else None
 
 
-def tie_aware_rank(sizes: pd.Series, value: float) -> str:
+def tie_aware_rank(sizes: pd.Series | np.ndarray, value: float) -> str:
     """"r of n", or "r–s of n (k tied)" when k heads share the value (ranked by size, largest first)."""
     above, tied = int((sizes > value).sum()), int((sizes == value).sum())
     if tied <= 1:
@@ -187,12 +188,13 @@ def _numbers(runs: Runs, metrics: list[GridMetric], layer: int, head: int) -> ht
     rows, repeats = {}, {}
     for metric in metrics:  # newest bundle first within an analysis
         values = metric.values
-        here = values[(values["layer"] == layer) & (values["head"] == head)]
-        if here.empty:
+        at = np.flatnonzero((values["layer"].to_numpy() == layer) & (values["head"].to_numpy() == head))
+        if not at.size:
             continue
-        size = values["value"].abs() if metric.scale == "signed" else values["value"]
-        row = {"analysis": metric.analysis, "metric": metric.label, "value": float(here["value"].iloc[0]),
-               "rank": tie_aware_rank(size, size[here.index[0]]), "detail": here["detail"].iloc[0]}
+        value = values["value"].to_numpy(float)
+        size = np.abs(value) if metric.scale == "signed" else value
+        row = {"analysis": metric.analysis, "metric": metric.label, "value": float(value[at[0]]),
+               "rank": tie_aware_rank(size, size[at[0]]), "detail": values["detail"].iloc[at[0]]}
         same = (key_of.get(metric.bundle, metric.bundle), *row.values())
         if same in rows:
             repeats[same] += 1
