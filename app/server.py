@@ -47,7 +47,7 @@ from app.views.compare import compare_href, compare_page
 from app.views.heads import (GRID_PICKERS, grid_figure, grid_page, head_not_found, head_page, head_view, models_page,
                              scatter_figure)
 from app.views.runs import runs_page
-from app.views.tables import status_ids, table_ids, table_page
+from app.views.tables import bundle_table, fold_ids, slot_ids, status_ids, table_ids, table_page
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 0; color: #222; }
@@ -259,6 +259,22 @@ def _add_callbacks(app: dash.Dash, runs: Runs) -> None:
             page = 0  # a new filter starts at its first page
         shown = table_page(runs.table(entry, which["table"]), page, size, sort_by, query)
         return shown.records, shown.page, shown.page_count, shown.status
+
+    @app.callback(Output(slot_ids(MATCH, MATCH), "children"), Input(fold_ids(MATCH, MATCH), "n_clicks"),
+                  State(slot_ids(MATCH, MATCH), "children"), prevent_initial_call=True)
+    def draw_folded_table(clicks, drawn):
+        """A bundle's table, drawn the first time it is unfolded (a click on its summary)."""
+        if not clicks or drawn:
+            raise PreventUpdate
+        which = ctx.triggered_id
+        entry = runs.entry(which["bundle"])
+        if entry is None or not entry.ok or which["table"] not in entry.bundle.table_names:
+            return [error_card(f"bundle {which['bundle']}", f"table {which['table']!r} is gone or unreadable")]
+        try:
+            frame = runs.table(entry, which["table"])
+        except Exception as error:  # a part damaged since the page was built
+            return [error_card(f"bundle {which['bundle']}", f"{type(error).__name__}: {error}")]
+        return bundle_table(which["bundle"], which["table"], frame)
 
     fold = {"bundle": MATCH, "view": MATCH, "layer": MATCH, "head": MATCH}
 

@@ -405,7 +405,12 @@ def test_bundle_tables_page_filter_and_sort_over_every_row(page, dashboard_url, 
     (checked against the same selection in pandas), and the line under it says which rows."""
     patterns = bundle(dashboard_runs, "head-patterns")
     rows = read_bundle(patterns.path).table("patterns")
-    open_page(page, f"{dashboard_url}/bundle/{patterns.path.name}", "#table-patterns td")
+    open_page(page, f"{dashboard_url}/bundle/{patterns.path.name}", "#table-patterns-fold summary")
+    summary = page.locator("#table-patterns-fold summary")
+    assert summary.inner_text().startswith(f"{len(rows):,} rows × {rows.shape[1]} columns")
+    assert page.locator(".dash-table-container").count() == 0  # folded tables are not drawn until opened
+    summary.click()
+    page.wait_for_selector("#table-patterns td")
     status = page.locator("#table-patterns p.muted")
     assert status.inner_text() == f"rows 1–15 of {len(rows):,}"
     assert shown_column(page, "patterns", "key_token") == rows["key_token"].head(15).tolist()
@@ -538,7 +543,7 @@ def test_every_bundle_page_renders(page, dashboard_url, dashboard_runs, screensh
         analysis = entry.bundle.meta["analysis"]
         if analysis in shot and entry.path.name != "broken-table":
             page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length > 0 || "
-                                   "document.querySelectorAll('.dash-table-container').length > 0")
+                                   "document.querySelectorAll('details.table-fold').length > 0")
             page.screenshot(path=screenshots / f"bundle-{analysis}.png", full_page=True)
             shot.discard(analysis)
     assert not shot, f"no bundle page of {shot}"

@@ -15,7 +15,7 @@ from app.views.attention import bundle_explorer
 from app.views.common import (bundle_href, bundle_zip_href, compact, download_href, error_card, graph, grid_href, head_href, notice,
                               section, when)
 from app.views.heads import grid_figure
-from app.views.tables import bundle_table
+from app.views.tables import folded_table
 from interp.results.registry import Analysis, Figure, top_heads
 
 TOP_HEADS = 3
@@ -131,7 +131,7 @@ def _unregistered(runs: Runs, entry) -> list:
 
 
 def _tables(runs: Runs, entry) -> list:
-    return [section(f"table {name}", bundle_table(entry.path.name, name, runs.table(entry, name)))
+    return [section(f"table {name}", folded_table(entry.path.name, name, runs.table(entry, name)))
             for name in entry.bundle.table_names]
 
 
