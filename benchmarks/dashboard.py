@@ -34,9 +34,9 @@ resource ... 500").
 Target: every page ready in <= 2 s. Missing it is reported, not failed; the exit status is 1
 when any page shows an error card, a script error, or fails to load.
 
-A default run took 17.5 min on two shared cores (load 5-11), mostly in the 100 concurrent
-requests, which the server answers in effect one at a time (threads of one Python process
-under one GIL; the head page's took 4.5 min), and the tabs.
+A default run takes about 4-6 min on two cores with nothing else running, mostly in the 100
+concurrent requests, which the server answers in effect one at a time (threads of one Python
+process under one GIL; the head page's take about 30 s), and the tabs.
 """
 
 from __future__ import annotations
