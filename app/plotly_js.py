@@ -37,8 +37,9 @@ _DASH_PLOTLY_JS = re.compile(r"/_dash-component-suites/plotly/package_data/plotl
 def check_traces(fig: go.Figure | dict) -> None:
     """Raise ValueError when `fig` (a Figure or its dict) has a trace type the dashboard's
     plotly.js cannot draw."""
-    traces = fig.get("data") or [] if isinstance(fig, dict) else fig.data
-    missing = sorted({(trace["type"] if "type" in trace else None) or "scatter" for trace in traces} - TRACE_TYPES)
+    traces = (fig.get("data") or []) if isinstance(fig, dict) else fig.data
+    types = {(trace["type"] if "type" in trace else None) or "scatter" for trace in traces}  # plotly's default
+    missing = sorted(types - TRACE_TYPES)
     if missing:
         raise ValueError(f"the dashboard draws only cartesian plotly traces {sorted(TRACE_TYPES)}; this figure has "
                          f"{missing} (see app/plotly_js.py)")
