@@ -48,8 +48,8 @@ def check_traces(fig: go.Figure | dict) -> None:
 def serve_cartesian_plotly(server: Flask) -> bool:
     """Answer Dash's plotly.js address with the cartesian bundle (revalidated by ETag on each
     load). Returns False, changing nothing, when the installed plotly is for another plotly.js
-    version than the bundle's."""
-    if get_plotlyjs_version() != VERSION:
+    version than the bundle's, or the bundle is missing."""
+    if get_plotlyjs_version() != VERSION or not BUNDLE.is_file():
         return False
 
     @server.before_request

@@ -146,3 +146,13 @@ def test_a_figure_with_a_trace_the_bundle_lacks_is_refused():
         graph(go.Figure([go.Scatter3d(x=[1], y=[1], z=[1]), go.Sankey(), go.Scatter(y=[1])]))
     with pytest.raises(ValueError, match=r"\['scattergl'\]"):
         graph({"data": [{"type": "scattergl", "y": [1]}]})
+
+
+def test_without_the_bundle_file_dash_serves_its_full_plotly_js(tmp_path, monkeypatch):
+    import app.plotly_js
+    from app.server import create_app
+
+    monkeypatch.setattr(app.plotly_js, "BUNDLE", tmp_path / "missing.min.js")  # e.g. an install without app/static
+    served = create_app(tmp_path).server.test_client().get("/_dash-component-suites/plotly/package_data/plotly.min.js")
+    assert served.status_code == 200
+    assert served.data.startswith(b"/**\n* plotly.js v") and b"cartesian" not in served.data[:200]
