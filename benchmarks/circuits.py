@@ -116,11 +116,12 @@ def reference_edges(model, task, edges: list[tuple[str, str]]) -> tuple[list[flo
     sender's output); returns each edge's score and the seconds taken, the two cached runs the
     edits read included."""
     start = time.perf_counter()
-    rows = torch.arange(task.batch)
     with torch.no_grad():
         cached = model.all_sites() + [sites.head_out(layer) for layer in range(model.cfg.n_layers)]
         logits, clean = model.run_with_cache(task.clean, sites=cached)
         _, corrupt = model.run_with_cache(task.corrupt, sites=cached)
+        task = task.to(logits.device)
+        rows = torch.arange(task.batch, device=logits.device)
         final = logits[rows, task.answer_pos]
         m_clean = float((final[rows, task.answer] - final[rows, task.wrong]).mean())
         scores = [reference_edge(model, task, clean, corrupt, s, r) - m_clean for s, r in edges]

@@ -46,7 +46,6 @@ def sender_output(model, cache, name):
 def reference_edge(model, task, clean, corrupt, sender, receiver):
     """The metric of the clean run with one edge carrying the corrupted sender output."""
     delta = sender_output(model, corrupt, sender) - sender_output(model, clean, sender)
-    rows = torch.arange(task.batch)
     if receiver == "logits":
         edit = Add(sites.resid_post(model.cfg.n_layers - 1), value=delta)
     elif receiver.startswith("m"):
@@ -74,6 +73,8 @@ def reference_edge(model, task, clean, corrupt, sender, receiver):
             return z
         edit = Splice(sites.z(layer), fn=replace)
     logits, _ = model.run(task.clean, [edit])
+    task = task.to(logits.device)
+    rows = torch.arange(task.batch, device=logits.device)
     final = logits[rows, task.answer_pos]
     return float((final[rows, task.answer] - final[rows, task.wrong]).mean())
 

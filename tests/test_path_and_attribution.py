@@ -41,15 +41,15 @@ def head_attention(model, layer, q, k, v):
     written out: rotary, scale, soft-cap, causal and sliding-window masks, softmax."""
     f, a = model.functional(), model.arch
     n = q.shape[1]
-    rot = f.rotary(torch.arange(n))
+    rot = f.rotary(torch.arange(n, device=q.device))
     if rot is not None:
         q, k = (f._rotate(t[:, :, None], *rot)[:, :, 0] for t in (q, k))
     scores = torch.einsum("bqd,bkd->bqk", q, k) * a.attn_scale[layer]
     if a.attn_softcap:
         scores = torch.tanh(scores / a.attn_softcap) * a.attn_softcap
-    visible = torch.ones(n, n, dtype=torch.bool).tril()
+    visible = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
     if a.sliding_window[layer]:
-        visible &= ~torch.ones(n, n, dtype=torch.bool).tril(-a.sliding_window[layer])
+        visible &= ~torch.ones(n, n, dtype=torch.bool, device=q.device).tril(-a.sliding_window[layer])
     return torch.einsum("bqk,bkd->bqd", torch.softmax(scores.masked_fill(~visible, float("-inf")), -1), v)
 
 
