@@ -154,6 +154,10 @@ class Runs:
         the listed folder names only, so '..', '/etc' or 'a/b' can never reach the disk."""
         return next((e for e in self.entries() if e.path.name == name), None)
 
+    def run_keys(self) -> dict[str, str]:
+        """`run_key` of every readable bundle, by bundle name."""
+        return {e.path.name: run_key(e) for e in self.entries() if e.ok}
+
     def table(self, entry: BundleEntry, name: str) -> pd.DataFrame:
         """Table `name` of a readable bundle (shared with the cache: do not modify it)."""
         return self._parts.get(entry, "tables", name, lambda: entry.bundle.table(name))

@@ -77,7 +77,7 @@ def newest_runs_metrics(runs: Runs, metrics: list[GridMetric]) -> list[GridMetri
     """`metrics` without those of older identical runs (`run_key`) of a bundle already there
     (metrics come newest first): the pickers offer each distinct run once. A chosen or linked
     older one is still shown."""
-    key_of = {e.path.name: run_key(e) for e in runs.entries() if e.ok}
+    key_of = runs.run_keys()
     seen, kept = set(), []
     for metric in metrics:
         same = (key_of.get(metric.bundle, metric.bundle), metric.label)
@@ -184,7 +184,7 @@ def tie_aware_rank(sizes: pd.Series | np.ndarray, value: float) -> str:
 def _numbers(runs: Runs, metrics: list[GridMetric], layer: int, head: int) -> html.Div:
     """The head's row of every metric; the rows of identical older runs (`run_key`) that give
     the same value, rank and detail are folded into the newest's, with a link listing them."""
-    key_of = {e.path.name: run_key(e) for e in runs.entries() if e.ok}
+    key_of = runs.run_keys()
     rows, repeats = {}, {}
     for metric in metrics:  # newest bundle first within an analysis
         values = metric.values
