@@ -88,14 +88,28 @@ class Functional:
         """Queries `[..., pos, head, d_head]`, keys and values `[..., pos, kv_head, d_head]` of
         the residual `[..., pos, d_model]` entering `layer` (rotary applied with `rotary`,
         the cos/sin of these positions)."""
+        x = self.norm(resid, self.weights.layers[layer].attn_norm)
+        return (self._queries(layer, x, rotary), *self._keys_values(layer, x, rotary))
+
+    def queries(self, layer: int, resid: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
+        """The queries of `qkv` alone."""
+        return self._queries(layer, self.norm(resid, self.weights.layers[layer].attn_norm), rotary)
+
+    def keys_values(self, layer: int, resid: Tensor, rotary: tuple[Tensor, Tensor] | None
+                    ) -> tuple[Tensor, Tensor]:
+        """The keys and values of `qkv` alone."""
+        return self._keys_values(layer, self.norm(resid, self.weights.layers[layer].attn_norm), rotary)
+
+    def _queries(self, layer: int, x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
         a, w = self.arch, self.weights.layers[layer]
-        x = self.norm(resid, w.attn_norm)
         q = F.linear(x, w.w_q, w.b_q).unflatten(-1, (a.n_heads, a.d_head))
+        return q if rotary is None else self._rotate(q, *rotary)
+
+    def _keys_values(self, layer: int, x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+        a, w = self.arch, self.weights.layers[layer]
         k = F.linear(x, w.w_k, w.b_k).unflatten(-1, (a.n_kv_heads, a.d_head))
         v = F.linear(x, w.w_v, w.b_v).unflatten(-1, (a.n_kv_heads, a.d_head))
-        if rotary is not None:
-            q, k = self._rotate(q, *rotary), self._rotate(k, *rotary)
-        return q, k, v
+        return (k if rotary is None else self._rotate(k, *rotary)), v
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor) -> tuple[Tensor, Tensor]:
         """Causal attention of queries at absolute positions `q_pos` over keys at 0..K-1.

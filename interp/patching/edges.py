@@ -165,7 +165,6 @@ def _patched_receiver(engine: Engine, layout: EdgeLayout, base: RunCache, delta:
                       receiver: int, senders: list[int], p0: int) -> torch.Tensor:
     """The residual leaving block `layer` `[N, B, pos - p0, d_model]` when receiver `receiver`
     (of this layer) reads `in + delta[s]`, one variant per sender s."""
-    f, cfg = engine.f, engine.cfg
     d = delta[senders][:, :, p0:]  # [N, B, P, d]
     pre = base.resid_pre[layer][:, p0:]
     name = layout.receivers[receiver]
@@ -177,7 +176,7 @@ def _patched_receiver(engine: Engine, layout: EdgeLayout, base: RunCache, delta:
     z_head = _head_with_input(engine, base, layer, head, kind, pre + d, p0)  # [N, B, P, d_head]
     z = base.z[layer][:, p0:].unsqueeze(0).repeat(len(senders), 1, 1, 1, 1)
     z[:, :, :, head] = z_head
-    return engine.block_output(layer, pre, f.attn_out(layer, z), base, p0)
+    return engine.block_output(layer, pre, engine.attn_out_where_changed(layer, z, base, p0), base, p0)
 
 
 def _head_with_input(engine: Engine, base: RunCache, layer: int, head: int, kind: str, x: torch.Tensor,

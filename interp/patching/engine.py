@@ -96,11 +96,29 @@ class Engine:
         """`mlp(layer, x)` for `x [N, B, P, d_model]`, computed only at the rows that differ from
         the unpatched run's MLP input `base_in [B, P, d_model]`; every other row keeps `base_out`.
         A patch at one position changes one row of its own layer: most of that MLP's work saved."""
-        changed = (x != base_in).any(dim=-1)  # [N, B, P]
-        out = base_out.expand_as(x).clone()
+        return where_changed(lambda rows: self.f.mlp(layer, rows), x, base_in, base_out)
+
+    def attn_out_where_changed(self, layer: int, z: torch.Tensor, base: RunCache, p0: int) -> torch.Tensor:
+        """`attn_out(layer, z)` for patched `z [N, B, P, head, d_head]` (positions `p0..`),
+        computed only at the rows whose z differs from `base`'s."""
+        return where_changed(lambda rows: self.f.attn_out(layer, rows), z, base.z[layer][:, p0:],
+                             base.attn_out[layer][:, p0:])
+
+    def projections_where_changed(self, layer: int, x: torch.Tensor, base: RunCache, p0: int,
+                                  parts: str = "qkv") -> list[torch.Tensor]:
+        """The `parts` of q, k, v (rotated) entering `layer` for the residual `x [N, B, P, d_model]`
+        at positions `p0..`, projected only at the rows that differ from `base`'s input there;
+        the others are `base`'s own. The first layer of a suffix run mostly has one such row."""
+        changed = changed_rows(x, base.resid_pre[layer][:, p0:])
+        outs = [getattr(base, part)[layer][:, p0:] for part in parts]
+        outs = [t.expand(*changed.shape, *t.shape[2:]).clone() for t in outs]
         if changed.any():
-            out[changed] = self.f.mlp(layer, x[changed])
-        return out
+            rows = x[changed].unsqueeze(-2)  # [M, 1, d_model]
+            rot = self.rotary(base.resid_pre[0].shape[1], changed.nonzero()[:, 2:3] + p0)  # [M, 1, rotary_dim]
+            project = {"qkv": self.f.qkv, "kv": self.f.keys_values}[parts]
+            for out, new in zip(outs, project(layer, rows, rot)):
+                out[changed] = new[:, 0]
+        return outs
 
     # ------------------------------------------------------------ whole runs
 
@@ -156,16 +174,22 @@ class Engine:
             return self.f.final(x[:, rows, answer_pos - p0])
         rot = self.rotary(n_pos, new_pos)
         for j in range(layer, self.n_layers):
-            q, k, v = self.f.qkv(j, x, rot)
+            last = j == self.n_layers - 1  # only the answer positions' queries matter there
+            parts = "kv" if last else "qkv"
+            if j == layer:
+                projected = self.projections_where_changed(j, x, base, p0, parts)
+            else:
+                projected = (self.f.keys_values if last else self.f.qkv)(j, x, rot)
+            k, v = projected[-2:]
             keys = torch.cat([base.k[j][:, :p0].expand(*k.shape[:2], p0, *k.shape[3:]), k], dim=2)
             values = torch.cat([base.v[j][:, :p0].expand(*v.shape[:2], p0, *v.shape[3:]), v], dim=2)
-            if j == self.n_layers - 1:  # only the answer positions matter from here on
+            if last:
                 x = x[:, rows, answer_pos - p0].unsqueeze(2)
-                q = q[:, rows, answer_pos - p0].unsqueeze(2)
+                q = self.f.queries(j, x, self.rotary(n_pos, answer_pos.view(-1, 1)))
                 # each prompt's answer query sees its own keys; later positions are masked
                 z, _ = self.f.attend(j, q, keys, values, answer_pos.view(1, -1, 1))
                 return self.f.final(self.block_output(j, x, self.f.attn_out(j, z)).squeeze(2))
-            z, _ = self.f.attend(j, q, keys, values, new_pos)
+            z, _ = self.f.attend(j, projected[0], keys, values, new_pos)
             x = self.block_output(j, x, self.f.attn_out(j, z))
         raise AssertionError("unreachable")
 
@@ -185,3 +209,20 @@ class Engine:
                 f"the patching engine's logits differ from the model's by up to {diff:.3g} (tolerance {tolerance:.3g}) "
                 f"on {self.cfg.name} ({self.cfg.family}): its architecture description does not match this model, "
                 f"so no patching result would be right. Please report this model's config.")
+
+
+def changed_rows(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """`[N, B, P]`: where the patched `x [N, B, P, ...]` differs from the unpatched `base [B, P, ...]`
+    (`[B, P]` for an `x` without the variant axis)."""
+    features = tuple(range(-(base.ndim - 2), 0))
+    return (x != base).any(dim=features) if features else x != base
+
+
+def where_changed(fn, x: torch.Tensor, base_in: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+    """`fn(x)` for a position-wise `fn` and `x [N, B, P, ...]`, computed only at the rows that
+    differ from the unpatched input `base_in [B, P, ...]`; every other row keeps `base_out [B, P, ...]`."""
+    changed = changed_rows(x, base_in)
+    out = base_out.expand(*changed.shape, *base_out.shape[2:]).clone()
+    if changed.any():
+        out[changed] = fn(x[changed])
+    return out

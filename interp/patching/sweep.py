@@ -308,7 +308,7 @@ def _patched_attention(engine: Engine, component: str, base: RunCache, src: RunC
         group_z, _ = engine.f.attend(layer, q_g, k_h[:, :, :, None], v_h[:, :, :, None], positions)
         for g in range(group):
             z[idx, :, :, readers[:, g]] = group_z[:, :, :, g]
-    return engine.f.attn_out(layer, z)
+    return engine.attn_out_where_changed(layer, z, base, p0)
 
 
 def _final(engine: Engine, run: RunCache, task: Task) -> torch.Tensor:
