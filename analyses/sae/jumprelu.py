@@ -23,43 +23,32 @@ from analyses.sae.config import SAEConfig, register
 from analyses.sae.sparse import Code
 
 
-def rectangle(u: torch.Tensor) -> torch.Tensor:
-    return ((u > -0.5) & (u < 0.5)).to(u.dtype)
-
-
 class JumpReLUFunction(torch.autograd.Function):
-    """z * H(z - threshold) with the straight-through threshold gradient (elementwise shapes)."""
+    """(f, l0): f = z * H(z - threshold) and the given l0 = sum H(z - threshold), with the
+    straight-through threshold gradients above; z gets H(z - threshold) from f and nothing from l0.
+
+    z and the masks `above` (z > threshold) and `band` (|z - threshold| < bandwidth / 2, the
+    rectangle kernel's support) share one layout: `[nnz]` entries with `threshold` per entry, or
+    dense `[batch, d_sae]` with `threshold [d_sae]`.
+    """
 
     @staticmethod
-    def forward(ctx, z, threshold, bandwidth):
-        ctx.save_for_backward(z, threshold)
+    def forward(ctx, z, threshold, above, band, l0, bandwidth):
+        ctx.save_for_backward(threshold, above, band)
         ctx.bandwidth = bandwidth
-        return z * (z > threshold)
+        return torch.where(above, z, 0.0), l0
 
     @staticmethod
-    def backward(ctx, grad):
-        z, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        grad_z = grad * (z > threshold)
-        grad_threshold = -(threshold / eps) * rectangle((z - threshold) / eps) * grad
-        return grad_z, grad_threshold.sum_to_size(threshold.shape), None
-
-
-class StepFunction(torch.autograd.Function):
-    """H(z - threshold) with the straight-through threshold gradient; no gradient to z."""
-
-    @staticmethod
-    def forward(ctx, z, threshold, bandwidth):
-        ctx.save_for_backward(z, threshold)
-        ctx.bandwidth = bandwidth
-        return (z > threshold).to(z.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        z, threshold = ctx.saved_tensors
-        eps = ctx.bandwidth
-        grad_threshold = -(1.0 / eps) * rectangle((z - threshold) / eps) * grad
-        return None, grad_threshold.sum_to_size(threshold.shape), None
+    def backward(ctx, grad_f, grad_l0):
+        threshold, above, band = ctx.saved_tensors
+        if band.shape == threshold.shape:
+            in_band, count = torch.where(band, grad_f, 0.0), band.to(grad_f.dtype)
+        else:  # dense: the band is a small share of the batch's entries, so index it
+            rows, cols = band.nonzero(as_tuple=True)
+            in_band = torch.zeros_like(threshold).index_add_(0, cols, grad_f[rows, cols])
+            count = torch.bincount(cols, minlength=threshold.shape[0]).to(grad_f.dtype)
+        grad_threshold = -(threshold * in_band + grad_l0 * count) / ctx.bandwidth
+        return torch.where(above, grad_f, 0.0), grad_threshold, None, None, None, None
 
 
 @dataclass(kw_only=True)
@@ -101,16 +90,18 @@ class JumpReLUSAE(SAE):
         eps = self.cfg.jumprelu_bandwidth
         x_in, x_in_detached, pre = self._encoder_code(x)
         with torch.no_grad():
-            # every position whose output or pseudo-derivative can be non-zero: z > threshold - eps/2,
-            # with a margin so that rounding in (z - threshold) / eps cannot drop one (extra
-            # positions have zero output and zero pseudo-derivative)
-            mask = pre > self.threshold - 0.5 * (1 + 1e-4) * eps
-        code = Code.from_mask(mask)
+            # Masks, not float products: in the dense layout each fresh [batch, d_sae] float
+            # tensor costs as much as a product. Outside both masks the output and the
+            # pseudo-derivative are zero, so the code keeps only the positions inside either.
+            above = pre > self.threshold
+            band = (pre > self.threshold - 0.5 * eps) & (pre < self.threshold + 0.5 * eps)
+        code = Code.from_mask(above | band)
         z = code.encoder_values(pre, x_in_detached, self.W_enc, self.b_enc, self.b_dec_for_encoder())
-        threshold = code.per_latent(self.threshold)
-        f = JumpReLUFunction.apply(z, threshold, eps)
+        above, band = code.gather(above), code.gather(band)
+        fired = code.count_per_latent(above)
+        f, l0 = JumpReLUFunction.apply(z, code.per_latent(self.threshold), above, band,
+                                       fired.sum().to(z.dtype), eps)
         x_hat, mse = self._reconstruct(code, f, x)
-        l0 = coefficients["l0"] * StepFunction.apply(z, threshold, eps).sum() / x.shape[0]
-        fired = code.count_per_latent(f)
+        l0 = coefficients["l0"] * l0 / x.shape[0]
         return StepOutput(mse + l0, {"mse_loss": mse, "l0_loss": l0}, x_hat.detach(), fired,
                           int(fired.sum()) / x.shape[0])

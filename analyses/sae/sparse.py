@@ -117,9 +117,11 @@ class Code:
 
     def count_per_latent(self, values: torch.Tensor) -> torch.Tensor:
         """[d_sae]: in how many rows each latent is non-zero."""
+        nonzero = values.detach() if values.dtype == torch.bool else values.detach() != 0
         if self.is_sparse:
-            return torch.bincount(self.cols[values.detach() != 0], minlength=self.d_sae)
-        return (values.detach() != 0).sum(0)
+            return torch.bincount(self.cols[nonzero], minlength=self.d_sae)
+        # a byte view summed in int32 is several times faster than summing the bools themselves
+        return nonzero.view(torch.uint8).sum(0, dtype=torch.int32).long()
 
     def encoder_values(self, pre: torch.Tensor, x_in: torch.Tensor, W_enc, b_enc, b_dec) -> torch.Tensor:
         """The pre-activations `pre` ([batch, d_sae], computed without autograd as
@@ -135,7 +137,7 @@ class _EncoderValues(torch.autograd.Function):
         ctx.code = code
         ctx.has_b_dec = b_dec is not None
         ctx.save_for_backward(x_in, W_enc)
-        return values.clone()
+        return values.view_as(values)  # no copy: nothing writes to the pre-activations afterwards
 
     @staticmethod
     def backward(ctx, grad):
