@@ -2,6 +2,7 @@
 
     python benchmarks/sae_names.py                                  # TopK, resid_pre(2), full size
     python benchmarks/sae_names.py --site "resid_pre(1)" --arch standard --l1 5
+    python benchmarks/sae_names.py --device cuda
 
 The corpus is the model's own training distribution: `circuits.tasks.ioi_data.training_text`
 (answered IOI and colored-objects prompts and filler sentences, one per sequence; BOS first, as
@@ -57,6 +58,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="where the model runs and the SAE trains (cpu, cuda)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -72,12 +74,12 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
     start = time.perf_counter()
-    model = load_model("zoo/ioi-small")
+    model = load_model("zoo/ioi-small", device=args.device)
     store = ActivationStore(model, ioi_texts(args.texts, 0), args.site, batch_size=args.batch,
                             cache_dir=args.cache_dir, progress=False)
     extra = {"topk": dict(k=args.k), "batchtopk": dict(k=args.k), "standard": dict(l1_coefficient=args.l1),
              "jumprelu": dict(l0_coefficient=args.l1)}[args.arch]
-    sae = make_sae(args.arch, d_in=store.d_in[store.names[0]], d_sae=args.d_sae, **extra)
+    sae = make_sae(args.arch, d_in=store.d_in[store.names[0]], d_sae=args.d_sae, **extra).to(args.device)
     cfg = TrainConfig(total_training_steps=args.steps, lr=args.lr, lr_decay_steps=args.steps // 5,
                       dead_feature_window=50 * args.batch)
     result = train_saes_on_store(sae, store, cfg, progress=False)
