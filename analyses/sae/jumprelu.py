@@ -90,17 +90,18 @@ class JumpReLUSAE(SAE):
         eps = self.cfg.jumprelu_bandwidth
         x_in, x_in_detached, pre = self._encoder_code(x)
         with torch.no_grad():
+            # Every position whose output or pseudo-derivative can be non-zero: z > threshold - eps/2.
             # Masks, not float products: in the dense layout each fresh [batch, d_sae] float
-            # tensor costs as much as a product. Outside both masks the output and the
-            # pseudo-derivative are zero, so the code keeps only the positions inside either.
-            above = pre > self.threshold
-            band = (pre > self.threshold - 0.5 * eps) & (pre < self.threshold + 0.5 * eps)
-        code = Code.from_mask(above | band)
+            # tensor costs as much as a product.
+            code = Code.from_mask(pre > self.threshold - 0.5 * eps)
         z = code.encoder_values(pre, x_in_detached, self.W_enc, self.b_enc, self.b_dec_for_encoder())
-        above, band = code.gather(above), code.gather(band)
+        threshold = code.per_latent(self.threshold)
+        with torch.no_grad():
+            above, band = z > threshold, z < threshold + 0.5 * eps  # band: within the kept positions
+            if not code.is_sparse:
+                band &= code.mask
         fired = code.count_per_latent(above)
-        f, l0 = JumpReLUFunction.apply(z, code.per_latent(self.threshold), above, band,
-                                       fired.sum().to(z.dtype), eps)
+        f, l0 = JumpReLUFunction.apply(z, threshold, above, band, fired.sum().to(z.dtype), eps)
         x_hat, mse = self._reconstruct(code, f, x)
         l0 = coefficients["l0"] * l0 / x.shape[0]
         return StepOutput(mse + l0, {"mse_loss": mse, "l0_loss": l0}, x_hat.detach(), fired,

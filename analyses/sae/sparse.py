@@ -98,7 +98,14 @@ class Code:
 
     def restrict(self, values: torch.Tensor) -> torch.Tensor:
         """Zero the values outside the positions (a no-op for index lists)."""
-        return values if self.is_sparse else values * self.mask
+        return values if self.is_sparse else torch.where(self.mask, values, 0.0)
+
+    def weighted_sum(self, values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """sum over the positions (b, j) of values * weights[j], for `weights [d_sae]`;
+        differentiable in both. Dense: column sums first, so no [batch, d_sae] product is made."""
+        if self.is_sparse:
+            return (values * weights[self.cols]).sum()
+        return (values.sum(0) * weights).sum()
 
     def decode(self, values: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
         """sum_j values[b, j] W_dec[j] -> [batch, d_in] (no bias); differentiable in both."""

@@ -47,6 +47,6 @@ class StandardSAE(SAE):
         f = code.encoder_values(pre, x_in_detached, self.W_enc, self.b_enc, self.b_dec_for_encoder())
         f = code.restrict(f)  # the dense layout holds every pre-activation; ReLU them
         x_hat, mse = self._reconstruct(code, f, x)
-        l1 = coefficients["l1"] * (f * code.per_latent(self.W_dec.norm(dim=1))).sum() / x.shape[0]
+        l1 = coefficients["l1"] * code.weighted_sum(f, self.W_dec.norm(dim=1)) / x.shape[0]
         fired = code.count_per_latent(f)
         return StepOutput(mse + l1, {"mse_loss": mse, "l1_loss": l1}, x_hat.detach(), fired, code.nnz / x.shape[0])
