@@ -13,7 +13,8 @@ the feature with the best F1 (`CorpusActivations.token_f1`): over the used token
 texts, a true positive is a token of that name where the feature is non-zero; F1 = 2 TP /
 (tokens where the feature fires + tokens of the name). A name "has a feature" when F1 >= 0.9.
 Printed: that count, the counts at 0.5 and 0.7, median F1 / precision / recall, the spliced CE
-loss score, and the run time.
+loss score, the share of the variance at name tokens that the name's identity explains (the
+most an SAE's reconstruction gains there from latents of single names), and the run time.
 """
 
 from __future__ import annotations
@@ -35,6 +36,30 @@ def name_f1(model, sae, texts, progress=False):
     ids = model.tokenizer.convert_tokens_to_ids(NAMES)
     acts = sae_activations(model, sae, texts, progress=progress)
     return acts.token_f1(dict(zip(NAMES, ids)))
+
+
+def name_variance_share(model, site: str, texts) -> float:
+    """How much of the variance of the site's activations at name tokens the name's identity
+    explains (between-name sum of squares / total sum of squares, over `texts`). An SAE gains
+    that share of those tokens' variance, no more, from spending latents on single names."""
+    import torch
+
+    from analyses.sae.features import corpus_tokens
+    from circuits.tasks.ioi_data import NAMES
+
+    ids = torch.tensor(model.tokenizer.convert_tokens_to_ids(NAMES))
+    tokens, real = corpus_tokens(model, texts, None)
+    acts, names = [], []
+    for i in range(0, len(tokens), 256):
+        t, r = tokens[i:i + 256], real[i:i + 256]
+        _, cache = model.run(t.to(model.device), capture=[site], attention_mask=r.long().to(model.device))
+        at_name = torch.isin(t, ids) & r.bool()
+        acts.append(cache[site][at_name.to(model.device)].double().cpu())
+        names.append(t[at_name])
+    x, y = torch.cat(acts), torch.cat(names)
+    mean = x.mean(0)
+    between = sum((y == n).sum() * (x[y == n].mean(0) - mean).pow(2).sum() for n in y.unique())
+    return float(between / (x - mean).pow(2).sum())
 
 
 def ioi_texts(n: int, seed: int) -> list[str]:
@@ -98,6 +123,8 @@ def main() -> None:
           f"(>= 0.7: {int((table['f1'] >= 0.7).sum())}, >= 0.5: {int((table['f1'] >= 0.5).sum())}); "
           f"median F1 {table['f1'].median():.3f}, precision {table['precision'].median():.3f}, "
           f"recall {table['recall'].median():.3f}; distinct best features {table['feature'].nunique()}")
+    print(f"share of the variance at name tokens that the name explains: "
+          f"{name_variance_share(model, args.site, held_out):.3f}")
     print(table.sort_values("f1", ascending=False).head(10).to_string(index=False))
     print(f"time {elapsed:.0f} s")
 
