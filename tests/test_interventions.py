@@ -141,6 +141,44 @@ def test_every_captured_site_equals_the_reference(model):
     assert torch.allclose(cache[sites.z(1, 2)], acts[("z", 1)][:, :, 2], atol=1e-4), "one head"
 
 
+def _blocks_run(model, fn) -> set[int]:
+    """The Hugging Face decoder layers whose submodules finished a forward while `fn()` ran."""
+    import re
+
+    ran, handles = set(), []
+    for name, module in model._backend.hf_model.named_modules():
+        found = re.search(r"\.(?:h|layers)\.(\d+)\.", name + ".")
+        if found and name.endswith(("mlp", "attn", "attention", "self_attn")):
+            handles.append(module.register_forward_hook(lambda *_, layer=int(found[1]): ran.add(layer)))
+    try:
+        fn()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return ran
+
+
+@pytest.mark.parametrize("wanted", [["resid_pre(1)"], ["z(0)", "embed"], ["embed"], ["mlp_out(1)"], ["q_in(1)"]])
+def test_stop_early_captures_the_same_and_skips_later_blocks(model, wanted):
+    tokens = _tokens(model, seed=5)
+    with torch.no_grad():
+        _, full = model.run(tokens, capture=wanted)
+        out, early = model.run(tokens, capture=wanted, interventions=[Scale(sites.embed(), factor=1.5)], stop_early=True)
+        _, scaled = model.run(tokens, capture=wanted, interventions=[Scale(sites.embed(), factor=1.5)])
+    assert out is None
+    for site in wanted:
+        assert not torch.equal(full[site], scaled[site]), "the edit must reach the captured site"
+        assert torch.equal(early[site], scaled[site]), site
+    if model._backend.name == "lens":  # nnsight runs every block (stop_early allows, not demands)
+        last = model.cfg.n_layers - 1
+        needed = max(parse(s).layer if parse(s).layer is not None else -1 for s in wanted)
+        with torch.no_grad():
+            everything = _blocks_run(model, lambda: model.run(tokens, capture=wanted))
+            stopped = _blocks_run(model, lambda: model.run(tokens, capture=wanted, stop_early=True))
+        assert last in everything
+        assert stopped == set(range(needed + (0 if wanted[0].startswith(("resid_pre", "q_in")) else 1))), stopped
+
+
 def test_zero_scale_mean_patch_and_splice(model):
     tokens, other = _tokens(model, seed=4), _tokens(model, seed=5)
     g = torch.Generator().manual_seed(2)

@@ -127,13 +127,14 @@ def test_seeds_resume_and_normalisation_off(gpt2):
 
 def test_one_forward_per_chunk_serves_every_site(gpt2, monkeypatch):
     calls = []
-    original = gpt2.run_with_cache
+    original = gpt2.run
 
-    def counting(tokens, sites=None, attention_mask=None):
-        calls.append(list(sites))
-        return original(tokens, sites=sites, attention_mask=attention_mask)
+    def counting(tokens, capture=(), attention_mask=None, stop_early=False):
+        calls.append(list(capture))
+        assert stop_early, "the store needs nothing after its deepest site"
+        return original(tokens, capture=capture, attention_mask=attention_mask, stop_early=stop_early)
 
-    monkeypatch.setattr(gpt2, "run_with_cache", counting)
+    monkeypatch.setattr(gpt2, "run", counting)
     store = ActivationStore(gpt2, random_prompts(20), ["resid_pre(0)", "z(1)", "mlp_out(1)"], batch_size=8,
                             prompts_per_forward=6, normalize_activations="none", progress=False)
     list(store.batches(epochs=1))

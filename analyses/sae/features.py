@@ -160,7 +160,7 @@ def sae_activations(model: HookedModel, sae: SAE, corpus: Sequence[str] | torch.
         width = int(lengths[rows].max())
         kp = keep[rows, :width].to(model.device)
         _, cache = model.run(tokens[rows, :width].to(model.device), capture=[site],
-                             attention_mask=real[rows, :width].long().to(model.device))
+                             attention_mask=real[rows, :width].long().to(model.device), stop_early=True)
         x = flat(cache[site], site)[kp].float()
         check_finite(x, site, f" (prompts {start}..{start + int(kp.shape[0]) - 1} of the corpus)")
         f = sae.encode(x)

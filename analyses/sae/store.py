@@ -179,7 +179,7 @@ class ActivationStore:
         tokens = self.tokens[rows, :width]
         keep = self.keep[rows, :width]
         mask = (torch.arange(width)[None, :] < self.lengths[rows][:, None]).long()
-        _, cache = self.model.run_with_cache(tokens, sites=self.sites, attention_mask=mask)
+        _, cache = self.model.run(tokens, capture=self.sites, attention_mask=mask, stop_early=True)
         keep_dev = keep.to(self.model.device)
         out = {}
         for name, site in zip(self.names, self.sites):

@@ -160,11 +160,15 @@ class HookedModel:
         return self.run(tokens, attention_mask=attention_mask)[0]
 
     def run(self, tokens: torch.Tensor, interventions: Sequence[Intervention] = (), capture: Iterable[Site | str] = (),
-            attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Cache]:
+            attention_mask: torch.Tensor | None = None, stop_early: bool = False) -> tuple[torch.Tensor | None, Cache]:
         """One forward pass with `interventions` applied (in order, per site) and the sites in
         `capture` kept. Returns `(output, cache)`: output as for `__call__`, the cache holding
         the captured sites (after their interventions). Gradients flow unless disabled, so
-        attribution methods run through here too."""
+        attribution methods run through here too.
+
+        `stop_early=True` (TransformerLens's `stop_at_layer`, found from the sites): the pass
+        may stop once every captured and intervened site is computed, so capturing
+        `resid_pre(2)` runs blocks 0 and 1 only; the output is then None."""
         tokens = self._tokens(tokens)
         interventions = list(interventions)
         for item in interventions:
@@ -173,8 +177,8 @@ class HookedModel:
                                 f"got {type(item).__name__}")
             self._check_site(item.site)
         sites = [self._check_site(parse(s)) for s in capture]
-        out, store = self._backend.run(tokens, _mask(attention_mask, tokens), interventions, sites)
-        return out, Cache(store, self)
+        out, store = self._backend.run(tokens, _mask(attention_mask, tokens), interventions, sites, stop_early)
+        return (None if stop_early else out), Cache(store, self)
 
     def run_with_cache(self, tokens: torch.Tensor, sites: Iterable[Site | str] | None = None,
                        attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Cache]:

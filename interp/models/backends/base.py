@@ -26,12 +26,14 @@ class Backend(Protocol):
         """The Hugging Face module underneath (read by `architectures.read_weights`)."""
 
     def run(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None,
-            interventions: Sequence[Intervention], capture: Sequence[Site]
-            ) -> tuple[torch.Tensor, dict[Site, torch.Tensor]]:
+            interventions: Sequence[Intervention], capture: Sequence[Site], stop_early: bool = False
+            ) -> tuple[torch.Tensor | None, dict[Site, torch.Tensor]]:
         """One forward pass of `tokens [batch, pos]` (already checked) with `interventions`
         applied, in order per site. Returns the output (logits `[batch, pos, d_vocab]`, or
         final hidden states for an encoder without a language-model head) and each site of
-        `capture` (all heads; after that site's interventions). Gradients flow when enabled."""
+        `capture` (all heads; after that site's interventions). Gradients flow when enabled.
+        With `stop_early` the backend may stop once every captured and edited site is computed
+        (the captured values are the same); the output is then None."""
 
     def supports(self, site: Site, intervene: bool) -> str | None:
         """None when `site` can be captured (or intervened on); otherwise why not."""

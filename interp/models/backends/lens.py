@@ -68,7 +68,8 @@ class LensBackend:
                     "LayerNorm, so a head's write cannot be edited there; edit z, or load with backend='nnsight'")
         return None
 
-    def run(self, tokens, attention_mask, interventions: Sequence[Intervention], capture: Sequence[Site]):
+    def run(self, tokens, attention_mask, interventions: Sequence[Intervention], capture: Sequence[Site],
+            stop_early: bool = False):
         for intervention in interventions:
             self._check(intervention.site, True)
         for site in capture:
@@ -105,8 +106,14 @@ class LensBackend:
         for site in wanted:
             if site.kind in ("q_in", "k_in", "v_in"):
                 hooks[f"blocks.{site.layer}.hook_resid_pre"].append(_capture_per_head(site, captured, self.arch.n_heads))
+        stop = self._stop_hook(list(edits) + list(wanted)) if stop_early else None
+        if stop is not None:
+            hooks[stop].append(_raise_stop)  # after the hooks capturing at that point
         fwd_hooks = [(name, _chain(fns)) for name, fns in hooks.items()]
-        out = self._forward(tokens, attention_mask, fwd_hooks, captured if not self.has_lm_head else None)
+        try:
+            out = self._forward(tokens, attention_mask, fwd_hooks, captured if not self.has_lm_head else None)
+        except _StopForward:
+            return None, captured
         logits_site = Site("logits")
         if logits_site in edits:
             out = _edit(out, logits_site, edits[logits_site])
@@ -115,6 +122,18 @@ class LensBackend:
         return out, captured
 
     # ------------------------------------------------------------------ internals
+
+    def _stop_hook(self, sites: list[Site]) -> str | None:
+        """The hook point at which every one of `sites` has been computed: the start of the block
+        after the deepest one's (the deepest block's own start when only its residual input and
+        the heads' inputs are needed there); None when the model must run to its end."""
+        if not sites or any(site.kind == "logits" for site in sites):
+            return None
+        deepest = max(-1 if site.layer is None else site.layer for site in sites)
+        at_input = all(site.kind in ("resid_pre", "q_in", "k_in", "v_in") for site in sites if site.layer == deepest)
+        layer = deepest if deepest >= 0 and at_input else deepest + 1
+        name = f"blocks.{layer}.hook_resid_pre"
+        return name if layer < self.n_layers and name in self.bridge.hook_dict else None
 
     def _check(self, site: Site, intervene: bool) -> None:
         reason = self.supports(site, intervene)
@@ -174,6 +193,14 @@ def _bridge_hook(site: Site) -> str:
 def _edit(act: torch.Tensor, site: Site, interventions: list[Intervention]) -> torch.Tensor:
     sources = {i: x.source_activation() for i, x in enumerate(interventions) if isinstance(x, Patch)}
     return apply_all(act, site, interventions, sources)
+
+
+class _StopForward(Exception):
+    """Raised by a hook once a forward pass has computed everything asked of it."""
+
+
+def _raise_stop(act, hook=None):
+    raise _StopForward
 
 
 def _chain(fns: list[Callable]) -> Callable:

@@ -263,7 +263,9 @@ class NNsightBackend:
             return False
         return hf.get_submodule(self._base + template).weight.is_meta
 
-    def run(self, tokens, attention_mask, interventions: Sequence[Intervention], capture: Sequence[Site]):
+    def run(self, tokens, attention_mask, interventions: Sequence[Intervention], capture: Sequence[Site],
+            stop_early: bool = False):
+        # stop_early is a permission, not a duty: this backend always runs the whole model
         return self.run_many([(tokens, attention_mask, interventions, capture)])[0]
 
     def run_many(self, runs: Sequence[tuple]) -> list[tuple[torch.Tensor, dict[Site, torch.Tensor]]]:
