@@ -177,6 +177,8 @@ def test_stop_early_captures_the_same_and_skips_later_blocks(model, wanted):
             stopped = _blocks_run(model, lambda: model.run(tokens, capture=wanted, stop_early=True))
         assert last in everything
         assert stopped == set(range(needed + (0 if wanted[0].startswith(("resid_pre", "q_in")) else 1))), stopped
+    with pytest.raises(TypeError, match="stop_early must be True or False"):
+        model.run(tokens, capture=wanted, stop_early="yes")
 
 
 def test_zero_scale_mean_patch_and_splice(model):

@@ -169,6 +169,8 @@ class HookedModel:
         `stop_early=True` (TransformerLens's `stop_at_layer`, found from the sites): the pass
         may stop once every captured and intervened site is computed, so capturing
         `resid_pre(2)` runs blocks 0 and 1 only; the output is then None."""
+        if not isinstance(stop_early, bool):
+            raise TypeError(f"stop_early must be True or False, got {stop_early!r}")
         tokens = self._tokens(tokens)
         interventions = list(interventions)
         for item in interventions:

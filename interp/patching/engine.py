@@ -115,10 +115,13 @@ class Engine:
         if changed.any():
             rows = x[changed].unsqueeze(-2)  # [M, 1, d_model]
             rot = self.rotary(base.resid_pre[0].shape[1], changed.nonzero()[:, 2:3] + p0)  # [M, 1, rotary_dim]
-            project = {"qkv": self.f.qkv, "kv": self.f.keys_values}[parts]
-            for out, new in zip(outs, project(layer, rows, rot)):
+            for out, new in zip(outs, self._projection(parts)(layer, rows, rot)):
                 out[changed] = new[:, 0]
         return outs
+
+    def _projection(self, parts: str):
+        """`Functional.qkv` for parts "qkv", `Functional.keys_values` for "kv"."""
+        return self.f.qkv if parts == "qkv" else self.f.keys_values
 
     # ------------------------------------------------------------ whole runs
 
@@ -179,7 +182,7 @@ class Engine:
             if j == layer:
                 projected = self.projections_where_changed(j, x, base, p0, parts)
             else:
-                projected = (self.f.keys_values if last else self.f.qkv)(j, x, rot)
+                projected = self._projection(parts)(j, x, rot)
             k, v = projected[-2:]
             keys = torch.cat([base.k[j][:, :p0].expand(*k.shape[:2], p0, *k.shape[3:]), k], dim=2)
             values = torch.cat([base.v[j][:, :p0].expand(*v.shape[:2], p0, *v.shape[3:]), v], dim=2)
@@ -214,8 +217,7 @@ class Engine:
 def changed_rows(x: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     """`[N, B, P]`: where the patched `x [N, B, P, ...]` differs from the unpatched `base [B, P, ...]`
     (`[B, P]` for an `x` without the variant axis)."""
-    features = tuple(range(-(base.ndim - 2), 0))
-    return (x != base).any(dim=features) if features else x != base
+    return (x != base).flatten(-(base.ndim - 2)).any(-1)
 
 
 def where_changed(fn, x: torch.Tensor, base_in: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
