@@ -391,7 +391,9 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
 
     Layers before `start_layer` and positions before `p0` must be unaffected by the masks (the
     caller knows: no edge into an earlier layer is off, and `ablated` equals the clean outputs
-    at earlier positions); they are read from the `clean` run.
+    at earlier positions); they are read from the `clean` run. The last layer runs its queries,
+    attention and MLP at the answer positions only, and the first layer run computes a head's
+    q/k/v once for all variants where none of them changes that head's edges.
     """
     f, cfg = engine.f, engine.cfg
     H, dh, n = cfg.n_heads, cfg.d_head, masks.shape[0]
@@ -405,44 +407,70 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
     diffs = [(clean_out[:n_before] - ablated[:n_before]).unsqueeze(0).expand(n, -1, -1, -1, -1)]
     x = clean.resid_pre[start_layer][:, p0:].unsqueeze(0).expand(n, -1, -1, -1)
 
-    def corrected(base: torch.Tensor, receivers: list[int]) -> torch.Tensor:
-        d = torch.cat(diffs, dim=1)  # [N, S_up, B, P, d]
-        correction = torch.einsum("nsr,nsbpd->nrbpd", off[:, : d.shape[1], receivers], d)
-        return base.unsqueeze(1) - correction  # [N, R, B, P, d]
+    def corrected(base: torch.Tensor, receivers: list[int], variants: slice = slice(None)) -> torch.Tensor:
+        d = torch.cat(diffs, dim=1)[variants]  # [N, S_up, B, P, d]
+        correction = torch.einsum("nsr,nsbpd->nrbpd", off[variants, : d.shape[1], receivers], d)
+        return base[variants].unsqueeze(1) - correction  # [N, R, B, P, d]
 
+    def project(inputs: torch.Tensor, which: str, heads: torch.Tensor) -> torch.Tensor:
+        """q, k or v `[N, B, P, len(heads), d_head]` of query heads `heads`, each from its own
+        input `[N, len(heads), B, P, d]`."""
+        count = H if which == "q" else cfg.n_kv_heads
+        weight = getattr(w, f"w_{which}").view(count, dh, cfg.d_model)
+        bias = getattr(w, f"b_{which}")
+        bias = torch.zeros(count, dh, dtype=x.dtype, device=x.device) if bias is None else bias.view(count, dh)
+        own = heads if which == "q" else kv_of[heads]
+        return torch.einsum("nhbpd,hed->nbphe", f.norm(inputs, w.attn_norm), weight[own]) + bias[own]
+
+    def head_inputs(which: str, x: torch.Tensor, starting: bool) -> torch.Tensor:
+        """Every query head's q, k or v `[N, B, P, H, d_head]`. In the first layer run, where
+        every variant has the same upstream, a head whose edges no variant changes is computed
+        once for all (ACDC's variants differ in one receiver)."""
+        receivers = layout.receivers_of_layer(layer)["qkv".index(which) * H:][:H]
+        if not starting or n == 1:
+            return project(corrected(x, receivers), which, all_heads)
+        cols = off[:, :, receivers]
+        varies = (cols != cols[:1]).flatten(0, 1).any(0)  # [H]
+        out = project(corrected(x, receivers, slice(0, 1)), which, all_heads).expand(n, -1, -1, -1, -1)
+        if varies.any():
+            out = out.clone()
+            heads = varies.nonzero()[:, 0]
+            out[:, :, :, heads] = project(corrected(x, [receivers[h] for h in heads.tolist()]), which, heads)
+        return out
+
+    rows, at = torch.arange(x.shape[1], device=x.device), answer_pos - p0
     kv_of = torch.tensor([cfg.kv_head(h) for h in range(H)], device=ablated.device)
+    all_heads = torch.arange(H, device=ablated.device)
     for layer in range(start_layer, cfg.n_layers):
         w = f.weights.layers[layer]
-        receivers = layout.receivers_of_layer(layer)
-        inputs = corrected(x, receivers[:-1]).view(n, 3, H, *x.shape[1:])  # q, k, v inputs of every head
-        h = f.norm(inputs, w.attn_norm)
-        qkv = []
-        for i, which in enumerate("qkv"):
-            count = H if which == "q" else cfg.n_kv_heads
-            weight = getattr(w, f"w_{which}").view(count, dh, cfg.d_model)
-            bias = getattr(w, f"b_{which}")
-            bias = torch.zeros(count, dh, dtype=x.dtype, device=x.device) if bias is None else bias.view(count, dh)
-            if which != "q":
-                weight, bias = weight[kv_of], bias[kv_of]
-            qkv.append(torch.einsum("nhbpd,hed->nbphe", h[:, i], weight) + bias)
-        q, k, v = qkv
+        starting = layer == start_layer
+        k, v = head_inputs("k", x, starting), head_inputs("v", x, starting)
+        last = layer == cfg.n_layers - 1  # the logits read only the answer positions: queries and MLP there alone
+        if last:
+            x = x[:, rows, at].unsqueeze(2)
+            diffs = [d[:, :, rows, at].unsqueeze(3) for d in diffs]
+        q_pos = answer_pos.view(1, -1, 1) if last else positions
+        q = head_inputs("q", x, starting)
         if rot is not None:
-            q, k = f._rotate(q, *rot), f._rotate(k, *rot)
+            k = f._rotate(k, *rot)
+            q = f._rotate(q, *(engine.rotary(n_pos, answer_pos.view(-1, 1)) if last else rot))
         k = torch.cat([clean.k[layer][:, :p0, kv_of].expand(n, -1, -1, -1, -1), k], dim=2)
         v = torch.cat([clean.v[layer][:, :p0, kv_of].expand(n, -1, -1, -1, -1), v], dim=2)
-        z, _ = f.attend(layer, q, k, v, positions)
+        z, _ = f.attend(layer, q, k, v, q_pos)
         w_o = w.w_o.view(cfg.d_model, H, dh)
         head_out = torch.einsum("nbphe,dhe->nhbpd", z, w_o)
-        first = 1 + layer * (H + 1)  # this layer's first sender
-        diffs.append(head_out - ablated[None, first:first + H])
+        first_sender = 1 + layer * (H + 1)
+        ablated_here = ablated[None, first_sender:first_sender + H + 1]
+        if last:
+            ablated_here = ablated_here[:, :, rows, at].unsqueeze(3)
+        diffs.append(head_out - ablated_here[:, :H])
         attn = f.attn_out(layer, z)
         mid = x if f.parallel else x + attn
-        mlp_out = f.mlp(layer, corrected(mid, receivers[-1:])[:, 0])
-        diffs.append((mlp_out - ablated[None, first + H]).unsqueeze(1))
+        mlp_out = f.mlp(layer, corrected(mid, layout.receivers_of_layer(layer)[-1:])[:, 0])
+        diffs.append((mlp_out - ablated_here[:, H]).unsqueeze(1))
         x = x + attn + mlp_out
-    rows = torch.arange(x.shape[1], device=x.device)
-    d = torch.cat(diffs, dim=1)[:, :, rows, answer_pos - p0]  # [N, S, B, d]
-    final_in = x[:, rows, answer_pos - p0] - torch.einsum("ns,nsbd->nbd", off[:, :, -1], d)
+    d = torch.cat(diffs, dim=1)[:, :, :, 0]  # [N, S, B, d]: the answer positions
+    final_in = x[:, :, 0] - torch.einsum("ns,nsbd->nbd", off[:, :, -1], d)
     return f.final(final_in)
 
 
