@@ -422,11 +422,11 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
         own = heads if which == "q" else kv_of[heads]
         return torch.einsum("nhbpd,hed->nbphe", f.norm(inputs, w.attn_norm), weight[own]) + bias[own]
 
-    def head_inputs(which: str, x: torch.Tensor, starting: bool) -> torch.Tensor:
-        """Every query head's q, k or v `[N, B, P, H, d_head]`. In the first layer run, where
-        every variant has the same upstream, a head whose edges no variant changes is computed
-        once for all (ACDC's variants differ in one receiver)."""
-        receivers = layout.receivers_of_layer(layer)["qkv".index(which) * H:][:H]
+    def head_inputs(which: str, x: torch.Tensor, receivers: list[int], starting: bool) -> torch.Tensor:
+        """Every query head's q, k or v `[N, B, P, H, d_head]` from the heads' `receivers` (one
+        per head). In the first layer run, where every variant has the same upstream, a head
+        whose edges no variant changes is computed once for all (ACDC's variants differ in one
+        receiver)."""
         if not starting or n == 1:
             return project(corrected(x, receivers), which, all_heads)
         cols = off[:, :, receivers]
@@ -443,14 +443,16 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
     all_heads = torch.arange(H, device=ablated.device)
     for layer in range(start_layer, cfg.n_layers):
         w = f.weights.layers[layer]
+        receivers = layout.receivers_of_layer(layer)  # H query inputs, H key inputs, H value inputs, the MLP
         starting = layer == start_layer
-        k, v = head_inputs("k", x, starting), head_inputs("v", x, starting)
+        k = head_inputs("k", x, receivers[H:2 * H], starting)
+        v = head_inputs("v", x, receivers[2 * H:3 * H], starting)
         last = layer == cfg.n_layers - 1  # the logits read only the answer positions: queries and MLP there alone
         if last:
             x = x[:, rows, at].unsqueeze(2)
             diffs = [d[:, :, rows, at].unsqueeze(3) for d in diffs]
         q_pos = answer_pos.view(1, -1, 1) if last else positions
-        q = head_inputs("q", x, starting)
+        q = head_inputs("q", x, receivers[:H], starting)
         if rot is not None:
             k = f._rotate(k, *rot)
             q = f._rotate(q, *(engine.rotary(n_pos, answer_pos.view(-1, 1)) if last else rot))
@@ -466,7 +468,7 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
         diffs.append(head_out - ablated_here[:, :H])
         attn = f.attn_out(layer, z)
         mid = x if f.parallel else x + attn
-        mlp_out = f.mlp(layer, corrected(mid, layout.receivers_of_layer(layer)[-1:])[:, 0])
+        mlp_out = f.mlp(layer, corrected(mid, receivers[-1:])[:, 0])
         diffs.append((mlp_out - ablated_here[:, H]).unsqueeze(1))
         x = x + attn + mlp_out
     d = torch.cat(diffs, dim=1)[:, :, :, 0]  # [N, S, B, d]: the answer positions
