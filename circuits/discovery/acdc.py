@@ -10,11 +10,17 @@ reads the ablated sender, corrupted by default) raises the loss by less than `th
 with loss = KL(full model || circuit) at the answer position (default), or the negated task
 metric. Removed edges stay removed, so later decisions see them.
 
+As in Conmy et al.'s implementation, a receiver whose node no longer sends any edge in the
+circuit is not tried: removing its incoming edges cannot change the output, so they go
+without a run (score 0).
+
 Batched, with the sequential algorithm's decisions: the candidates of one receiver run
 together as cumulative removals (variant j drops candidates 1..j), which is what the
 sequential walk evaluates as long as every earlier candidate is removed; at the first kept
-candidate, the variants after it are discarded and run again from the new state. Every
-masked run starts at the receiver's layer: nothing upstream has changed.
+candidate, the variants after it are discarded and run again from the new state. Each run
+recomputes only the receiver's node and what it reaches through the circuit's edges
+(`interp.patching.circuit_state`); the sequential reference runs the whole masked model once
+per edge.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from tqdm.auto import tqdm
 
 from interp.models import HookedModel
 from interp.patching import Task
+from interp.patching.circuit_state import CircuitState
 from interp.patching.edges import CircuitRunner, EdgeLayout
 
 
@@ -34,7 +41,8 @@ def acdc(model: HookedModel, task: Task, threshold: float, loss: str = "kl", abl
     `scores[s, r]` is the loss change measured when the edge was tried (NaN off-edges).
 
     `batched=False` runs the plain sequential algorithm (one masked run of the whole model per
-    edge tried): the reference the batched algorithm must agree with.
+    edge tried): the reference the batched algorithm must agree with. Edges into a receiver
+    whose node sends no edge any more are removed untried, with score 0.
     """
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
         raise ValueError(f"threshold must be a number >= 0, got {threshold!r}")
@@ -44,31 +52,45 @@ def acdc(model: HookedModel, task: Task, threshold: float, loss: str = "kl", abl
     runner = runner or CircuitRunner(model, task, ablation, memory_budget)
     layout = runner.layout
 
-    def losses(masks: torch.Tensor, start: int) -> torch.Tensor:
-        values = runner.kl(masks, start) if loss == "kl" else -runner.metric(masks, start)
+    def losses(finals: torch.Tensor) -> torch.Tensor:
+        """The loss of each variant `[N]` from its final-normed residuals `[N, B, d_model]`."""
+        values = runner.kl_of(finals) if loss == "kl" else -runner.metric_of(finals)
         return values.mean(1).cpu()
 
-    current = layout.exists.clone()
+    state = CircuitState(runner)
     scores = torch.full(layout.exists.shape, float("nan"))
-    loss_now = float(losses(current[None], 0)[0])
-    order = range(len(layout.receivers) - 1, -1, -1)
-    for r in tqdm(order, desc="ACDC", disable=not progress):
-        start = layout.receiver_layer[r] if batched else 0
-        candidates = [s for s in range(len(layout.senders) - 1, -1, -1) if current[s, r]]
+    with torch.no_grad():
+        loss_now = float(losses(runner.engine.f.final(state.final_in)[None]))
+    for r in tqdm(range(len(layout.receivers) - 1, -1, -1), desc="ACDC", disable=not progress):
+        candidates = state.mask[:, r].nonzero()[:, 0].flip(0).tolist()  # senders, last first
+        if not state.connected(r):
+            scores[candidates, r] = 0.0
+            state.mask[:, r] = False
+            continue
         i = 0
         while i < len(candidates):
             chunk = candidates[i:i + (runner.chunk if batched else 1)]
-            masks = current.unsqueeze(0).repeat(len(chunk), 1, 1)
+            columns = state.mask[:, r].unsqueeze(0).repeat(len(chunk), 1)
             for j in range(len(chunk)):
-                masks[j:, chunk[j], r] = False  # variant j removes chunk[0..j]
-            tried = losses(masks, start)
+                columns[j:, chunk[j]] = False  # variant j removes chunk[0..j]
+            with torch.no_grad():
+                if batched:
+                    variants = state.try_receiver(r, columns)
+                    tried = losses(variants.final)
+                else:
+                    masks = state.mask.unsqueeze(0).clone()
+                    masks[0, :, r] = columns[0]
+                    tried = losses(runner.final(masks))
             for j, s in enumerate(chunk):
                 change = float(tried[j]) - loss_now
                 scores[s, r] = change
                 i += 1
                 if change < threshold:
-                    current[s, r] = False
                     loss_now = float(tried[j])
+                    if batched:
+                        variants.accept(j)
+                    else:
+                        state.mask[s, r] = False
                 else:
                     break  # the variants after a kept edge assumed it removed: run them again
-    return layout, current, scores
+    return layout, state.mask.cpu(), scores

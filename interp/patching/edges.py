@@ -183,16 +183,11 @@ def _head_with_input(engine: Engine, base: RunCache, layer: int, head: int, kind
                      p0: int) -> torch.Tensor:
     """Query head `head`'s z `[N, B, P, d_head]` (positions p0..) when its `kind` input
     ("q", "k" or "v") is `x [N, B, P, d_model]` and its other inputs are the base run's."""
-    f, cfg = engine.f, engine.cfg
-    w = f.weights.layers[layer]
-    kv = cfg.kv_head(head)
+    f = engine.f
+    kv = engine.cfg.kv_head(head)
     n_pos = base.resid_pre[0].shape[1]
     positions = torch.arange(p0, n_pos, device=x.device)
-    h = f.norm(x, w.attn_norm)
-    rows = {"q": slice(head * cfg.d_head, (head + 1) * cfg.d_head),
-            "k": slice(kv * cfg.d_head, (kv + 1) * cfg.d_head), "v": slice(kv * cfg.d_head, (kv + 1) * cfg.d_head)}[kind]
-    weight, bias = getattr(w, f"w_{kind}")[rows], getattr(w, f"b_{kind}")
-    new = torch.nn.functional.linear(h, weight, None if bias is None else bias[rows]).unsqueeze(-2)  # [N, B, P, 1, dh]
+    new = project_heads(engine, layer, kind, x.unsqueeze(-4), torch.tensor([head], device=x.device))  # [N, B, P, 1, dh]
     if kind != "v":
         rot = engine.rotary(n_pos, positions)
         if rot is not None:
@@ -228,23 +223,13 @@ def _split_forward(engine: Engine, x: torch.Tensor, task: Task, replace: tuple[s
     positions = torch.arange(n_pos, device=x.device)
     rot = engine.rotary(n_pos, positions)
     copies: list[torch.Tensor] = []
-    H, dh = cfg.n_heads, cfg.d_head
+    H = cfg.n_heads
+    all_heads = torch.arange(H, device=x.device)
     for layer in range(cfg.n_layers):
-        w = f.weights.layers[layer]
         inputs = x.unsqueeze(0).expand(3 * H, *x.shape).clone()  # [3H, N, B, pos, d]: q, k, v inputs of each head
         inputs.retain_grad()
-        h = f.norm(inputs, w.attn_norm).view(3, H, *x.shape)
-        kv = torch.tensor([cfg.kv_head(head) for head in range(H)], device=x.device)
-        projected = []
-        for i, which in enumerate("qkv"):
-            n = H if which == "q" else cfg.n_kv_heads
-            weight = getattr(w, f"w_{which}").view(n, dh, cfg.d_model)
-            bias = getattr(w, f"b_{which}")
-            bias = torch.zeros(n, dh, dtype=x.dtype, device=x.device) if bias is None else bias.view(n, dh)
-            if which != "q":  # one copy of the key/value projection per query head
-                weight, bias = weight[kv], bias[kv]
-            projected.append(torch.einsum("hnbpd,hed->nbphe", h[i], weight) + bias)
-        q, k, v = projected
+        per_kind = inputs.view(3, H, *x.shape).transpose(1, 2)  # [3, N, H, B, pos, d]
+        q, k, v = (project_heads(engine, layer, which, per_kind[i], all_heads) for i, which in enumerate("qkv"))
         if rot is not None:
             q, k = f._rotate(q, *rot), f._rotate(k, *rot)
         z, _ = f.attend(layer, q, k, v, positions)
@@ -383,6 +368,42 @@ def ablated_outputs(engine: Engine, task: Task, clean: RunCache, corrupt: RunCac
     raise ValueError(f"ablation must be 'patching', 'mean' or 'zero', got {ablation!r}")
 
 
+def project_heads(engine: Engine, layer: int, which: str, inputs: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+    """q, k or v (`which`, before rotary) `[..., B, P, len(heads), d_head]` of query heads `heads`
+    of `layer`, each from its own input `[..., len(heads), B, P, d_model]`; k and v through the
+    key/value head each query head reads."""
+    f, cfg = engine.f, engine.cfg
+    w = f.weights.layers[layer]
+    count = cfg.n_heads if which == "q" else cfg.n_kv_heads
+    weight = getattr(w, f"w_{which}").view(count, cfg.d_head, cfg.d_model)
+    bias = getattr(w, f"b_{which}")
+    own = heads if which == "q" else engine.kv_of[heads]
+    out = torch.einsum("...hbpd,hed->...bphe", f.norm(inputs, w.attn_norm), weight[own])
+    return out if bias is None else out + bias.view(count, cfg.d_head)[own]
+
+
+def attend_heads(engine: Engine, clean: RunCache, layer: int, heads: torch.Tensor, q_in: torch.Tensor,
+                 k_in: torch.Tensor, v_in: torch.Tensor, p0: int, answer_pos: torch.Tensor | None = None
+                 ) -> torch.Tensor:
+    """z `[..., B, Q, len(heads), d_head]` of query heads `heads` of `layer`, each reading its
+    own q, k and v inputs `[..., len(heads), B, P, d_model]` (positions p0..; the queries' at
+    the `answer_pos [B]` alone, Q = 1, when given). Keys and values before p0 are the `clean`
+    run's. The leading axes of the three inputs broadcast (1 where an input does not vary)."""
+    f = engine.f
+    n_pos = clean.resid_pre[0].shape[1]
+    positions = torch.arange(p0, n_pos, device=k_in.device)
+    q_pos = positions if answer_pos is None else answer_pos.view(-1, 1)
+    q, k, v = (project_heads(engine, layer, which, x, heads) for which, x in zip("qkv", (q_in, k_in, v_in)))
+    rot = engine.rotary(n_pos, positions)
+    if rot is not None:
+        k, q = f._rotate(k, *rot), f._rotate(q, *engine.rotary(n_pos, q_pos))
+    kv = engine.kv_of[heads]
+    k = torch.cat([clean.k[layer][:, :p0, kv].expand(*k.shape[:-4], -1, -1, -1, -1), k], dim=-3)
+    v = torch.cat([clean.v[layer][:, :p0, kv].expand(*v.shape[:-4], -1, -1, -1, -1), v], dim=-3)
+    z, _ = f.attend(layer, q, k, v, q_pos)
+    return z
+
+
 def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: torch.Tensor, masks: torch.Tensor,
                  answer_pos: torch.Tensor, start_layer: int = 0, p0: int = 0) -> torch.Tensor:
     """The final-normed residual at the answer positions `[N, B, d_model]` of the model in which
@@ -392,14 +413,10 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
     Layers before `start_layer` and positions before `p0` must be unaffected by the masks (the
     caller knows: no edge into an earlier layer is off, and `ablated` equals the clean outputs
     at earlier positions); they are read from the `clean` run. The last layer runs its queries,
-    attention and MLP at the answer positions only, and the first layer run computes a head's
-    q/k/v once for all variants where none of them changes that head's edges.
+    attention and MLP at the answer positions only.
     """
     f, cfg = engine.f, engine.cfg
     H, dh, n = cfg.n_heads, cfg.d_head, masks.shape[0]
-    n_pos = clean.resid_pre[0].shape[1]
-    positions = torch.arange(p0, n_pos, device=ablated.device)
-    rot = engine.rotary(n_pos, positions)
     off = (~masks & layout.exists.to(masks.device)).to(ablated.dtype)  # 1 where a receiver reads the ablated output
     clean_out = sender_outputs(engine, clean)[:, :, p0:]
     ablated = ablated[:, :, p0:]
@@ -407,59 +424,23 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
     diffs = [(clean_out[:n_before] - ablated[:n_before]).unsqueeze(0).expand(n, -1, -1, -1, -1)]
     x = clean.resid_pre[start_layer][:, p0:].unsqueeze(0).expand(n, -1, -1, -1)
 
-    def corrected(base: torch.Tensor, receivers: list[int], variants: slice = slice(None)) -> torch.Tensor:
-        d = torch.cat(diffs, dim=1)[variants]  # [N, S_up, B, P, d]
-        correction = torch.einsum("nsr,nsbpd->nrbpd", off[variants, : d.shape[1], receivers], d)
-        return base[variants].unsqueeze(1) - correction  # [N, R, B, P, d]
-
-    def project(inputs: torch.Tensor, which: str, heads: torch.Tensor) -> torch.Tensor:
-        """q, k or v `[N, B, P, len(heads), d_head]` of query heads `heads`, each from its own
-        input `[N, len(heads), B, P, d]`."""
-        count = H if which == "q" else cfg.n_kv_heads
-        weight = getattr(w, f"w_{which}").view(count, dh, cfg.d_model)
-        bias = getattr(w, f"b_{which}")
-        bias = torch.zeros(count, dh, dtype=x.dtype, device=x.device) if bias is None else bias.view(count, dh)
-        own = heads if which == "q" else kv_of[heads]
-        return torch.einsum("nhbpd,hed->nbphe", f.norm(inputs, w.attn_norm), weight[own]) + bias[own]
-
-    def head_inputs(which: str, x: torch.Tensor, receivers: list[int], starting: bool) -> torch.Tensor:
-        """Every query head's q, k or v `[N, B, P, H, d_head]` from the heads' `receivers` (one
-        per head). In the first layer run, where every variant has the same upstream, a head
-        whose edges no variant changes is computed once for all (ACDC's variants differ in one
-        receiver)."""
-        if not starting or n == 1:
-            return project(corrected(x, receivers), which, all_heads)
-        cols = off[:, :, receivers]
-        varies = (cols != cols[:1]).flatten(0, 1).any(0)  # [H]
-        out = project(corrected(x, receivers, slice(0, 1)), which, all_heads).expand(n, -1, -1, -1, -1)
-        if varies.any():
-            out = out.clone()
-            heads = varies.nonzero()[:, 0]
-            out[:, :, :, heads] = project(corrected(x, [receivers[h] for h in heads.tolist()]), which, heads)
-        return out
+    def corrected(base: torch.Tensor, receivers: list[int]) -> torch.Tensor:
+        d = torch.cat(diffs, dim=1)  # [N, S_up, B, P, d]
+        correction = torch.einsum("nsr,nsbpd->nrbpd", off[:, : d.shape[1], receivers], d)
+        return base.unsqueeze(1) - correction  # [N, R, B, P, d]
 
     rows, at = torch.arange(x.shape[1], device=x.device), answer_pos - p0
-    kv_of = torch.tensor([cfg.kv_head(h) for h in range(H)], device=ablated.device)
     all_heads = torch.arange(H, device=ablated.device)
     for layer in range(start_layer, cfg.n_layers):
-        w = f.weights.layers[layer]
         receivers = layout.receivers_of_layer(layer)  # H query inputs, H key inputs, H value inputs, the MLP
-        starting = layer == start_layer
-        k = head_inputs("k", x, receivers[H:2 * H], starting)
-        v = head_inputs("v", x, receivers[2 * H:3 * H], starting)
+        k_in, v_in = corrected(x, receivers[H:2 * H]), corrected(x, receivers[2 * H:3 * H])
         last = layer == cfg.n_layers - 1  # the logits read only the answer positions: queries and MLP there alone
         if last:
             x = x[:, rows, at].unsqueeze(2)
             diffs = [d[:, :, rows, at].unsqueeze(3) for d in diffs]
-        q_pos = answer_pos.view(1, -1, 1) if last else positions
-        q = head_inputs("q", x, receivers[:H], starting)
-        if rot is not None:
-            k = f._rotate(k, *rot)
-            q = f._rotate(q, *(engine.rotary(n_pos, answer_pos.view(-1, 1)) if last else rot))
-        k = torch.cat([clean.k[layer][:, :p0, kv_of].expand(n, -1, -1, -1, -1), k], dim=2)
-        v = torch.cat([clean.v[layer][:, :p0, kv_of].expand(n, -1, -1, -1, -1), v], dim=2)
-        z, _ = f.attend(layer, q, k, v, q_pos)
-        w_o = w.w_o.view(cfg.d_model, H, dh)
+        z = attend_heads(engine, clean, layer, all_heads, corrected(x, receivers[:H]), k_in, v_in, p0,
+                         answer_pos if last else None)
+        w_o = f.weights.layers[layer].w_o.view(cfg.d_model, H, dh)
         head_out = torch.einsum("nbphe,dhe->nhbpd", z, w_o)
         first_sender = 1 + layer * (H + 1)
         ablated_here = ablated[None, first_sender:first_sender + H + 1]
@@ -507,7 +488,9 @@ class CircuitRunner:
         per_variant = task.batch * elem * (task.n_pos - self.p0) * per_token + task.batch * 4 * cfg.d_vocab
         self.chunk = _chunk(model.device, memory_budget, per_variant, "one masked run")
 
-    def _finals(self, masks: torch.Tensor, start_layer: int) -> torch.Tensor:
+    def final(self, masks: torch.Tensor, start_layer: int = 0) -> torch.Tensor:
+        """The final-normed residual at the answer positions `[N, B, d_model]` of each mask
+        `[N, n_senders, n_receivers]`, run from `start_layer` (no earlier edge may be off)."""
         if masks.ndim != 3 or tuple(masks.shape[1:]) != tuple(self.layout.exists.shape):
             raise ValueError(f"masks must have shape [N, {len(self.layout.senders)}, {len(self.layout.receivers)}] "
                              f"(variants, senders, receivers), got {tuple(masks.shape)}")
@@ -520,12 +503,20 @@ class CircuitRunner:
 
     def metric(self, masks: torch.Tensor, start_layer: int = 0) -> torch.Tensor:
         """The task metric per variant and prompt `[N, B]` (fp32)."""
-        return _metric(self.engine, self._finals(masks, start_layer), self.task)
+        return self.metric_of(self.final(masks, start_layer))
 
     def kl(self, masks: torch.Tensor, start_layer: int = 0) -> torch.Tensor:
         """KL(clean model's next-token distribution || masked model's) at each prompt's answer
         position, per variant and prompt `[N, B]` (fp32)."""
-        logits = self.engine.f.unembed(self._finals(masks, start_layer).float())
+        return self.kl_of(self.final(masks, start_layer))
+
+    def metric_of(self, finals: torch.Tensor) -> torch.Tensor:
+        """`metric` of final-normed residuals at the answer positions `[N, B, d_model]`."""
+        return _metric(self.engine, finals, self.task)
+
+    def kl_of(self, finals: torch.Tensor) -> torch.Tensor:
+        """`kl` of final-normed residuals at the answer positions `[N, B, d_model]`."""
+        logits = self.engine.f.unembed(finals.float())
         clean = torch.log_softmax(self.clean_logits, -1)
         return (clean.exp() * (clean - torch.log_softmax(logits, -1))).sum(-1)
 

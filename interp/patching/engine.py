@@ -67,6 +67,8 @@ class Engine:
         self.model = model
         self.cfg = model.cfg
         self.n_layers = model.cfg.n_layers
+        # the key/value head each query head reads, [n_heads]
+        self.kv_of = torch.tensor([model.cfg.kv_head(h) for h in range(model.cfg.n_heads)], device=model.device)
         self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
 
     # ------------------------------------------------------------ positions
