@@ -106,3 +106,20 @@ def test_a_sender_kept_at_the_answer_only_cannot_be_read_everywhere_again(model)
     columns[m0] = True
     with pytest.raises(ValueError, match="answer positions only"):
         state.try_receiver(k_input, columns[None])
+
+
+def test_bad_variants_are_refused(model):
+    runner = CircuitRunner(model, task_for(model, 65))
+    state, layout = CircuitState(runner), runner.layout
+    r = layout.receivers.index("a1.h0<q>")
+    good = state.mask[:, r][None]
+    with pytest.raises(ValueError, match="receiver index"):
+        state.try_receiver(len(layout.receivers), good)
+    with pytest.raises(ValueError, match="bool tensor"):
+        state.try_receiver(r, good.float())
+    with pytest.raises(ValueError, match="bool tensor"):
+        state.try_receiver(r, good[:, :-1])
+    downstream = good.clone()
+    downstream[0, layout.senders.index("m1")] = True
+    with pytest.raises(ValueError, match="not upstream"):
+        state.try_receiver(r, downstream)

@@ -150,6 +150,14 @@ class CircuitState:
         Each node reached is recomputed where the circuit reads it: at every position from p0
         when a key or value input reads it (directly or through query and MLP inputs), at the
         answer positions alone otherwise."""
+        n_senders, n_receivers = self.mask.shape
+        if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r < n_receivers:
+            raise ValueError(f"r must be a receiver index in [0, {n_receivers - 1}], got {r!r}")
+        if columns.dtype != torch.bool or columns.ndim != 2 or columns.shape[1] != n_senders or not len(columns):
+            raise ValueError(f"columns must be a non-empty bool tensor [N, {n_senders}] (variants, senders), got "
+                             f"{columns.dtype} {tuple(columns.shape)}")
+        if (columns & ~self._exists[:, r].to(columns.device)).any():
+            raise ValueError(f"columns name senders that are not upstream of receiver {self.layout.receivers[r]}")
         n = columns.shape[0]
         columns = columns.to(self.mask.device)
         own = columns.to(self.outs.dtype) - self.mask[:, r].to(self.outs.dtype)  # [N, S]: +1 edge in, -1 out
