@@ -51,7 +51,7 @@ def test_variants_equal_whole_masked_runs_of_a_random_circuit(model, ablation):
         assert torch.allclose(variants.final, expected, atol=2e-5 * scale), (layout.receivers[r],
                                                                            float((variants.final - expected).abs().max()))
         checked += 1
-        variants.accept(0)
+        state.accept(variants, 0)
         assert torch.equal(state.mask[:, r], target[:, r])
     assert checked == len(layout.receivers)
     assert torch.equal(state.mask, target)
@@ -101,7 +101,7 @@ def test_a_sender_kept_at_the_answer_only_cannot_be_read_everywhere_again(model)
     target[:, layout.receivers.index("m0")] = False  # m0 then changes
     for r in range(len(layout.receivers) - 1, -1, -1):
         if not torch.equal(state.mask[:, r], target[:, r]):
-            state.try_receiver(r, target[:, r][None]).accept(0)
+            state.accept(state.try_receiver(r, target[:, r][None]), 0)
     columns = state.mask[:, k_input].clone()
     columns[m0] = True
     with pytest.raises(ValueError, match="answer positions only"):

@@ -88,7 +88,7 @@ def acdc(model: HookedModel, task: Task, threshold: float, loss: str = "kl", abl
                 if change < threshold:
                     loss_now = float(tried[j])
                     if batched:
-                        variants.accept(j)
+                        state.accept(variants, j)
                     else:
                         state.mask[s, r] = False
                 else:

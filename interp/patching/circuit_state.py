@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .edges import CircuitRunner, attend_heads, sender_outputs
+from .edges import CircuitRunner, attend_heads, head_outputs, sender_outputs
 
 
 class CircuitState:
@@ -41,7 +41,7 @@ class CircuitState:
         self.engine, self.layout, self.clean, self.p0 = engine, runner.layout, clean, runner.p0
         cfg = engine.cfg
         self.H, self.n_layers = cfg.n_heads, cfg.n_layers
-        self.n_up = 1 + (cfg.n_layers - 1) * (cfg.n_heads + 1)
+        self.n_up = self.layout.sender(cfg.n_layers - 1, 0)  # senders before the last layer
         self.answer_pos = task.answer_pos
         self._rows = torch.arange(task.batch, device=task.answer_pos.device)
         clean_out = sender_outputs(engine, clean)
@@ -63,28 +63,9 @@ class CircuitState:
     def _outs(self, answer: bool) -> torch.Tensor:
         return self.at_answer if answer else self.outs
 
-    # ------------------------------------------------------------ graph positions
-
-    def sender(self, layer: int, head: int | None = None) -> int:
-        """The sender index of a head (or, with `head` None, the MLP) of `layer`."""
-        return 1 + layer * (self.H + 1) + (self.H if head is None else head)
-
-    def receiver(self, layer: int, kind: str, head: int = 0) -> int:
-        """The receiver index of a head's "q", "k" or "v" input, or of "mlp", in `layer`."""
-        offset = 3 * self.H if kind == "mlp" else "qkv".index(kind) * self.H + head
-        return layer * (3 * self.H + 1) + offset
-
-    def node(self, r: int) -> int | None:
-        """The sender index of receiver r's node (None for the logits)."""
-        layer = self.layout.receiver_layer[r]
-        if layer == self.n_layers:
-            return None
-        local = r - layer * (3 * self.H + 1)
-        return self.sender(layer, None if local == 3 * self.H else local % self.H)
-
     def connected(self, r: int) -> bool:
         """Whether receiver r's node still sends an edge in the circuit (the logits always do)."""
-        node = self.node(r)
+        node = self.layout.node(r)
         return node is None or bool(self.mask[node].any())
 
     # ------------------------------------------------------------ inputs
@@ -95,7 +76,7 @@ class CircuitState:
         layer = self.layout.receiver_layer[receivers[0]]
         if layer == self.n_layers:
             base = clean.resid_post[-1]
-        elif receivers[0] == self.receiver(layer, "mlp"):
+        elif receivers[0] == self.layout.receiver(layer, "mlp"):
             base = clean.mlp_in[layer]
         else:
             base = clean.resid_pre[layer]
@@ -114,31 +95,35 @@ class CircuitState:
 
     # ------------------------------------------------------------ variants
 
-    def kind(self, r: int) -> str:
-        """Receiver r's kind: "q", "k", "v", "mlp" or "logits"."""
-        layer = self.layout.receiver_layer[r]
-        if layer == self.n_layers:
-            return "logits"
-        local = r - layer * (3 * self.H + 1)
-        return "mlp" if local == 3 * self.H else "qkv"[local // self.H]
+    def accept(self, variants: "Variants", j: int) -> None:
+        """Make variant j of `variants` (from this state's `try_receiver`) the circuit."""
+        self._moved_cache.clear()
+        self.mask[:, variants.receiver] = variants.columns[j]
+        for u, (outs, at_answer) in variants.new.items():
+            if outs is not None:
+                self.outs[u] = outs[j]
+                self._partial.discard(u)
+            elif u < self.n_up:
+                self._partial.add(u)
+            self.at_answer[u] = at_answer[j]
+        self.final_in = variants.final_in[j]
 
     def _read_everywhere(self, mask: torch.Tensor) -> torch.Tensor:
         """`[n_senders]` bool: whether circuit `mask` reads a sender's output at positions other
         than the answer ones. Keys and values read every position; a query or MLP input only
         where its own node is read (a head's query at the answer position needs its keys and
         values everywhere, not its query); the logits read the answer positions alone."""
-        H = self.H
+        H, layout = self.H, self.layout
         reads = torch.zeros(mask.shape[1], dtype=torch.bool, device=mask.device)  # per receiver
         for layer in range(self.n_layers):
-            first = layer * (3 * H + 1)
-            reads[first + H:first + 3 * H] = True
+            reads[layout.receiver(layer, "k"):layout.receiver(layer, "mlp")] = True  # the k and v inputs
         needs = torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
         for layer in range(self.n_layers - 2, -1, -1):  # the last layer's senders: the answer positions only
-            mlp, first = self.sender(layer), layer * (3 * H + 1)
+            mlp, queries = layout.sender(layer), layout.receiver(layer, "q")
             needs[mlp] = (mask[mlp] & reads).any()
-            reads[first + 3 * H] = needs[mlp]
+            reads[layout.receiver(layer, "mlp")] = needs[mlp]
             needs[mlp - H:mlp] = (mask[mlp - H:mlp] & reads).any(-1)
-            reads[first:first + H] = needs[mlp - H:mlp]
+            reads[queries:queries + H] = needs[mlp - H:mlp]
         needs[0] = (mask[0] & reads).any()
         return needs
 
@@ -171,10 +156,10 @@ class CircuitState:
         new: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}  # sender -> (outs [N,B,P,d], at answer [N,B,1,d])
 
         def at_answer_only(receiver: int) -> bool:
-            kind = self.kind(receiver)
+            kind = self.layout.kind(receiver)
             if kind == "logits":
                 return True
-            return kind not in ("k", "v") and not everywhere[self.node(receiver)]
+            return kind not in ("k", "v") and not everywhere[self.layout.node(receiver)]
 
         def delta(receiver: int) -> torch.Tensor | None:
             """How receiver's input moves in each variant `[N, B, P, d]`, or None where it does not."""
@@ -193,18 +178,18 @@ class CircuitState:
             new[u] = (None, out) if answer else (out, self._at_answer(out, self.p0))
 
         for layer in range(self.layout.receiver_layer[r], self.n_layers):
-            moves = {kind: [delta(self.receiver(layer, kind, h)) for h in range(self.H)] for kind in "qkv"}
+            moves = {kind: [delta(self.layout.receiver(layer, kind, h)) for h in range(self.H)] for kind in "qkv"}
             heads = [h for h in range(self.H) if any(moves[kind][h] is not None for kind in "qkv")]
             for answer in (False, True):
-                group = [h for h in heads if everywhere[self.sender(layer, h)] != answer]
+                group = [h for h in heads if everywhere[self.layout.sender(layer, h)] != answer]
                 if group:
                     self._run_heads(layer, group, moves, n, answer, store)
-            receiver = self.receiver(layer, "mlp")
+            receiver = self.layout.receiver(layer, "mlp")
             mlp_delta = delta(receiver)
             if mlp_delta is not None:
                 answer = at_answer_only(receiver)
                 mlp_in = self._inputs([receiver], answer)[0] + mlp_delta
-                store(self.sender(layer), self.engine.f.mlp(layer, mlp_in), answer)
+                store(self.layout.sender(layer), self.engine.f.mlp(layer, mlp_in), answer)
         logits_delta = delta(len(self.layout.receivers) - 1)
         final_in = self.final_in.expand(n, -1, -1)
         if logits_delta is not None:
@@ -217,7 +202,7 @@ class CircuitState:
         inputs = {}
         for kind in "qkv":
             at_answer = answer and kind == "q"
-            base = self._inputs([self.receiver(layer, kind, h) for h in heads], at_answer)  # [h, B, P, d]
+            base = self._inputs([self.layout.receiver(layer, kind, h) for h in heads], at_answer)  # [h, B, P, d]
             moves = [changed[kind][h] for h in heads]
             if all(m is None for m in moves):
                 inputs[kind] = base.unsqueeze(0)
@@ -227,30 +212,15 @@ class CircuitState:
         index = torch.tensor(heads, device=self.outs.device)
         z = attend_heads(self.engine, self.clean, layer, index, inputs["q"], inputs["k"], inputs["v"], self.p0,
                          self.answer_pos if answer else None)
-        cfg = self.engine.cfg
-        w_o = self.engine.f.weights.layers[layer].w_o.view(cfg.d_model, cfg.n_heads, cfg.d_head)[:, index]
-        out = torch.einsum("nbphe,dhe->nhbpd", z, w_o).expand(n, -1, -1, -1, -1)
+        out = head_outputs(self.engine, layer, z, index).expand(n, -1, -1, -1, -1)
         for i, h in enumerate(heads):
-            store(self.sender(layer, h), out[:, i], answer)
+            store(self.layout.sender(layer, h), out[:, i], answer)
 
 
 class Variants:
     """The runs of `CircuitState.try_receiver`: `final` `[N, B, d_model]` (final-normed, at the
-    answer positions); `accept(j)` makes variant j the circuit."""
+    answer positions); `CircuitState.accept(variants, j)` makes variant j the circuit."""
 
     def __init__(self, state: CircuitState, receiver: int, columns: torch.Tensor, new: dict, final_in: torch.Tensor):
-        self.state, self.receiver, self.columns, self.new, self.final_in = state, receiver, columns, new, final_in
+        self.receiver, self.columns, self.new, self.final_in = receiver, columns, new, final_in
         self.final = state.engine.f.final(final_in)
-
-    def accept(self, j: int) -> None:
-        state = self.state
-        state._moved_cache.clear()
-        state.mask[:, self.receiver] = self.columns[j]
-        for u, (outs, at_answer) in self.new.items():
-            if outs is not None:
-                state.outs[u] = outs[j]
-                state._partial.discard(u)
-            elif u < state.n_up:
-                state._partial.add(u)
-            state.at_answer[u] = at_answer[j]
-        state.final_in = self.final_in[j]

@@ -83,6 +83,30 @@ class EdgeLayout:
     def receivers_of_layer(self, layer: int) -> list[int]:
         return [i for i, l in enumerate(self.receiver_layer) if l == layer]
 
+    def sender(self, layer: int, head: int | None = None) -> int:
+        """The sender index of a head of `layer` (its MLP with `head` None)."""
+        return 1 + layer * (self.n_heads + 1) + (self.n_heads if head is None else head)
+
+    def receiver(self, layer: int, kind: str, head: int = 0) -> int:
+        """The receiver index of a head's "q", "k" or "v" input, or of the "mlp", in `layer`."""
+        H = self.n_heads
+        return layer * (3 * H + 1) + (3 * H if kind == "mlp" else "qkv".index(kind) * H + head)
+
+    def kind(self, r: int) -> str:
+        """Receiver r's kind: "q", "k", "v", "mlp" or "logits"."""
+        layer, H = self.receiver_layer[r], self.n_heads
+        if layer == self.n_layers:
+            return "logits"
+        local = r - layer * (3 * H + 1)
+        return "mlp" if local == 3 * H else "qkv"[local // H]
+
+    def node(self, r: int) -> int | None:
+        """The sender index of receiver r's node (None for the logits)."""
+        layer, kind = self.receiver_layer[r], self.kind(r)
+        if kind == "logits":
+            return None
+        return self.sender(layer, None if kind == "mlp" else (r - layer * (3 * self.n_heads + 1)) % self.n_heads)
+
 
 def check_edge_model(model: HookedModel) -> Engine:
     """The engine for edge-level methods, or a clear refusal."""
@@ -95,15 +119,20 @@ def check_edge_model(model: HookedModel) -> Engine:
     return engine
 
 
+def head_outputs(engine: Engine, layer: int, z: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
+    """Each head's output z W_O[h] (no b_O) `[..., len(heads), B, P, d_model]` from its z
+    `[..., B, P, len(heads), d_head]` (`heads`: which query heads of `layer`; all by default)."""
+    cfg = engine.cfg
+    w_o = engine.f.weights.layers[layer].w_o.view(cfg.d_model, cfg.n_heads, cfg.d_head)
+    return torch.einsum("...bphe,dhe->...hbpd", z, w_o if heads is None else w_o[:, heads])
+
+
 def sender_outputs(engine: Engine, run: RunCache) -> torch.Tensor:
-    """Every sender's output `[n_senders, ..., pos, d_model]` in canonical order: the
+    """Every sender's output `[n_senders, B, pos, d_model]` in canonical order: the
     embeddings, then per layer each head's z W_O[h] (no b_O) and the MLP's output."""
-    f, cfg = engine.f, engine.cfg
     outs = [run.resid_pre[0]]
-    for layer in range(cfg.n_layers):
-        w_o = f.weights.layers[layer].w_o.view(cfg.d_model, cfg.n_heads, cfg.d_head)
-        heads = torch.einsum("...phe,dhe->h...pd", run.z[layer], w_o)
-        outs.extend(heads)
+    for layer in range(engine.cfg.n_layers):
+        outs.extend(head_outputs(engine, layer, run.z[layer]))
         outs.append(run.mlp_out[layer])
     return torch.stack(outs)
 
@@ -416,11 +445,11 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
     attention and MLP at the answer positions only.
     """
     f, cfg = engine.f, engine.cfg
-    H, dh, n = cfg.n_heads, cfg.d_head, masks.shape[0]
+    H, n = cfg.n_heads, masks.shape[0]
     off = (~masks & layout.exists.to(masks.device)).to(ablated.dtype)  # 1 where a receiver reads the ablated output
     clean_out = sender_outputs(engine, clean)[:, :, p0:]
     ablated = ablated[:, :, p0:]
-    n_before = 1 + start_layer * (H + 1)  # senders upstream of start_layer, in canonical order
+    n_before = layout.sender(start_layer, 0)  # senders upstream of start_layer, in canonical order
     diffs = [(clean_out[:n_before] - ablated[:n_before]).unsqueeze(0).expand(n, -1, -1, -1, -1)]
     x = clean.resid_pre[start_layer][:, p0:].unsqueeze(0).expand(n, -1, -1, -1)
 
@@ -440,9 +469,8 @@ def masked_final(engine: Engine, layout: EdgeLayout, clean: RunCache, ablated: t
             diffs = [d[:, :, rows, at].unsqueeze(3) for d in diffs]
         z = attend_heads(engine, clean, layer, all_heads, corrected(x, receivers[:H]), k_in, v_in, p0,
                          answer_pos if last else None)
-        w_o = f.weights.layers[layer].w_o.view(cfg.d_model, H, dh)
-        head_out = torch.einsum("nbphe,dhe->nhbpd", z, w_o)
-        first_sender = 1 + layer * (H + 1)
+        head_out = head_outputs(engine, layer, z)
+        first_sender = layout.sender(layer, 0)
         ablated_here = ablated[None, first_sender:first_sender + H + 1]
         if last:
             ablated_here = ablated_here[:, :, rows, at].unsqueeze(3)
