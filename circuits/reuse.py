@@ -18,6 +18,11 @@ Three comparisons:
   task's metric is read with `task.evaluate`; as a control, `n_random` random sets of as many
   heads drawn from the heads outside the shared set. Shared components that both tasks use
   should cost both more than the control does.
+
+And one intervention that moves one task's circuit toward the other's (in the spirit of
+Merullo et al.'s, who made Colored Objects' inhibition heads attend as in IOI):
+`transplant_attention(model, source, target, heads)` gives each head, at the target's answer
+position, the source task's mean attention on each role (`ROLES`) and reads the target's metric.
 """
 
 from __future__ import annotations
@@ -219,3 +224,130 @@ def compare_circuits(model: HookedModel, task_a: Task, task_b: Task, method: str
                                  "shared": task.evaluate(model, ablation(model, overlap.shared_heads)),
                                  "random": [task.evaluate(model, ablation(model, heads)) for heads in controls]}
     return Reuse(task_a.name, task_b.name, method, graph_a, graph_b, overlap, controls, scores)
+
+
+ROLES = ("answer", "wrong", "first", "other")
+
+
+def role_masks(task: Task) -> torch.Tensor:
+    """`[batch, pos, 4]` bool: which role (`ROLES`) each key position up to the answer position
+    plays in each clean prompt. "answer": the answer token's mentions; "wrong": the wrong
+    token's (IOI: both subject mentions; kept object: both mentions of the repeated object);
+    "first": position 0 (BOS where the model prepends it), unless it is one of those; "other":
+    the rest. Positions after the answer position (padding) have no role."""
+    batch, n_pos = task.clean.shape
+    positions = torch.arange(n_pos)
+    live = positions[None, :] <= task.answer_pos[:, None]
+    answer = (task.clean == task.answer[:, None]) & live
+    wrong = (task.clean == task.wrong[:, None]) & live & ~answer
+    first = (positions[None, :] == 0) & ~answer & ~wrong
+    other = live & ~answer & ~wrong & ~first
+    return torch.stack([answer, wrong, first, other], dim=-1)
+
+
+def _pattern_rows(model: HookedModel, task: Task, heads: list[Head]) -> torch.Tensor:
+    """`[len(heads), batch, pos]`: each head's attention from the answer position (clean run)."""
+    from interp.models import sites
+
+    with torch.no_grad():
+        _, cache = model.run(task.clean, capture=[sites.pattern(layer) for layer in sorted({h[0] for h in heads})],
+                             stop_early=True)
+    rows = torch.arange(task.batch)
+    return torch.stack([cache[sites.pattern(layer)][rows, head, task.answer_pos].float().cpu()
+                        for layer, head in heads])
+
+
+def attention_roles(model: HookedModel, task: Task, heads: list[Head]) -> torch.Tensor:
+    """`[len(heads), 4]`: each head's attention from the answer position on each role
+    (`ROLES`, `role_masks`), averaged over the task's prompts. Rows sum to 1."""
+    patterns = _pattern_rows(model, task, heads)
+    return torch.einsum("hbp,bpr->hr", patterns.double(), role_masks(task).double()) / task.batch
+
+
+@dataclass(frozen=True)
+class AttentionTransplant:
+    """`transplant_attention`'s result. `source_roles`, `target_roles`: `[len(heads), 4]`
+    attention on `ROLES` from the answer position in each task; `before`, `after`: the target
+    task's score without and with the transplant."""
+
+    heads: list[Head]
+    source: str
+    target: str
+    source_roles: torch.Tensor
+    target_roles: torch.Tensor
+    before: float
+    after: float
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per head and role: attention in the source and in the target task."""
+        return pd.DataFrame([{"layer": layer, "head": head, "role": role,
+                              f"attention_{self.source}": self.source_roles[i, r].item(),
+                              f"attention_{self.target}": self.target_roles[i, r].item()}
+                             for i, (layer, head) in enumerate(self.heads) for r, role in enumerate(ROLES)])
+
+
+def _redistribute(rows: torch.Tensor, masks: torch.Tensor, roles: torch.Tensor) -> torch.Tensor:
+    """`rows [batch, pos]` (attention of one head from the answer position) rewritten so that role
+    r gets total mass `roles[r]`, spread over its positions as `rows` spreads it (evenly where
+    `rows` puts nothing there); a role with no position in a prompt gives its mass to "other"."""
+    masks = masks.to(rows.dtype)
+    present = masks.amax(dim=1)                                                   # [batch, 4]
+    mass = roles.to(rows.dtype)[None, :] * present
+    mass[:, ROLES.index("other")] += (roles.to(rows.dtype)[None, :] * (1 - present)).sum(-1)
+    within = rows[:, :, None] * masks                                             # [batch, pos, 4]
+    total = within.sum(dim=1, keepdim=True)
+    even = masks / masks.sum(dim=1, keepdim=True).clamp(min=1)
+    share = torch.where(total > 0, within / total.clamp(min=torch.finfo(rows.dtype).tiny), even)
+    return (share * mass[:, None, :]).sum(-1)
+
+
+def transplant_attention(model: HookedModel, source: Task, target: Task, heads: list[Head],
+                         batch_size: int = 16) -> AttentionTransplant:
+    """Move the target task's circuit toward the source task's (in the spirit of Merullo et al.'s
+    intervention on Colored Objects): each of `heads`, at the target's answer position, attends
+    to the roles (`ROLES`: the answer's mentions, the wrong token's, position 0, the rest) as
+    it does on average in the source task, each role's mass spread over the target prompt's
+    positions of that role as the head itself spreads it there. Returns the target's score
+    before and after (`target.evaluate`)."""
+    from interp.models import Splice, sites
+
+    for name, task in (("source", source), ("target", target)):
+        if not isinstance(task, Task):
+            raise TypeError(f"{name} must be an interp.patching.Task, got {type(task).__name__}")
+    heads = _check_heads(model, heads)
+    source_roles = attention_roles(model, source, heads)
+    target_roles = attention_roles(model, target, heads)
+    scores = []
+    for start in range(0, target.batch, batch_size):
+        part = target.rows(slice(start, start + batch_size))
+        masks, rows = role_masks(part), torch.arange(part.batch)
+
+        def rewrite(pattern: torch.Tensor, i: int, part=part, masks=masks, rows=rows) -> torch.Tensor:
+            new = pattern.clone()
+            old = pattern[rows, part.answer_pos.to(pattern.device)]
+            new[rows, part.answer_pos.to(pattern.device)] = _redistribute(
+                old.double().cpu(), masks, source_roles[i]).to(pattern.device, pattern.dtype)
+            return new
+
+        interventions = [Splice(sites.pattern(layer, head), fn=lambda p, i=i: rewrite(p, i))
+                         for i, (layer, head) in enumerate(heads)]
+        scores.append((part.evaluate(model, interventions, batch_size=part.batch), part.batch))
+    after = sum(s * n for s, n in scores) / target.batch
+    return AttentionTransplant(heads, source.name, target.name, source_roles.float(), target_roles.float(),
+                               target.evaluate(model), after)
+
+
+def _check_heads(model: HookedModel, heads) -> list[Head]:
+    """`heads` as a non-empty list of distinct in-range `(layer, head)` integer pairs."""
+    heads = list(heads)
+    if not heads:
+        raise ValueError("heads must name at least one (layer, head)")
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    for h in heads:
+        if (not isinstance(h, tuple) or len(h) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in h)
+                or not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)):
+            raise ValueError(f"heads must be (layer, head) integer pairs with layer < {n_layers} and head < {n_heads}, "
+                             f"got {h!r}")
+    if len(set(heads)) != len(heads):
+        raise ValueError(f"heads must be distinct, got {heads}")
+    return heads

@@ -16,6 +16,8 @@ ABLATIONS = ("patching", "mean", "zero")
 TASK_BUILDERS = {
     "ioi": ("circuits.tasks.builders:ioi_task", "indirect-object identification, ABC-corrupted (zoo/ioi-small)"),
     "colored-objects": ("circuits.tasks.builders:colored_objects_task", "colour of the asked object"),
+    "kept-object": ("circuits.tasks.builders:kept_object_task",
+                    "the object not named again, ABC-corrupted: IOI's structure on objects (zoo/ioi-kept)"),
     "induction": ("circuits.tasks.builders:induction_task", "repeated random spans: predict the next repeat"),
     "constructed": ("circuits.tasks.constructed:constructed_task", "the task of zoo/constructed (known circuit)"),
 }

@@ -121,7 +121,7 @@ def last_logits(model: GPT2LMHeadModel, tok: PreTrainedTokenizerFast, texts: lis
     return out
 
 
-def _score(model, tok, prompts, candidates: list[str]) -> dict:
+def score_prompts(model, tok, prompts, candidates: list[str]) -> dict:
     """Accuracy (answer logit > wrong logit), mean logit diff, argmax accuracy among `candidates`
     and over the whole vocabulary, for prompts with `.clean`, `.answer`, `.wrong`."""
     logits = last_logits(model, tok, [p.clean for p in prompts])
@@ -141,20 +141,28 @@ def _score(model, tok, prompts, candidates: list[str]) -> dict:
     }
 
 
-def _task_scores(model, tok, kind: str, n: int, seed: int) -> dict:
-    """Per-split, per-template scores of one task ("ioi" or "color")."""
-    make, candidates = {"ioi": (ioi_data.ioi_prompts, list(ioi_data.NAMES)),
-                        "color": (ioi_data.colored_object_prompts, list(ioi_data.COLORS))}[kind]
+def task_scores(model, tok, make: Callable, split_templates: Callable[[str], list[str]], candidates: list[str],
+                n: int, seed: int) -> dict:
+    """Per-split, per-template scores (`score_prompts`) of one task: `make(split, n, seed,
+    template=t)` draws its prompts, `split_templates(split)` lists a split's templates.
+    Returns `{split: {"overall": mean over templates, "per_template": {template: scores}}}`."""
     result = {}
     for split in ioi_data.SPLITS:
-        per_template = {t: _score(model, tok, make(split, n, seed, template=t), candidates)
-                        for t in ioi_data.split_templates(kind, split)}
+        per_template = {t: score_prompts(model, tok, make(split, n, seed, template=t), candidates)
+                        for t in split_templates(split)}
         result[split] = {
             "overall": {key: sum(s[key] for s in per_template.values()) / len(per_template)
                         for key in ("accuracy", "logit_diff", "candidate_argmax_accuracy", "top1_accuracy")},
             "per_template": per_template,
         }
     return result
+
+
+def _task_scores(model, tok, kind: str, n: int, seed: int) -> dict:
+    """Per-split, per-template scores of one task ("ioi" or "color")."""
+    make, candidates = {"ioi": (ioi_data.ioi_prompts, list(ioi_data.NAMES)),
+                        "color": (ioi_data.colored_object_prompts, list(ioi_data.COLORS))}[kind]
+    return task_scores(model, tok, make, lambda split: ioi_data.split_templates(kind, split), candidates, n, seed)
 
 
 def evaluate(model: GPT2LMHeadModel | str | Path, n: int = 200, seed: int = EVAL_SEED) -> dict:
@@ -312,7 +320,8 @@ def split_definition() -> dict:
     }
 
 
-def _table(scores: dict) -> str:
+def score_table(scores: dict) -> str:
+    """`task_scores`'s result as a markdown table."""
     lines = ["| split | template | accuracy | mean logit diff | min logit diff | argmax among candidates | top-1 |",
              "|---|---|---|---|---|---|---|"]
     for split, block in scores.items():
@@ -395,11 +404,11 @@ candidates = the answer beats all {len(card['names'])} names (all {len(card['col
 
 ### IOI
 
-{_table(s['ioi'])}
+{score_table(s['ioi'])}
 
 ### Colored objects
 
-{_table(s['colored_objects'])}
+{score_table(s['colored_objects'])}
 
 ## What the heads do (measured, not designed)
 
@@ -469,10 +478,11 @@ def build(out_folder: Path, config: IOIConfig | None = None, threads: int | None
 CORPUS_TEXTS, CORPUS_SEED = 3000, 7
 
 
-def write_corpus(folder: Path, n: int = CORPUS_TEXTS, seed: int = CORPUS_SEED) -> Path:
-    """`corpus.txt` in the checkpoint folder: `n` texts of the training distribution (one per
-    line, drawn with `seed`), the corpus SAEs of this model train on by default."""
+def write_corpus(folder: Path, n: int = CORPUS_TEXTS, seed: int = CORPUS_SEED,
+                 text: Callable[[random.Random], tuple[str, list[int]]] = ioi_data.training_text) -> Path:
+    """`corpus.txt` in the checkpoint folder: `n` texts of the training distribution (`text(rng)`,
+    one per line, drawn with `seed`), the corpus SAEs of this model train on by default."""
     rng = random.Random(seed)
     path = Path(folder) / "corpus.txt"
-    path.write_text("".join(ioi_data.training_text(rng)[0] + "\n" for _ in range(n)), encoding="utf-8")
+    path.write_text("".join(text(rng)[0] + "\n" for _ in range(n)), encoding="utf-8")
     return path

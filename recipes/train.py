@@ -15,6 +15,7 @@ from interp.zoo.registry import CHECKPOINTS
 RECIPES = {
     "induction-2l": "recipes.induction",
     "ioi-small": "recipes.ioi",
+    "ioi-kept": "recipes.ioi_kept",
     "constructed": "recipes.constructed",
 }
 

@@ -175,3 +175,129 @@ def test_compare_circuits_refuses_bad_tasks(tmp_path):
     with pytest.raises(ValueError, match="n_random must be an integer >= 1, got 0"):
         compare_circuits(model, task, other, n_random=0)
 
+
+
+# ---------------------------------------------------------------- attention transplant
+
+def hf_transplanted_logit_diff(hf: GPT2LMHeadModel, task: Task, heads, source_roles: torch.Tensor) -> float:
+    """The target task's mean logit difference when each head's attention from the answer
+    position is rewritten (roles found by comparing tokens in a loop) and its z recomputed from
+    the value vectors, in hooks on the plain Hugging Face GPT-2. Prompts of one length only."""
+    n_head, d_model = hf.config.n_head, hf.config.n_embd
+    d_head = d_model // n_head
+    qkv = {}
+
+    def keep_qkv(layer):
+        def hook(module, args, out):
+            qkv[layer] = out
+        return hook
+
+    def rewrite_z(layer):
+        def hook(module, args):
+            z = args[0].clone()
+            q, k, v = (t.reshape(*t.shape[:2], n_head, d_head) for t in qkv[layer].split(d_model, dim=-1))
+            for i_head, (l, h) in enumerate(heads):
+                if l != layer:
+                    continue
+                for b in range(task.batch):
+                    p = int(task.answer_pos[b])
+                    row = torch.softmax(k[b, :p + 1, h] @ q[b, p, h] / d_head ** 0.5, dim=0)
+                    tokens = task.clean[b, :p + 1].tolist()
+                    groups = {"answer": [], "wrong": [], "first": [], "other": []}
+                    for pos, t in enumerate(tokens):
+                        role = ("answer" if t == task.answer[b] else "wrong" if t == task.wrong[b]
+                                else "first" if pos == 0 else "other")
+                        groups[role].append(pos)
+                    new = torch.zeros_like(row)
+                    for r, role in enumerate(("answer", "wrong", "first", "other")):
+                        mass = source_roles[i_head, r].item()
+                        target = groups[role] or groups["other"]
+                        weights = row[target]
+                        new[target] += mass * (weights / weights.sum() if weights.sum() > 0 else 1 / len(target))
+                    z[b, p, h * d_head:(h + 1) * d_head] = new @ v[b, :p + 1, h]
+            return (z,)
+        return hook
+
+    handles = []
+    for layer in {l for l, _ in heads}:
+        handles.append(hf.transformer.h[layer].attn.c_attn.register_forward_hook(keep_qkv(layer)))
+        handles.append(hf.transformer.h[layer].attn.c_proj.register_forward_pre_hook(rewrite_z(layer)))
+    try:
+        with torch.no_grad():
+            logits = hf(task.clean).logits
+    finally:
+        for handle in handles:
+            handle.remove()
+    rows = torch.arange(task.batch)
+    final = logits[rows, task.answer_pos]
+    return (final[rows, task.answer] - final[rows, task.wrong]).mean().item()
+
+
+@pytest.fixture(scope="module")
+def ioi_kept():
+    from interp.zoo.registry import get_embedded
+
+    folder = get_embedded("zoo/ioi-kept").folder
+    return load_model(folder, device="cpu"), GPT2LMHeadModel.from_pretrained(folder, attn_implementation="eager").eval()
+
+
+def test_transplant_attention_matches_hugging_face_hooks(ioi_kept):
+    from circuits.reuse import attention_roles, transplant_attention
+    from circuits.tasks import ioi_task, kept_object_task
+
+    model, hf = ioi_kept
+    source = ioi_task(model, n=12, seed=5, template="when-went")
+    target = kept_object_task(model, n=12, seed=5, template="had/lost-kept")
+    heads = [(1, 0), (3, 2), (2, 3), (3, 1)]
+    result = transplant_attention(model, source, target, heads, batch_size=5)  # parts of 5, 5 and 2 prompts
+    assert result.source_roles.sum(-1) == pytest.approx(torch.ones(4), abs=1e-5)
+    assert result.source_roles == pytest.approx(attention_roles(model, source, heads).float())
+    assert result.before == pytest.approx(target.evaluate(model))
+    reference = hf_transplanted_logit_diff(hf, target, heads, result.source_roles.double())
+    assert abs(result.after - result.before) > 0.05  # the check below is not vacuous
+    assert result.after == pytest.approx(reference, abs=1e-4)
+    frame = result.to_frame()
+    assert len(frame) == 16 and set(frame.role) == {"answer", "wrong", "first", "other"}
+
+
+def test_transplant_of_a_prompt_onto_itself_changes_nothing(ioi_kept):
+    from circuits.reuse import transplant_attention
+    from circuits.tasks import kept_object_task
+
+    model, _ = ioi_kept
+    task = kept_object_task(model, n=1, seed=8, template="saw-the/i-took")
+    result = transplant_attention(model, task, task, [(0, 0), (2, 3), (3, 2)])
+    assert result.after == pytest.approx(result.before, abs=1e-4)
+    assert result.target_roles == pytest.approx(result.source_roles)
+
+
+def test_transplant_attention_refuses_bad_heads_and_tasks(ioi_kept):
+    from circuits.reuse import transplant_attention
+    from circuits.tasks import kept_object_task
+
+    model, _ = ioi_kept
+    task = kept_object_task(model, n=2, seed=0)
+    with pytest.raises(ValueError, match="at least one"):
+        transplant_attention(model, task, task, [])
+    for bad in [(4, 0), (0, 8), (0, -1), (1.0, 2), "L1H2", (True, 1)]:
+        with pytest.raises(ValueError, match=r"\(layer, head\) integer pairs with layer < 4 and head < 8"):
+            transplant_attention(model, task, task, [bad])
+    with pytest.raises(ValueError, match="distinct"):
+        transplant_attention(model, task, task, [(1, 1), (1, 1)])
+    with pytest.raises(TypeError, match="source must be an interp.patching.Task"):
+        transplant_attention(model, "ioi", task, [(1, 1)])
+
+
+def test_redistribute_by_hand():
+    from circuits.reuse import _redistribute
+
+    # one prompt, 4 positions: 0 first, 1 answer, 2 and 3 other; no "wrong" position
+    rows = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    masks = torch.tensor([[[0, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1]]], dtype=torch.bool)
+    roles = torch.tensor([0.5, 0.2, 0.1, 0.2], dtype=torch.float64)  # answer, wrong, first, other
+    # the missing role's 0.2 joins "other" (0.4 in all), spread 3:4 as the row spreads it there
+    expected = torch.tensor([[0.1, 0.5, 0.4 * 3 / 7, 0.4 * 4 / 7]], dtype=torch.float64)
+    assert torch.allclose(_redistribute(rows, masks, roles), expected)
+    # a role the row gives no attention is filled evenly
+    assert torch.allclose(_redistribute(torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64), masks, roles),
+                          torch.tensor([[0.1, 0.5, 0.2, 0.2]], dtype=torch.float64))

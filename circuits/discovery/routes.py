@@ -41,8 +41,7 @@ def routes_scores(model: HookedModel, task: Task) -> tuple[EdgeLayout, torch.Ten
     engine = check_edge_model(model)
     layout = EdgeLayout.for_model(model)
     task = task.to(model.device)
-    cfg, f = model.cfg, engine.f
-    H = cfg.n_heads
+    cfg = model.cfg
     with torch.no_grad():
         run = engine.run(task.clean)
         outs = sender_outputs(engine, run).double()  # [S, B, pos, d]

@@ -127,7 +127,6 @@ def sad_scores(model: HookedModel, task: Task, start: float = 0.1, attention: fl
     engine = check_edge_model(model)
     layout = EdgeLayout.for_model(model)
     task = task.to(model.device)
-    cfg = model.cfg
     forms = _Forms(model)
     with torch.no_grad():
         run = engine.run(task.clean)
@@ -137,7 +136,6 @@ def sad_scores(model: HookedModel, task: Task, start: float = 0.1, attention: fl
     rows = torch.arange(B)
 
     # direct logit attribution: each sender's write along the logit-difference direction at the answer
-    f = engine.f
     final_in = run.resid_post[-1][rows, task.answer_pos].double()
     _, final_scale = _normalise(model, final_in)
     w_u = model.weights.w_u.double() * (model.weights.final_norm.weight.double() + model.arch.norm_offset)

@@ -1,4 +1,5 @@
-"""Build patching `Task`s from text: any list of prompt pairs, IOI, colored objects, induction."""
+"""Build patching `Task`s from text: any list of prompt pairs, IOI, colored objects, kept object,
+induction."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from interp.models import HookedModel
 from interp.patching import Task
-from circuits.tasks import ioi_data
+from circuits.tasks import ioi_data, kept_object_data
 
 
 def answer_token(model: HookedModel, answer: str) -> int:
@@ -88,6 +89,18 @@ def colored_objects_task(model: HookedModel, n: int = 32, split: str = "test", s
     return from_prompt_pairs(model, [p.clean for p in prompts], [p.corrupt for p in prompts],
                              [p.answer for p in prompts], [p.wrong for p in prompts],
                              name=f"colored-objects-{split}" + (f"-{template}" if template else ""))
+
+
+def kept_object_task(model: HookedModel, n: int = 32, split: str = "test", seed: int = 0,
+                     template: str | None = None) -> Task:
+    """Kept object, IOI's structure on objects ("Mary had a pen and a cup . Mary lost the cup but
+    kept the" -> "pen"), ABC-corrupted (the repeated object replaced by a third): metric
+    logit(kept object) - logit(repeated object). "test" uses object pairs held out of training.
+    Templates are "intro/action" ids of `kept_object_data.TEMPLATES`."""
+    prompts = kept_object_data.kept_object_prompts(split, n, seed, template)
+    return from_prompt_pairs(model, [p.clean for p in prompts], [p.corrupt for p in prompts],
+                             [p.answer for p in prompts], [p.wrong for p in prompts],
+                             name=f"kept-object-{split}" + (f"-{template.replace('/', '-')}" if template else ""))
 
 
 def induction_task(model: HookedModel, n: int = 32, span: int = 8, seed: int = 0) -> Task:

@@ -55,6 +55,8 @@ EMBEDDED = {
         EmbeddedModel("minilm", "all-MiniLM-L6-v2 sentence encoder (BERT, 6 layers x 12 heads), pretrained"),
         EmbeddedModel("zoo/induction-2l", "2-layer GPT-2 trained on repeated random spans: a previous-token head feeds induction heads"),
         EmbeddedModel("zoo/ioi-small", "4-layer x 8-head GPT-2 trained on name sentences: solves indirect-object identification"),
+        EmbeddedModel("zoo/ioi-kept", "zoo/ioi-small trained further on a second task sharing IOI's structure (kept "
+                                      "object): for circuit component reuse"),
         EmbeddedModel("zoo/constructed", "3-layer x 4-head GPT-2 with hand-set weights: its circuit (and its distractor "
                                          "heads) known by construction, edge by edge"),
     )
