@@ -17,6 +17,15 @@ look-up it needs never formed on this model size and CPU budget (held-out accura
 where 0.9 was required). The kept-object task shares more of IOI's structure (a repeated token
 to detect and inhibit, the other candidate to copy) on another token class and other sentences.
 
+Runs of this recipe before the shipped one (2 threads, held-out object pairs): with six fixed
+templates the held-out one ("The {O1} and the {O2} were on the {SURFACE} . I took the {S} and left
+the") scored 0.00-0.35 while the trained templates scored 1.0, and inserting one word ("Then")
+into a trained template dropped it to 0.17: the model had tied the objects to positions. With
+templates as every pairing of nine introductions and five actions, the held-out introduction
+reached 0.78-0.84; adding a tenth training introduction whose first object also comes right
+after the sentence start ("A {O1} and a {O2} were at the {PLACE} .") took it to 1.0. The
+held-out introduction itself never changed.
+
     python -m recipes.train ioi-kept --threads 2
 """
 
