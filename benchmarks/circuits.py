@@ -307,6 +307,8 @@ def main():
     parser.add_argument("--skip-big", action="store_true", help="no GPT-2-small-shaped model")
     parser.add_argument("--no-peer", action="store_true", help="skip auto-circuit")
     parser.add_argument("--skip-mid", action="store_true", help="no ACDC on the 6x8 GPT-2 shape")
+    parser.add_argument("--eap-only", action="store_true",
+                        help="only EAP's cost on both models (and auto-circuit's EAP / EAP-IG unless --no-peer)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -317,16 +319,17 @@ def main():
 
     ioi = load_model("zoo/ioi-small")
     ioi_t = ioi_task(ioi, n=16, split="test", seed=0, template="when-went")
-    print("zoo/ioi-small: edge patching", flush=True)
-    rows.append(edge_patching_case("zoo/ioi-small, 16 IOI prompts", ioi, ioi_t, None))
-    print(rows[-1], flush=True)
-    print("zoo/ioi-small: ACDC", flush=True)
-    rows.append(acdc_case("zoo/ioi-small, 16 IOI prompts", ioi, ioi_t, threshold=0.03))
-    print(rows[-1], flush=True)
+    if not args.eap_only:
+        print("zoo/ioi-small: edge patching", flush=True)
+        rows.append(edge_patching_case("zoo/ioi-small, 16 IOI prompts", ioi, ioi_t, None))
+        print(rows[-1], flush=True)
+        print("zoo/ioi-small: ACDC", flush=True)
+        rows.append(acdc_case("zoo/ioi-small, 16 IOI prompts", ioi, ioi_t, threshold=0.03))
+        print(rows[-1], flush=True)
     rows.append(eap_cost_case("zoo/ioi-small, 16 IOI prompts", ioi, ioi_t)[0])
     print(rows[-1], flush=True)
 
-    if not args.skip_mid:
+    if not (args.skip_mid or args.eap_only):
         with tempfile.TemporaryDirectory() as tmp:
             gpt2_shaped(Path(tmp), n_layer=6, n_head=8, n_embd=256)
             mid = load_model(tmp)
@@ -353,6 +356,9 @@ def main():
                 print(f"{label}: auto-circuit", flush=True)
                 rows += auto_circuit_case(label, big, folder, task, eap_scores, eap_s, args.steps, args.threads)
                 print(rows[-2:], flush=True)
+            if args.eap_only:
+                print("\n" + markdown_table(rows))
+                return
             print(f"{label}: ACDC", flush=True)
             rows.append(acdc_extrapolated_case(label, big, task, threshold=3e-5))
             print(rows[-1], flush=True)

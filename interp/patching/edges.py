@@ -235,7 +235,8 @@ def _head_with_input(engine: Engine, base: RunCache, layer: int, head: int, kind
 
 # ------------------------------------------------------------------ gradients (EAP, EAP-IG)
 
-def _split_forward(engine: Engine, x: torch.Tensor, task: Task, replace: tuple[str, int, torch.Tensor] | None = None):
+def _split_forward(engine: Engine, x: torch.Tensor, task: Task, replace: tuple[str, int, torch.Tensor] | None = None,
+                   keep: RunCache | None = None):
     """A forward pass in which every receiver reads its own copy of its input, so that the
     gradient of the metric with respect to each copy is that receiver's input gradient.
 
@@ -245,8 +246,13 @@ def _split_forward(engine: Engine, x: torch.Tensor, task: Task, replace: tuple[s
     input copies in canonical order, as tensors with gradients retained: per layer one
     `[3 * n_heads, N, B, pos, d_model]` tensor (every head's q input, then k, then v) and the
     MLP's `[N, B, pos, d_model]`; then the logits' input.
+
+    `keep` (for N = 1): a `RunCache` that receives this run's `resid_pre[0]`, `z`, `mlp_out` and
+    last `resid_post`, detached, so that a clean run need not be computed twice.
     """
     f, cfg = engine.f, engine.cfg
+    if keep is not None:
+        keep.resid_pre.append(x[0].detach())
     x = x.detach().requires_grad_(True)  # the root of the graph whose receiver gradients are read
     n_pos = x.shape[-2]
     positions = torch.arange(n_pos, device=x.device)
@@ -272,6 +278,11 @@ def _split_forward(engine: Engine, x: torch.Tensor, task: Task, replace: tuple[s
             mlp = replace[2].expand_as(mlp)
         x = x + attn + mlp
         copies += [inputs, mlp_in]
+        if keep is not None:
+            keep.z.append(z[0].detach())
+            keep.mlp_out.append(mlp[0].detach())
+    if keep is not None:
+        keep.resid_post.append(x[0].detach())
     final_in = x.clone()
     final_in.retain_grad()
     copies.append(final_in)
@@ -281,11 +292,13 @@ def _split_forward(engine: Engine, x: torch.Tensor, task: Task, replace: tuple[s
 
 
 def receiver_gradients(engine: Engine, task: Task, x: torch.Tensor,
-                       replace: tuple[str, int, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       replace: tuple[str, int, torch.Tensor] | None = None,
+                       keep: RunCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """d(metric, averaged over prompts and summed over the N runs of `x`)/d(each receiver's
-    input), `[n_receivers, B, pos, d_model]` summed over N; and the metric `[N, B]`."""
+    input), `[n_receivers, B, pos, d_model]` summed over N; and the metric `[N, B]`. `keep`: as
+    in `_split_forward`."""
     with torch.enable_grad():
-        metric, copies = _split_forward(engine, x, task, replace)
+        metric, copies = _split_forward(engine, x, task, replace, keep)
         metric.mean(1).sum().backward()
     # a copy no gradient reached (its reader's output was replaced) has gradient zero
     grads = [torch.zeros_like(c) if c.grad is None else c.grad for c in copies]
@@ -331,8 +344,19 @@ def eap(model: HookedModel, task: Task) -> tuple[EdgeLayout, torch.Tensor, float
     clean run, from a clean and a corrupted forward and one backward pass.
 
     Returns `(layout, scores [n_senders, n_receivers], m_clean, m_corrupt)` like `edge_patch`."""
-    engine, task, clean, _, delta, m_clean, m_corrupt = _clean_and_corrupt(model, task)
-    _, grads = receiver_gradients(engine, task, clean.resid_pre[0].unsqueeze(0))
+    check_run(model, task, "noise")
+    engine = check_edge_model(model)
+    task = task.to(model.device)
+    clean = RunCache()  # filled by the gradient pass, which is a clean run too
+    with torch.no_grad():
+        corrupt = engine.run(task.corrupt)
+        x = engine.f.embed(task.clean)
+    metric, grads = receiver_gradients(engine, task, x.unsqueeze(0), keep=clean)
+    with torch.no_grad():
+        engine.check(task.clean, clean, task.answer_pos)
+        m_clean = float(metric[0].mean())
+        m_corrupt = float(_metric(engine, _final(engine, corrupt, task), task).mean())
+        delta = sender_outputs(engine, corrupt) - sender_outputs(engine, clean)
     layout = EdgeLayout.for_model(model)
     scores = _scores_from_gradients(layout, delta, grads)
     _refuse_flat(scores, m_clean, m_corrupt, "EAP")
