@@ -73,13 +73,15 @@ def encode(tok: PreTrainedTokenizerFast, texts: list[str]) -> list[list[int]]:
     return [[tok.bos_token_id, *row] for row in ids]
 
 
-def _batch_sampler(tok: PreTrainedTokenizerFast, config: IOIConfig):
+def batch_sampler(tok: PreTrainedTokenizerFast, batch_size: int, answer_weight: float,
+                  draw: Callable[[random.Random], tuple[str, list[int]]]):
     """`sample_batch(gen) -> (tokens [batch, pos], loss weights [batch, pos])` for `train_lm`:
-    weight 1 per token, `config.answer_weight` on answer tokens, 0 on padding."""
+    `batch_size` texts from `draw(rng) -> (text, answer indices in text.split())`, BOS first,
+    right-padded; weight 1 per token, `answer_weight` on answer tokens, 0 on padding."""
 
     def sample_batch(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         rng = random.Random(int(torch.randint(2**62, (1,), generator=gen)))
-        texts, answers = zip(*(ioi_data.training_text(rng, config.mix) for _ in range(config.batch_size)))
+        texts, answers = zip(*(draw(rng) for _ in range(batch_size)))
         rows = encode(tok, list(texts))
         width = max(map(len, rows))
         tokens = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
@@ -87,10 +89,16 @@ def _batch_sampler(tok: PreTrainedTokenizerFast, config: IOIConfig):
         for i, (row, answer) in enumerate(zip(rows, answers)):
             tokens[i, :len(row)] = torch.tensor(row)
             weights[i, :len(row)] = 1.0
-            weights[i, [a + 1 for a in answer]] = config.answer_weight  # +1: BOS
+            weights[i, [a + 1 for a in answer]] = answer_weight  # +1: BOS
         return tokens, weights
 
     return sample_batch
+
+
+def _batch_sampler(tok: PreTrainedTokenizerFast, config: IOIConfig):
+    """`batch_sampler` of `ioi_data.training_text` with this config's mix."""
+    return batch_sampler(tok, config.batch_size, config.answer_weight,
+                         lambda rng: ioi_data.training_text(rng, config.mix))
 
 
 def train(config: IOIConfig | None = None,

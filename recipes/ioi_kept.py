@@ -43,7 +43,7 @@ from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from circuits.tasks import ioi_data, kept_object_data
 from recipes.common import build_word_tokenizer, save_checkpoint, train_lm
-from recipes.ioi import encode, score_table, split_definition, task_scores, write_corpus
+from recipes.ioi import batch_sampler, score_table, split_definition, task_scores, write_corpus
 
 NAME = "zoo/ioi-kept"
 INIT_FROM = "zoo/ioi-small"
@@ -90,26 +90,6 @@ def training_text(rng: random.Random, mix: dict[str, float]) -> tuple[str, list[
     return ioi_data.training_text(rng, {"ioi": 0.0, "color": 0.0, "filler": 0.0, kind: 1.0})
 
 
-def _batch_sampler(tok: PreTrainedTokenizerFast, config: IOIKeptConfig):
-    """`sample_batch(gen) -> (tokens [batch, pos], loss weights [batch, pos])` for `train_lm`:
-    weight 1 per token, `config.answer_weight` on answers, 0 on padding."""
-
-    def sample_batch(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = random.Random(int(torch.randint(2**62, (1,), generator=gen)))
-        texts, answers = zip(*(training_text(rng, config.mix) for _ in range(config.batch_size)))
-        rows = encode(tok, list(texts))
-        width = max(map(len, rows))
-        tokens = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        weights = torch.zeros(len(rows), width)
-        for i, (row, answer) in enumerate(zip(rows, answers)):
-            tokens[i, :len(row)] = torch.tensor(row)
-            weights[i, :len(row)] = 1.0
-            weights[i, [a + 1 for a in answer]] = config.answer_weight  # +1: BOS
-        return tokens, weights
-
-    return sample_batch
-
-
 def initial_model(tok: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
     """`zoo/ioi-small` with its embeddings grown to `tok`'s vocabulary. Its words must keep their
     ids in `tok`; new rows are drawn from the old embeddings' mean and covariance."""
@@ -134,8 +114,9 @@ def train(config: IOIKeptConfig | None = None,
     tok = tokenizer()
     torch.manual_seed(config.seed)  # the new embedding rows are drawn from torch's generator
     model = initial_model(tok)
-    losses = train_lm(model, _batch_sampler(tok, config), steps=config.steps, lr=config.lr, seed=config.seed,
-                      warmup=config.warmup, weight_decay=config.weight_decay, log_every=100, log=log)
+    sample = batch_sampler(tok, config.batch_size, config.answer_weight, lambda rng: training_text(rng, config.mix))
+    losses = train_lm(model, sample, steps=config.steps, lr=config.lr, seed=config.seed, warmup=config.warmup,
+                      weight_decay=config.weight_decay, log_every=100, log=log)
     return model, tok, losses
 
 
