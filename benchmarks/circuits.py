@@ -2,7 +2,8 @@
 
     python benchmarks/circuits.py --threads 1              # everything, CPU (hours on 2 shared cores)
     python benchmarks/circuits.py --threads 1 --skip-big   # zoo/ioi-small and the small GPT-2 shape only
-    python benchmarks/circuits.py --no-peer                # without auto-circuit (no peer venv)
+    python benchmarks/circuits.py --cases edge,acdc,eap    # without auto-circuit (no peer venv)
+    python benchmarks/circuits.py --cases eap,peer         # EAP's cost, and EAP / EAP-IG against auto-circuit
 
 Cases, all fp32, metric: logit difference averaged over prompts, scores = metric(patched) -
 metric(clean), corrupted senders patched into the clean run:
@@ -299,37 +300,48 @@ def auto_circuit_case(label: str, model, folder: Path, task: Task, eap_scores: t
     ]
 
 
+CASES = ("edge", "acdc", "eap", "peer")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's); 1 on a busy machine")
     parser.add_argument("--ref-sample", type=int, default=64, help="reference edges timed on the GPT-2-small shape")
     parser.add_argument("--steps", type=int, default=5, help="EAP-IG steps")
     parser.add_argument("--skip-big", action="store_true", help="no GPT-2-small-shaped model")
-    parser.add_argument("--no-peer", action="store_true", help="skip auto-circuit")
     parser.add_argument("--skip-mid", action="store_true", help="no ACDC on the 6x8 GPT-2 shape")
-    parser.add_argument("--eap-only", action="store_true",
-                        help="only EAP's cost on both models (and auto-circuit's EAP / EAP-IG unless --no-peer)")
+    parser.add_argument("--cases", default=",".join(CASES),
+                        help=f"comma-separated, of {', '.join(CASES)} (peer: auto-circuit's EAP and EAP-IG on the "
+                             "GPT-2-small shape, after our EAP there); default all")
     args = parser.parse_args()
+    cases = set(args.cases.split(","))
+    if not cases <= set(CASES):
+        parser.error(f"--cases takes {', '.join(CASES)}; got {args.cases!r}")
+    if "peer" in cases:
+        cases.add("eap")
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"machine: {machine()}; load average {os.getloadavg()}", flush=True)
+    print(f"machine: {machine()}; load average {os.getloadavg()}; cases {sorted(cases)}", flush=True)
     rows = []
+
+    def add(row: dict) -> None:
+        rows.append(row)
+        print(row, flush=True)
 
     from circuits.tasks import ioi_task
 
     ioi = load_model("zoo/ioi-small")
     ioi_t = ioi_task(ioi, n=16, split="test", seed=0, template="when-went")
-    if not args.eap_only:
+    if "edge" in cases:
         print("zoo/ioi-small: edge patching", flush=True)
-        rows.append(edge_patching_case("zoo/ioi-small, 16 IOI prompts", ioi, ioi_t, None))
-        print(rows[-1], flush=True)
+        add(edge_patching_case("zoo/ioi-small, 16 IOI prompts", ioi, ioi_t, None))
+    if "acdc" in cases:
         print("zoo/ioi-small: ACDC", flush=True)
-        rows.append(acdc_case("zoo/ioi-small, 16 IOI prompts", ioi, ioi_t, threshold=0.03))
-        print(rows[-1], flush=True)
-    rows.append(eap_cost_case("zoo/ioi-small, 16 IOI prompts", ioi, ioi_t)[0])
-    print(rows[-1], flush=True)
+        add(acdc_case("zoo/ioi-small, 16 IOI prompts", ioi, ioi_t, threshold=0.03))
+    if "eap" in cases:
+        add(eap_cost_case("zoo/ioi-small, 16 IOI prompts", ioi, ioi_t)[0])
 
-    if not (args.skip_mid or args.eap_only):
+    if "acdc" in cases and not args.skip_mid:
         with tempfile.TemporaryDirectory() as tmp:
             gpt2_shaped(Path(tmp), n_layer=6, n_head=8, n_embd=256)
             mid = load_model(tmp)
@@ -337,8 +349,7 @@ def main():
         print(f"{mid_label}: ACDC", flush=True)
         # Below 1e-4 some loss changes of this random model fall within fp32 noise (~3e-7) of the
         # threshold, where the batched and sequential runs may decide differently
-        rows.append(acdc_case(mid_label, mid, bos_task(mid), threshold=1e-4))
-        print(rows[-1], flush=True)
+        add(acdc_case(mid_label, mid, bos_task(mid), threshold=1e-4))
         del mid
 
     if not args.skip_big:
@@ -348,23 +359,20 @@ def main():
             big = load_model(tmp)
             task = bos_task(big)
             label = "GPT-2-small shape, 8x16 tokens, diff at 1"
-            print(f"{label}: EAP cost", flush=True)
-            row, eap_s, eap_scores = eap_cost_case(label, big, task)
-            rows.append(row)
-            print(rows[-1], flush=True)
-            if not args.no_peer:
+            if "eap" in cases:
+                print(f"{label}: EAP cost", flush=True)
+                row, eap_s, eap_scores = eap_cost_case(label, big, task)
+                add(row)
+            if "peer" in cases:
                 print(f"{label}: auto-circuit", flush=True)
-                rows += auto_circuit_case(label, big, folder, task, eap_scores, eap_s, args.steps, args.threads)
-                print(rows[-2:], flush=True)
-            if args.eap_only:
-                print("\n" + markdown_table(rows))
-                return
-            print(f"{label}: ACDC", flush=True)
-            rows.append(acdc_extrapolated_case(label, big, task, threshold=3e-5))
-            print(rows[-1], flush=True)
-            print(f"{label}: edge patching", flush=True)
-            rows.append(edge_patching_case(label, big, task, args.ref_sample))
-            print(rows[-1], flush=True)
+                for row in auto_circuit_case(label, big, folder, task, eap_scores, eap_s, args.steps, args.threads):
+                    add(row)
+            if "acdc" in cases:
+                print(f"{label}: ACDC", flush=True)
+                add(acdc_extrapolated_case(label, big, task, threshold=3e-5))
+            if "edge" in cases:
+                print(f"{label}: edge patching", flush=True)
+                add(edge_patching_case(label, big, task, args.ref_sample))
     print()
     print(markdown_table(rows))
 
