@@ -156,17 +156,10 @@ def edge_patch(model: HookedModel, task: Task, memory_budget: int | None = None,
     the prompts differ. `shard=(rank, world_size)` computes only that share of the batched
     runs (the logits edges in every share), leaving the rest NaN.
     """
-    check_run(model, task, "noise")
-    engine = check_edge_model(model)
+    engine, task, clean, _, delta, m_clean, m_corrupt = _clean_and_corrupt(model, task)
     layout = EdgeLayout.for_model(model)
-    task = task.to(model.device)
     cfg, f = model.cfg, engine.f
     with torch.no_grad():
-        clean, corrupt = engine.run(task.clean), engine.run(task.corrupt)
-        engine.check(task.clean, clean, task.answer_pos)
-        m_clean = _metric(engine, _final(engine, clean, task), task).mean()
-        m_corrupt = _metric(engine, _final(engine, corrupt, task), task).mean()
-        delta = sender_outputs(engine, corrupt) - sender_outputs(engine, clean)  # [S, B, pos, d]
         p0 = min(first_change(delta), int(task.answer_pos.min()))
         scores = torch.full(layout.exists.shape, float("nan"))
         rows = torch.arange(task.batch, device=delta.device)
@@ -187,7 +180,7 @@ def edge_patch(model: HookedModel, task: Task, memory_budget: int | None = None,
             x = _patched_receiver(engine, layout, clean, delta, layer, r, senders, p0)
             final = engine.suffix(clean, layer, "post", x, p0, task.answer_pos)
             scores[senders, r] = (_metric(engine, final, task).mean(1) - m_clean).cpu()
-    return layout, scores, float(m_clean), float(m_corrupt)
+    return layout, scores, m_clean, m_corrupt
 
 
 def _patched_receiver(engine: Engine, layout: EdgeLayout, base: RunCache, delta: torch.Tensor, layer: int,
@@ -320,11 +313,18 @@ def _clean_and_corrupt(model: HookedModel, task: Task):
     task = task.to(model.device)
     with torch.no_grad():
         clean, corrupt = engine.run(task.clean), engine.run(task.corrupt)
+    return (engine, task, clean, corrupt, *_compared(engine, task, clean, corrupt))
+
+
+def _compared(engine: Engine, task: Task, clean: RunCache, corrupt: RunCache) -> tuple[torch.Tensor, float, float]:
+    """The parity check on the clean run, then `(delta [n_senders, B, pos, d_model] = corrupted -
+    clean sender outputs, m_clean, m_corrupt)`."""
+    with torch.no_grad():
         engine.check(task.clean, clean, task.answer_pos)
         m_clean = float(_metric(engine, _final(engine, clean, task), task).mean())
         m_corrupt = float(_metric(engine, _final(engine, corrupt, task), task).mean())
         delta = sender_outputs(engine, corrupt) - sender_outputs(engine, clean)
-    return engine, task, clean, corrupt, delta, m_clean, m_corrupt
+    return delta, m_clean, m_corrupt
 
 
 def _refuse_flat(scores: torch.Tensor, m_clean: float, m_corrupt: float, what: str) -> None:
@@ -351,12 +351,8 @@ def eap(model: HookedModel, task: Task) -> tuple[EdgeLayout, torch.Tensor, float
     with torch.no_grad():
         corrupt = engine.run(task.corrupt)
         x = engine.f.embed(task.clean)
-    metric, grads = receiver_gradients(engine, task, x.unsqueeze(0), keep=clean)
-    with torch.no_grad():
-        engine.check(task.clean, clean, task.answer_pos)
-        m_clean = float(metric[0].mean())
-        m_corrupt = float(_metric(engine, _final(engine, corrupt, task), task).mean())
-        delta = sender_outputs(engine, corrupt) - sender_outputs(engine, clean)
+    _, grads = receiver_gradients(engine, task, x.unsqueeze(0), keep=clean)
+    delta, m_clean, m_corrupt = _compared(engine, task, clean, corrupt)
     layout = EdgeLayout.for_model(model)
     scores = _scores_from_gradients(layout, delta, grads)
     _refuse_flat(scores, m_clean, m_corrupt, "EAP")
