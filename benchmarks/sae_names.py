@@ -52,7 +52,8 @@ def name_variance_share(model, site: str, texts) -> float:
     acts, names = [], []
     for i in range(0, len(tokens), 256):
         t, r = tokens[i:i + 256], real[i:i + 256]
-        _, cache = model.run(t.to(model.device), capture=[site], attention_mask=r.long().to(model.device))
+        with torch.no_grad():
+            _, cache = model.run(t.to(model.device), capture=[site], attention_mask=r.long().to(model.device))
         at_name = torch.isin(t, ids) & r.bool()
         acts.append(cache[site][at_name.to(model.device)].double().cpu())
         names.append(t[at_name])
