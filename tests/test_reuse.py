@@ -301,3 +301,25 @@ def test_redistribute_by_hand():
     # a role the row gives no attention is filled evenly
     assert torch.allclose(_redistribute(torch.tensor([[1.0, 0.0, 0.0, 0.0]], dtype=torch.float64), masks, roles),
                           torch.tensor([[0.1, 0.5, 0.2, 0.2]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt_neox"])
+def test_transplant_attention_on_grouped_and_rotary_families(tmp_path, family):
+    """On a grouped-query Llama and a rotary GPT-NeoX: a prompt transplanted onto itself is
+    unchanged, and another task's attention profile does change the metric."""
+    from circuits.reuse import attention_roles, transplant_attention
+    from tests.helpers import random_model
+
+    model = random_model(tmp_path / family, family, n_layers=2, n_heads=4, n_kv_heads=2 if family == "llama" else 4,
+                         d_model=32)
+    task = random_task(model, seed=3, batch=1, n_pos=8)
+    task.clean[0, 2], task.clean[0, 5] = task.answer[0], task.wrong[0]  # every role present
+    heads = [(0, 1), (1, 3)]
+    same = transplant_attention(model, task, task, heads)
+    assert same.after == pytest.approx(same.before, abs=1e-5)
+    other = dataclasses.replace(task, clean=task.clean.clone())
+    other.clean[0, 3] = task.answer[0]  # the answer mentioned twice: another role profile
+    moved = transplant_attention(model, other, task, heads)
+    assert not torch.allclose(moved.source_roles, moved.target_roles, atol=1e-3)
+    assert moved.source_roles == pytest.approx(attention_roles(model, other, heads).float())
+    assert abs(moved.after - moved.before) > 1e-4
