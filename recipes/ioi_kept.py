@@ -82,9 +82,7 @@ def tokenizer() -> PreTrainedTokenizerFast:
 def training_text(rng: random.Random, mix: dict[str, float]) -> tuple[str, list[int]]:
     """One training sentence drawn by `mix` (relative weights of "ioi", "kept", "color",
     "filler"): `(text, answer indices in text.split())`. No held-out template or pair."""
-    if set(mix) != {"ioi", "kept", "color", "filler"} or min(mix.values()) < 0 or sum(mix.values()) <= 0:
-        raise ValueError(f"mix must give non-negative weights to ['color', 'filler', 'ioi', 'kept'], got {mix}")
-    kind = rng.choices(list(mix), weights=list(mix.values()))[0]
+    kind = ioi_data.draw_kind(rng, mix, ("ioi", "kept", "color", "filler"))
     if kind == "kept":
         return kept_object_data.training_text(rng)
     return ioi_data.training_text(rng, {"ioi": 0.0, "color": 0.0, "filler": 0.0, kind: 1.0})

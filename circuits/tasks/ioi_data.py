@@ -206,19 +206,33 @@ def _check_split(split: str) -> None:
 
 def _check_request(kind: str, split: str, n: int, template: str | None) -> list[str]:
     """Validate arguments of the prompt builders; returns the template ids to draw from."""
+    known = list(IOI_TEMPLATES if kind == "ioi" else COLOR_TEMPLATES)
+    return check_request(kind, known, split_templates(kind, split), split, n, template)
+
+
+def check_request(kind: str, known: list[str], allowed: list[str], split: str, n: int,
+                  template: str | None) -> list[str]:
+    """Validate a prompt builder's arguments: `n` a positive integer, `template` (if given) one
+    of the `known` ids and allowed in `split` (`allowed`: the split's templates). Returns the
+    template ids to draw from. `kind` names the task in the messages."""
     _check_split(split)
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    allowed = split_templates(kind, split)
     if template is None:
         return allowed
-    known = list(IOI_TEMPLATES if kind == "ioi" else COLOR_TEMPLATES)
     if template not in known:
         raise ValueError(f"unknown {kind} template {template!r}; known: {known}")
     if template not in allowed:
         raise ValueError(f"{kind} template {template!r} is held out from training; "
                          f"it is only in split 'test', got split {split!r}")
     return [template]
+
+
+def draw_kind(rng: random.Random, mix: dict[str, float], kinds) -> str:
+    """One kind of training text, drawn by `mix` (relative weights of exactly `kinds`)."""
+    if set(mix) != set(kinds) or min(mix.values()) < 0 or sum(mix.values()) <= 0:
+        raise ValueError(f"mix must give non-negative weights to {sorted(kinds)}, got {mix}")
+    return rng.choices(list(mix), weights=list(mix.values()))[0]
 
 
 def _train_pair(rng: random.Random) -> tuple[str, str]:
@@ -317,10 +331,7 @@ def training_text(rng: random.Random, mix: dict[str, float] | None = None) -> tu
     filler). Draws the kind by `mix` (relative weights of the kinds in `MIX`); never uses a
     held-out template, name pair or object pair.
     """
-    mix = MIX if mix is None else mix
-    if set(mix) != set(MIX) or min(mix.values()) < 0 or sum(mix.values()) <= 0:
-        raise ValueError(f"mix must give non-negative weights to {sorted(MIX)}, got {mix}")
-    kind = rng.choices(list(mix), weights=list(mix.values()))[0]
+    kind = draw_kind(rng, MIX if mix is None else mix, MIX)
     if kind == "filler":
         return _filler(rng), []
     if kind == "ioi":

@@ -106,17 +106,7 @@ def kept_object_prompts(split: str, n: int, seed: int, template: str | None = No
     Orders alternate ABBA, BABA, ...; templates are drawn uniformly from the split's templates
     unless `template` names one. "test" prompts use held-out object pairs over all templates.
     """
-    ioi_data._check_split(split)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
-    templates = split_templates(split)
-    if template is not None:
-        if template not in TEMPLATES:
-            raise ValueError(f"unknown kept-object template {template!r}; known: {list(TEMPLATES)}")
-        if template not in templates:
-            raise ValueError(f"kept-object template {template!r} is held out from training; it is only in "
-                             f"split 'test', got split {split!r}")
-        templates = [template]
+    templates = ioi_data.check_request("kept-object", list(TEMPLATES), split_templates(split), split, n, template)
     rng = random.Random(seed)
     return [_prompt(rng, split, rng.choice(templates), ("ABBA", "BABA")[i % 2]) for i in range(n)]
 
