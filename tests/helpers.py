@@ -114,3 +114,28 @@ def random_task(model, seed: int = 0, batch: int = 3, n_pos: int = 6, corrupted:
     corrupt[:, corrupted] = torch.randint(3, model.cfg.d_vocab, (batch, width), generator=gen)
     answer, wrong = torch.randint(3, model.cfg.d_vocab, (2, batch), generator=gen)
     return Task(clean, corrupt, answer, wrong, name="random")
+
+
+def hf_zeroed_logit_diff(hf: GPT2LMHeadModel, task: Task, heads) -> float:
+    """A plain Hugging Face GPT-2's mean logit(answer) - logit(wrong) at each prompt's answer
+    position on `task.clean`, with the output z of `heads` (list of (layer, head)) zeroed by forward pre-hooks on each layer's attention output projection (c_proj
+    reads the heads' z, concatenated: head h is columns h*d_head:(h+1)*d_head)."""
+    d_head = hf.config.n_embd // hf.config.n_head
+    handles = []
+    for layer in {layer for layer, _ in heads}:
+        columns = [c for lay, head in heads if lay == layer for c in range(head * d_head, (head + 1) * d_head)]
+
+        def zero(module, args, columns=columns):
+            z = args[0].clone()
+            z[..., columns] = 0
+            return (z,)
+        handles.append(hf.transformer.h[layer].attn.c_proj.register_forward_pre_hook(zero))
+    try:
+        with torch.no_grad():
+            logits = hf(task.clean).logits
+    finally:
+        for h in handles:
+            h.remove()
+    rows = torch.arange(task.clean.shape[0])
+    last = logits[rows, task.answer_pos if task.answer_pos is not None else -1]
+    return (last[rows, task.answer] - last[rows, task.wrong]).double().mean().item()

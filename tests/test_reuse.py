@@ -13,7 +13,7 @@ from transformers import GPT2LMHeadModel
 from circuits.graph import Graph
 from circuits.reuse import compare_circuits, compare_graphs, head_importance, random_control_heads
 from interp.patching import Task
-from tests.helpers import random_gpt2_folder, random_task
+from tests.helpers import hf_zeroed_logit_diff as hf_metric, random_gpt2_folder, random_task
 from interp import load_model
 
 
@@ -98,31 +98,6 @@ def test_random_control_heads_avoid_the_shared_set_and_repeat_from_the_seed():
     assert len({tuple(s) for s in sets}) > 1
     with pytest.raises(ValueError, match="needs 7 heads outside the shared set, but only 5"):
         random_control_heads(3, 4, [(layer, head) for layer in range(3) for head in range(4)][:7], n_sets=1)
-
-
-def hf_metric(hf: GPT2LMHeadModel, task: Task, heads) -> float:
-    """Mean logit(answer) - logit(wrong) at each prompt's answer position, with the output z of
-    `heads` zeroed by forward pre-hooks on each layer's attention output projection (c_proj
-    reads the heads' z, concatenated: head h is columns h*d_head:(h+1)*d_head)."""
-    d_head = hf.config.n_embd // hf.config.n_head
-    handles = []
-    for layer in {layer for layer, _ in heads}:
-        columns = [c for lay, head in heads if lay == layer for c in range(head * d_head, (head + 1) * d_head)]
-
-        def zero(module, args, columns=columns):
-            z = args[0].clone()
-            z[..., columns] = 0
-            return (z,)
-        handles.append(hf.transformer.h[layer].attn.c_proj.register_forward_pre_hook(zero))
-    try:
-        with torch.no_grad():
-            logits = hf(task.clean).logits
-    finally:
-        for h in handles:
-            h.remove()
-    rows = torch.arange(task.clean.shape[0])
-    last = logits[rows, task.answer_pos if task.answer_pos is not None else -1]
-    return (last[rows, task.answer] - last[rows, task.wrong]).double().mean().item()
 
 
 def check_against_hf(reuse, hf, tasks):

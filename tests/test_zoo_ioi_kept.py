@@ -1,6 +1,6 @@
 """`zoo/ioi-kept` and its recipe: both tasks solved on held-out prompts (logits read here, on a
 seed the card does not use), the kept-object data and split, and the reuse the model exists for,
-measured with head-zeroing hooks written in this test on the plain Hugging Face model."""
+measured with head-zeroing hooks on the plain Hugging Face model (`tests.helpers`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from circuits.tasks import ioi_data, ioi_task, kept_object_data, kept_object_tas
 from circuits.tasks.ioi_data import template_regex
 from recipes import ioi_kept
 from recipes.common import build_word_tokenizer
+from tests.helpers import hf_zeroed_logit_diff
 
 SEED = 77  # the card is measured with seed 1234
 THINGS = set(ioi_data.THINGS)
@@ -114,52 +115,24 @@ def test_bad_input_is_refused():
         ioi_kept.training_text(random.Random(0), {"ioi": 1.0})
 
 
-def zeroed_logit_diff(hf: GPT2LMHeadModel, tok, prompts, heads: list[tuple[int, int]]) -> float:
-    """Mean logit(answer) - logit(wrong) with `heads` zeroed: a pre-hook on each layer's
-    `attn.c_proj` (its input is the heads' z, concatenated) writes zeros into their slices."""
-    d_head = hf.config.n_embd // hf.config.n_head
-    handles = []
-    for layer in {h[0] for h in heads}:
-        def hook(module, args, layer=layer):
-            z = args[0].clone()
-            for l, h in heads:
-                if l == layer:
-                    z[..., h * d_head:(h + 1) * d_head] = 0
-            return (z,)
-        handles.append(hf.transformer.h[layer].attn.c_proj.register_forward_pre_hook(hook))
-    try:
-        ids = [[tok.bos_token_id, *tok(p.clean, add_special_tokens=False)["input_ids"]] for p in prompts]
-        with torch.no_grad():
-            logits = hf(torch.tensor(ids)).logits[:, -1]
-    finally:
-        for handle in handles:
-            handle.remove()
-    rows = torch.arange(len(prompts))
-    answer = torch.tensor(tok.convert_tokens_to_ids([p.answer for p in prompts]))
-    wrong = torch.tensor(tok.convert_tokens_to_ids([p.wrong for p in prompts]))
-    return (logits[rows, answer] - logits[rows, wrong]).mean().item()
-
-
 def test_the_two_tasks_reuse_heads_that_both_need(model):
     """Exact edge patching finds heads shared by both tasks' top heads, and zeroing those heads in
-    the plain Hugging Face model (hooks written here) removes most of both tasks' logit
+    the plain Hugging Face model (hooks in `tests.helpers`) removes most of both tasks' logit
     difference, far more than zeroing as many other heads."""
     from circuits.reuse import compare_circuits, random_control_heads
     from interp.zoo.registry import get_embedded
 
-    ioi_prompts = ioi_data.ioi_prompts("test", 24, SEED, template="when-went")
-    kept_prompts = kept_object_data.kept_object_prompts("test", 24, SEED, template="had/lost-kept")
-    reuse = compare_circuits(model, ioi_task(model, 24, seed=SEED, template="when-went"),
-                             kept_object_task(model, 24, seed=SEED, template="had/lost-kept"),
-                             method="exact", top_k=6, n_random=1)
+    tasks = (ioi_task(model, 24, seed=SEED, template="when-went"),
+             kept_object_task(model, 24, seed=SEED, template="had/lost-kept"))
+    reuse = compare_circuits(model, *tasks, method="exact", top_k=6, n_random=1)
     shared = reuse.overlap.shared_heads
     assert len(shared) >= 2, reuse.overlap
     folder = get_embedded("zoo/ioi-kept").folder
-    hf, tok = GPT2LMHeadModel.from_pretrained(folder).eval(), PreTrainedTokenizerFast.from_pretrained(folder)
-    for prompts in (ioi_prompts, kept_prompts):
-        clean = zeroed_logit_diff(hf, tok, prompts, [])
-        without_shared = zeroed_logit_diff(hf, tok, prompts, shared)
-        controls = [zeroed_logit_diff(hf, tok, prompts, heads)
+    hf = GPT2LMHeadModel.from_pretrained(folder).eval()
+    for task in tasks:
+        clean = hf_zeroed_logit_diff(hf, task, [])
+        without_shared = hf_zeroed_logit_diff(hf, task, shared)
+        controls = [hf_zeroed_logit_diff(hf, task, heads)
                     for heads in random_control_heads(4, 8, shared, n_sets=5, seed=1)]
         assert clean > 5
         assert without_shared < 0.5 * clean, (clean, without_shared)
