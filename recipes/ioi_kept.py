@@ -148,13 +148,13 @@ def check_requirements(scores: dict) -> list[str]:
 
 
 def _markdown(card: dict) -> str:
-    c, s = card["config"], card["scores"]
+    c, s, a = card["config"], card["scores"], card["architecture"]
     test = {task: s[task]["test"]["overall"]["accuracy"] for task in TASKS}
     held = {task: s[task]["held_out_templates"] for task in TASKS}
     return f"""# {NAME}
 
-A small GPT-2 (4 layers x 8 heads, d_model 128, word-level vocabulary of {card['architecture']['d_vocab']}
-tokens: `zoo/ioi-small`'s with the same ids, then {card['architecture']['d_vocab'] - card['init_vocab']} new words)
+A small GPT-2 ({a['n_layers']} layers x {a['n_heads']} heads, d_model {a['d_model']}, word-level vocabulary of {a['d_vocab']}
+tokens: `zoo/ioi-small`'s with the same ids, then {a['d_vocab'] - card['init_vocab']} new words)
 that solves two tasks sharing structure, for circuit component reuse (Merullo et al., 2023):
 
 - **IOI**: "When Mary and John went to the store , John gave a drink to" -> "Mary";
