@@ -453,9 +453,7 @@ def redistribution(
     """
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p <= 1:
         raise ValueError(f"p must be a number in [0, 1], got {p!r}")
-    if len(heads) == 0:
-        raise ValueError("heads must name at least one (layer, head) pair, got none")
-    heads = check_heads(model.cfg, heads)
+    heads = check_heads(model.cfg, heads, allow_empty=False)
     if not isinstance(sink_positions, torch.Tensor) and len(sink_positions) == 0:
         raise ValueError("sink_positions must name at least one key position, got none")
     edit = partial(_redistribute_one_head, sink_positions=sink_positions, p=p)

@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from interp.models import HookedModel
-from interp.models.ablation import ablation
+from interp.models.ablation import ablation, check_heads
 from interp.patching import Task
 
 from .discovery import find_circuit
@@ -308,13 +308,13 @@ def transplant_attention(model: HookedModel, source: Task, target: Task, heads: 
     to the roles (`ROLES`: the answer's mentions, the wrong token's, position 0, the rest) as
     it does on average in the source task, each role's mass spread over the target prompt's
     positions of that role as the head itself spreads it there. Returns the target's score
-    before and after (`target.evaluate`)."""
+    before and after (`target.evaluate`), with `heads` in (layer, head) order."""
     from interp.models import Splice, sites
 
     for name, task in (("source", source), ("target", target)):
         if not isinstance(task, Task):
             raise TypeError(f"{name} must be an interp.patching.Task, got {type(task).__name__}")
-    heads = _check_heads(model, heads)
+    heads = check_heads(model.cfg, heads, distinct=True, allow_empty=False)
     source_roles = attention_roles(model, source, heads)
     target_roles = attention_roles(model, target, heads)
     scores = []
@@ -335,19 +335,3 @@ def transplant_attention(model: HookedModel, source: Task, target: Task, heads: 
     after = sum(s * n for s, n in scores) / target.batch
     return AttentionTransplant(heads, source.name, target.name, source_roles.float(), target_roles.float(),
                                target.evaluate(model), after)
-
-
-def _check_heads(model: HookedModel, heads) -> list[Head]:
-    """`heads` as a non-empty list of distinct in-range `(layer, head)` integer pairs."""
-    heads = list(heads)
-    if not heads:
-        raise ValueError("heads must name at least one (layer, head)")
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    for h in heads:
-        if (not isinstance(h, tuple) or len(h) != 2 or any(isinstance(x, bool) or not isinstance(x, int) for x in h)
-                or not (0 <= h[0] < n_layers and 0 <= h[1] < n_heads)):
-            raise ValueError(f"heads must be (layer, head) integer pairs with layer < {n_layers} and head < {n_heads}, "
-                             f"got {h!r}")
-    if len(set(heads)) != len(heads):
-        raise ValueError(f"heads must be distinct, got {heads}")
-    return heads

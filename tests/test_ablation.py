@@ -95,6 +95,10 @@ def test_bad_input_is_refused(family):
     _, _, model = family
     c = model.cfg
     assert check_heads(c, [(1, 0), (0, 2), (1, 0)]) == [(0, 2), (1, 0)]
+    with pytest.raises(ValueError, match=r"named more than once: \[\(1, 0\)\]"):
+        check_heads(c, [(1, 0), (0, 2), (1, 0)], distinct=True)
+    with pytest.raises(ValueError, match="at least one"):
+        check_heads(c, iter([]), allow_empty=False)
     assert ablation(model, []) == []
     with pytest.raises(IndexError, match=f"layer {c.n_layers} is out of range"):
         ablation(model, [(c.n_layers, 0)])

@@ -225,6 +225,8 @@ def test_transplant_attention_matches_hugging_face_hooks(ioi_kept):
     target = kept_object_task(model, n=12, seed=5, template="had/lost-kept")
     heads = [(1, 0), (3, 2), (2, 3), (3, 1)]
     result = transplant_attention(model, source, target, heads, batch_size=5)  # parts of 5, 5 and 2 prompts
+    assert result.heads == sorted(heads)  # the roles' rows follow (layer, head) order
+    heads = result.heads
     assert result.source_roles.sum(-1) == pytest.approx(torch.ones(4), abs=1e-5)
     assert result.source_roles == pytest.approx(attention_roles(model, source, heads).float())
     assert result.before == pytest.approx(target.evaluate(model))
@@ -254,11 +256,13 @@ def test_transplant_attention_refuses_bad_heads_and_tasks(ioi_kept):
     task = kept_object_task(model, n=2, seed=0)
     with pytest.raises(ValueError, match="at least one"):
         transplant_attention(model, task, task, [])
-    for bad in [(4, 0), (0, 8), (0, -1), (1.0, 2), "L1H2", (True, 1)]:
-        with pytest.raises(ValueError, match=r"\(layer, head\) integer pairs with layer < 4 and head < 8"):
+    for bad, error, message in [((4, 0), IndexError, "layer 4 is out of range"), ((0, 8), IndexError, "head 8 is out"),
+                                ((0, -1), IndexError, "head -1 is out"), ((1.0, 2), TypeError, "layer must be an int"),
+                                ((True, 1), TypeError, "layer must be an int"), ("L1H2", ValueError, "pairs")]:
+        with pytest.raises(error, match=message):
             transplant_attention(model, task, task, [bad])
-    with pytest.raises(ValueError, match="distinct"):
-        transplant_attention(model, task, task, [(1, 1), (1, 1)])
+    with pytest.raises(ValueError, match=r"distinct; named more than once: \[\(1, 1\)\]"):
+        transplant_attention(model, task, task, [(1, 1), (2, 0), (1, 1)])
     with pytest.raises(TypeError, match="source must be an interp.patching.Task"):
         transplant_attention(model, "ioi", task, [(1, 1)])
 

@@ -30,18 +30,26 @@ if TYPE_CHECKING:
 KINDS = ("zero", "mean")
 
 
-def check_heads(cfg: "ModelConfig", heads: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+def check_heads(cfg: "ModelConfig", heads: Iterable[tuple[int, int]], distinct: bool = False,
+                allow_empty: bool = True) -> list[tuple[int, int]]:
     """`heads` as a sorted list of distinct (layer, query head) pairs, each checked against the
-    model's shape (IndexError naming the range; TypeError for a non-integer index)."""
+    model's shape (IndexError naming the range; TypeError for a non-integer index). A head named
+    twice is dropped, or refused with `distinct=True` (where acting on a head twice would
+    change the result); no heads at all are refused with `allow_empty=False`."""
     try:
         pairs = [tuple(pair) for pair in heads]
     except TypeError as err:
         raise TypeError(f"heads must be an iterable of (layer, head) pairs, got {heads!r}") from err
+    if not pairs and not allow_empty:
+        raise ValueError("heads must name at least one (layer, head) pair, got none")
     for pair in pairs:
         if len(pair) != 2:
             raise ValueError(f"heads must be (layer, head) pairs, got {pair!r}")
         check_layer(pair[0], cfg.n_layers)
         check_head(pair[1], cfg.n_heads)
+    if distinct and len(set(pairs)) != len(pairs):
+        twice = sorted({pair for pair in pairs if pairs.count(pair) > 1})
+        raise ValueError(f"heads must be distinct; named more than once: {twice}")
     return sorted(set(pairs))
 
 
