@@ -2,6 +2,8 @@
 run per edge, through the model layer's interventions on the TransformerLens backend, with
 the receiving head's attention recomputed by hand."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -79,8 +81,11 @@ def reference_edge(model, task, clean, corrupt, sender, receiver):
     return float((final[rows, task.answer] - final[rows, task.wrong]).mean())
 
 
-def test_exact_edge_patching_equals_one_run_per_edge(model):
+@pytest.mark.parametrize("answer_pos", [None, (4, 3)], ids=["last", "earlier"])
+def test_exact_edge_patching_equals_one_run_per_edge(model, answer_pos):
     task = random_task(model, seed=5, batch=2, n_pos=6, corrupted=slice(2, 4))
+    if answer_pos is not None:  # answers read before the end, at a different position per prompt
+        task = dataclasses.replace(task, answer_pos=torch.tensor(answer_pos))
     layout, scores, m_clean, _ = edge_patch(model, task, progress=False, memory_budget=200_000)
     with torch.no_grad():
         _, clean = model.run_with_cache(task.clean, sites=model.all_sites() + [sites.head_out(l) for l in range(2)])

@@ -177,53 +177,45 @@ def edge_patch(model: HookedModel, task: Task, memory_budget: int | None = None,
                 senders = layout.exists[:, r].nonzero()[:, 0].tolist()
                 jobs += [(layer, r, senders[i:i + chunk]) for i in range(0, len(senders), chunk)]
         for layer, r, senders in tqdm(share_of(jobs, shard), desc="edge patching", disable=not progress):
-            x = _patched_receiver(engine, layout, clean, delta, layer, r, senders, p0)
-            final = engine.suffix(clean, layer, "post", x, p0, task.answer_pos)
+            if layer == cfg.n_layers - 1:  # the metric reads the answer positions alone
+                final = f.final(_patched_receiver(engine, layout, clean, delta, layer, r, senders, p0,
+                                                  task.answer_pos)[:, :, 0])
+            else:
+                x = _patched_receiver(engine, layout, clean, delta, layer, r, senders, p0)
+                final = engine.suffix(clean, layer, "post", x, p0, task.answer_pos)
             scores[senders, r] = (_metric(engine, final, task).mean(1) - m_clean).cpu()
     return layout, scores, m_clean, m_corrupt
 
 
 def _patched_receiver(engine: Engine, layout: EdgeLayout, base: RunCache, delta: torch.Tensor, layer: int,
-                      receiver: int, senders: list[int], p0: int) -> torch.Tensor:
-    """The residual leaving block `layer` `[N, B, pos - p0, d_model]` when receiver `receiver`
-    (of this layer) reads `in + delta[s]`, one variant per sender s."""
-    d = delta[senders][:, :, p0:]  # [N, B, P, d]
-    pre = base.resid_pre[layer][:, p0:]
+                      receiver: int, senders: list[int], p0: int, answer_pos: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """The residual leaving block `layer` `[N, B, P, d_model]` when receiver `receiver` (of this
+    layer) reads `in + delta[s]`, one variant per sender s: at positions p0.. (P = pos - p0), or
+    at each prompt's `answer_pos [B]` alone (P = 1) when given, for the last layer, whose other
+    positions no metric reads. Only the receiver's head is recomputed; the block's other heads
+    keep the base run's output."""
+    batch = torch.arange(base.resid_pre[0].shape[0], device=delta.device)
+
+    def rows(t: torch.Tensor) -> torch.Tensor:  # [B, pos, ...] -> [B, P, ...]
+        return t[:, p0:] if answer_pos is None else t[batch, answer_pos].unsqueeze(1)
+
+    pre, d_all = base.resid_pre[layer][:, p0:], delta[senders][:, :, p0:]  # [B, pos - p0, d], [N, B, pos - p0, d]
+    d = d_all if answer_pos is None else d_all[:, batch, answer_pos - p0].unsqueeze(2)
     name = layout.receivers[receiver]
     if name.startswith("m"):
-        mlp_in = base.mlp_in[layer][:, p0:] + d
-        mlp_out = engine.mlp_where_changed(layer, mlp_in, base.mlp_in[layer][:, p0:], base.mlp_out[layer][:, p0:])
-        return pre + base.attn_out[layer][:, p0:] + mlp_out
+        mlp_in = rows(base.mlp_in[layer]) + d
+        return rows(base.resid_pre[layer]) + rows(base.attn_out[layer]) + engine.mlp_where_changed(
+            layer, mlp_in, rows(base.mlp_in[layer]), rows(base.mlp_out[layer]))
     head, kind = int(name.split(".h")[1].split("<")[0]), name[-2]
-    z_head = _head_with_input(engine, base, layer, head, kind, pre + d, p0)  # [N, B, P, d_head]
-    z = base.z[layer][:, p0:].unsqueeze(0).repeat(len(senders), 1, 1, 1, 1)
-    z[:, :, :, head] = z_head
-    return engine.block_output(layer, pre, engine.attn_out_where_changed(layer, z, base, p0), base, p0)
-
-
-def _head_with_input(engine: Engine, base: RunCache, layer: int, head: int, kind: str, x: torch.Tensor,
-                     p0: int) -> torch.Tensor:
-    """Query head `head`'s z `[N, B, P, d_head]` (positions p0..) when its `kind` input
-    ("q", "k" or "v") is `x [N, B, P, d_model]` and its other inputs are the base run's."""
-    f = engine.f
-    kv = engine.cfg.kv_head(head)
-    n_pos = base.resid_pre[0].shape[1]
-    positions = torch.arange(p0, n_pos, device=x.device)
-    new = project_heads(engine, layer, kind, x.unsqueeze(-4), torch.tensor([head], device=x.device))  # [N, B, P, 1, dh]
-    if kind != "v":
-        rot = engine.rotary(n_pos, positions)
-        if rot is not None:
-            new = f._rotate(new, *rot)
-    q = base.q[layer][:, p0:, head:head + 1]  # [B, P, 1, dh]; the variant axis broadcasts
-    k, v = base.k[layer][:, :, kv:kv + 1], base.v[layer][:, :, kv:kv + 1]
-    if kind == "q":
-        q = new
-    else:
-        prefix = (k if kind == "k" else v)[:, :p0].expand(x.shape[0], -1, -1, -1, -1)
-        full = torch.cat([prefix, new], dim=2)
-        k, v = (full, v) if kind == "k" else (k, full)
-    z, _ = f.attend(layer, q, k, v, positions)
-    return z[:, :, :, 0]
+    heads = torch.tensor([head], device=delta.device)
+    # inputs [..., 1 head, B, P, d]: the queries' at the rows computed, keys' and values' at every row
+    inputs = {"q": rows(base.resid_pre[layer])[None, None], "k": pre[None, None], "v": pre[None, None]}
+    inputs[kind] = ((rows(base.resid_pre[layer]) + d) if kind == "q" else pre + d_all).unsqueeze(1)
+    z = attend_heads(engine, base, layer, heads, inputs["q"], inputs["k"], inputs["v"], p0, answer_pos)
+    change = head_outputs(engine, layer, z - rows(base.z[layer])[:, :, head:head + 1], heads)[:, 0]  # [N, B, P, d]
+    return engine.block_output(layer, rows(base.resid_pre[layer]), rows(base.attn_out[layer]) + change,
+                               (rows(base.mlp_in[layer]), rows(base.mlp_out[layer])))
 
 
 # ------------------------------------------------------------------ gradients (EAP, EAP-IG)

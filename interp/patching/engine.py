@@ -53,6 +53,12 @@ class RunCache:
     resid_post: list[torch.Tensor] = field(default_factory=list)
 
 
+def mlp_rows(run: RunCache, layer: int, p0: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The MLP input and output of `run`'s block `layer` at positions `p0..` (`Engine.block_output`'s
+    `base_mlp`)."""
+    return run.mlp_in[layer][:, p0:], run.mlp_out[layer][:, p0:]
+
+
 class Engine:
     """Forward passes of a causal `HookedModel` from plain tensors, cached or from a layer on."""
 
@@ -83,15 +89,16 @@ class Engine:
     # ------------------------------------------------------------ blocks
 
     def block_output(self, layer: int, resid_pre: torch.Tensor, attn_out: torch.Tensor,
-                     base: RunCache | None = None, p0: int = 0) -> torch.Tensor:
+                     base_mlp: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """The residual leaving block `layer` given its input and attention output `[..., pos,
-        d_model]` (positions `p0..`). With `base`, the MLP runs only at the rows whose input
-        differs from `base`'s (it acts on each position alone, so the others keep `base`'s output)."""
+        d_model]`. With `base_mlp`, the unpatched run's MLP input and output at the same rows
+        `[B, pos, d_model]`, the MLP runs only where its input differs from the unpatched one (it
+        acts on each position alone, so the others keep the unpatched output)."""
         mlp_in = resid_pre if self.f.parallel else resid_pre + attn_out
-        if base is None:
+        if base_mlp is None:
             mlp_out = self.f.mlp(layer, mlp_in)
         else:
-            mlp_out = self.mlp_where_changed(layer, mlp_in, base.mlp_in[layer][:, p0:], base.mlp_out[layer][:, p0:])
+            mlp_out = self.mlp_where_changed(layer, mlp_in, *base_mlp)
         return resid_pre + attn_out + mlp_out if self.f.parallel else mlp_in + mlp_out
 
     def mlp_where_changed(self, layer: int, x: torch.Tensor, base_in: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..models import HookedModel
 from ..models.errors import check_layer
 from .components import COMPONENTS, HEAD_COMPONENTS
-from .engine import Engine, RunCache
+from .engine import Engine, RunCache, mlp_rows
 from .result import PatchResult
 from .task import Task
 
@@ -245,19 +245,19 @@ def _patched_residual(engine: Engine, component: str, base: RunCache, src: RunCa
         return "pre", replace(stacked(base.resid_pre[layer]), src.resid_pre[layer])
     if component == "resid_mid":
         mid = replace(stacked(base.resid_mid[layer]), src.resid_mid[layer])
-        return "post", mid + engine.mlp_where_changed(layer, mid, base.mlp_in[layer][:, p0:], base.mlp_out[layer][:, p0:])
+        return "post", mid + engine.mlp_where_changed(layer, mid, *mlp_rows(base, layer, p0))
     if component == "mlp_in":
         mlp_in = replace(stacked(base.mlp_in[layer]), src.mlp_in[layer])
-        mlp_out = engine.mlp_where_changed(layer, mlp_in, base.mlp_in[layer][:, p0:], base.mlp_out[layer][:, p0:])
+        mlp_out = engine.mlp_where_changed(layer, mlp_in, *mlp_rows(base, layer, p0))
         return "post", pre + base.attn_out[layer][:, p0:] + mlp_out
     if component == "mlp_out":
         mlp_out = replace(stacked(base.mlp_out[layer]), src.mlp_out[layer])
         return "post", pre + base.attn_out[layer][:, p0:] + mlp_out
     if component == "attn_out":
         attn = replace(stacked(base.attn_out[layer]), src.attn_out[layer])
-        return "post", engine.block_output(layer, pre, attn, base, p0)
+        return "post", engine.block_output(layer, pre, attn, mlp_rows(base, layer, p0))
     return "post", engine.block_output(layer, pre, _patched_attention(engine, component, base, src, layer, variants, p0),
-                                       base, p0)
+                                       mlp_rows(base, layer, p0))
 
 
 def _patched_attention(engine: Engine, component: str, base: RunCache, src: RunCache, layer: int,
