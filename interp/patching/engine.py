@@ -119,6 +119,9 @@ class Engine:
         at positions `p0..`, projected only at the rows that differ from `base`'s input there;
         the others are `base`'s own. The first layer of a suffix run mostly has one such row."""
         changed = changed_rows(x, base.resid_pre[layer][:, p0:])
+        if changed.all():  # nothing to keep: no gathering and scattering of rows
+            positions = torch.arange(p0, p0 + x.shape[-2], device=x.device)
+            return list(self._projection(parts)(layer, x, self.rotary(base.resid_pre[0].shape[1], positions)))
         outs = [getattr(base, part)[layer][:, p0:] for part in parts]
         outs = [t.expand(*changed.shape, *t.shape[2:]).clone() for t in outs]
         if changed.any():
@@ -240,6 +243,8 @@ def where_changed(fn, x: torch.Tensor, base_in: torch.Tensor, base_out: torch.Te
     """`fn(x)` for a position-wise `fn` and `x [N, B, P, ...]`, computed only at the rows that
     differ from the unpatched input `base_in [B, P, ...]`; every other row keeps `base_out [B, P, ...]`."""
     changed = changed_rows(x, base_in)
+    if changed.all():  # nothing to keep: no gathering and scattering of rows
+        return fn(x)
     out = base_out.expand(*changed.shape, *base_out.shape[2:]).clone()
     if changed.any():
         out[changed] = fn(x[changed])
