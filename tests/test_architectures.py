@@ -193,6 +193,16 @@ def test_parity_check_refuses_gpt2_without_attention_scaling(tmp_path):
         assert torch.allclose(unchecked.functional().logits(tokens), expected, atol=1e-4 * expected.abs().max())
 
 
+def test_parity_check_names_non_finite_weights(tmp_path):
+    folder = random_model_folder(tmp_path, "llama", seed=12)
+    hf = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        hf.model.layers[1].mlp.down_proj.weight[3, 5] = float("nan")
+    hf.save_pretrained(folder)
+    with pytest.raises(ParityError, match=r"the Hugging Face model itself gives non-finite outputs \(NaN or inf\)"):
+        load_model(folder, device="cpu")
+
+
 def test_undescribed_families_are_refused_by_name(tmp_path):
     OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, ffn_dim=32,
               word_embed_proj_dim=16).save_pretrained(tmp_path)

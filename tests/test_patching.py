@@ -323,6 +323,17 @@ def test_bad_tasks_and_options_are_refused_with_the_reason(model, family_model):
         patch(model, negative, "z", progress=False)
     with pytest.raises(ValueError, match="layers must name at least one layer"):
         patch(model, task, "z", layers=[], progress=False)
+    with pytest.raises(ValueError, match=r"layers must be distinct, got \[1, 0, 1\]"):
+        patch(model, task, "z", layers=[1, 0, 1], progress=False)
+    with pytest.raises(ValueError, match="per_position must be True, False or 'dest_src', got 1"):
+        patch(model, task, "z", per_position=1, progress=False)
+    nan_metric = Task(task.clean, task.corrupt, task.answer, task.wrong,
+                      metric=lambda logits, t: logits[..., 0] * float("nan"))  # e.g. a log of a negative number
+    from interp.patching.edges import edge_patch
+    for run in (lambda: patch(model, nan_metric, "z", normalize=False, progress=False),
+                lambda: edge_patch(model, nan_metric, progress=False)):
+        with pytest.raises(ValueError, match=r"the task metric returned non-finite values \(NaN or inf\)"):
+            run()
     from circuits.tasks import from_prompt_pairs
     with pytest.raises(ValueError, match="answer 'zebra' is not in .* vocabulary: it tokenizes to the unknown token"):
         from_prompt_pairs(model, ["w1 w2"], ["w3 w2"], ["zebra"], ["w4"])

@@ -241,6 +241,11 @@ def _hf_output(hf_model, tokens: torch.Tensor, has_lm_head: bool) -> torch.Tenso
 
 def _compare(expected: torch.Tensor, got: torch.Tensor, name: str, family: str, dtype: torch.dtype,
              backend: str) -> None:
+    if not torch.isfinite(expected).all():
+        raise ParityError(
+            f"{name} ({family}, {dtype}): the Hugging Face model itself gives non-finite outputs (NaN or inf) on a "
+            f"probe of {tuple(expected.shape[:2])} tokens: its weights hold NaN or inf, or overflow in {dtype}. "
+            f"No analysis of it would mean anything; check the checkpoint (or load it in float32)")
     scale = max(1.0, float(expected.abs().max()))
     diff = float((expected.float() - got.float()).abs().max())
     tolerance = PARITY_TOLERANCE[dtype] * scale

@@ -158,7 +158,10 @@ def check_layers(layers: list[int] | None, n_layers: int) -> list[int]:
     layers = list(layers)
     if not layers:
         raise ValueError(f"layers must name at least one layer (0..{n_layers - 1}); None means all of them")
-    return [check_layer(layer, n_layers) for layer in layers]
+    layers = [check_layer(layer, n_layers) for layer in layers]
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"layers must be distinct, got {layers}")
+    return layers
 
 
 def check_normalizable(normalize: bool, m_clean: torch.Tensor, m_corrupt: torch.Tensor) -> None:
@@ -176,7 +179,7 @@ def check_sweep(model: HookedModel, task: Task, component: str, per_position: bo
         raise ValueError(f"unknown component {component!r}; known components: {', '.join(COMPONENTS)}")
     if per_position == "dest_src" and component != "pattern":
         raise ValueError("per_position='dest_src' applies to component='pattern' only")
-    if per_position not in (True, False, "dest_src"):
+    if not (isinstance(per_position, bool) or per_position == "dest_src"):
         raise ValueError(f"per_position must be True, False or 'dest_src', got {per_position!r}")
     check_run(model, task, direction)
     if per_position == "dest_src":
@@ -327,6 +330,10 @@ def _metric(engine: Engine, final: torch.Tensor, task: Task) -> torch.Tensor:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(f"the task metric must return one number per prompt: shape {tuple(final.shape[:2])} for "
                          f"logits of shape {tuple(logits.shape)}, got {shape}")
+    if not torch.isfinite(out).all():
+        raise ValueError(f"the task metric returned non-finite values (NaN or inf): "
+                         f"{int((~torch.isfinite(out)).sum())} of {out.numel()} (variant, prompt) values; a metric "
+                         f"must give a finite number for every prompt")
     return out.float()
 
 
