@@ -200,21 +200,22 @@ def _patched_receiver(engine: Engine, layout: EdgeLayout, base: RunCache, delta:
     def rows(t: torch.Tensor) -> torch.Tensor:  # [B, pos, ...] -> [B, P, ...]
         return t[:, p0:] if answer_pos is None else t[batch, answer_pos].unsqueeze(1)
 
-    pre, d_all = base.resid_pre[layer][:, p0:], delta[senders][:, :, p0:]  # [B, pos - p0, d], [N, B, pos - p0, d]
-    d = d_all if answer_pos is None else d_all[:, batch, answer_pos - p0].unsqueeze(2)
+    every_row = base.resid_pre[layer][:, p0:]  # [B, pos - p0, d]: what keys and values read
+    pre, d_all = rows(base.resid_pre[layer]), delta[senders][:, :, p0:]  # [B, P, d], [N, B, pos - p0, d]
+    d = d_all if answer_pos is None else d_all[:, batch, answer_pos - p0].unsqueeze(2)  # [N, B, P, d]
     name = layout.receivers[receiver]
     if name.startswith("m"):
-        mlp_in = rows(base.mlp_in[layer]) + d
-        return rows(base.resid_pre[layer]) + rows(base.attn_out[layer]) + engine.mlp_where_changed(
-            layer, mlp_in, rows(base.mlp_in[layer]), rows(base.mlp_out[layer]))
+        mlp_out = engine.mlp_where_changed(layer, rows(base.mlp_in[layer]) + d, rows(base.mlp_in[layer]),
+                                           rows(base.mlp_out[layer]))
+        return pre + rows(base.attn_out[layer]) + mlp_out
     head, kind = int(name.split(".h")[1].split("<")[0]), name[-2]
     heads = torch.tensor([head], device=delta.device)
-    # inputs [..., 1 head, B, P, d]: the queries' at the rows computed, keys' and values' at every row
-    inputs = {"q": rows(base.resid_pre[layer])[None, None], "k": pre[None, None], "v": pre[None, None]}
-    inputs[kind] = ((rows(base.resid_pre[layer]) + d) if kind == "q" else pre + d_all).unsqueeze(1)
+    # each input [..., 1 head, B, rows, d]: the query's at the P rows, the key's and value's at every row
+    inputs = {"q": pre[None, None], "k": every_row[None, None], "v": every_row[None, None]}
+    inputs[kind] = (pre + d if kind == "q" else every_row + d_all).unsqueeze(1)
     z = attend_heads(engine, base, layer, heads, inputs["q"], inputs["k"], inputs["v"], p0, answer_pos)
     change = head_outputs(engine, layer, z - rows(base.z[layer])[:, :, head:head + 1], heads)[:, 0]  # [N, B, P, d]
-    return engine.block_output(layer, rows(base.resid_pre[layer]), rows(base.attn_out[layer]) + change,
+    return engine.block_output(layer, pre, rows(base.attn_out[layer]) + change,
                                (rows(base.mlp_in[layer]), rows(base.mlp_out[layer])))
 
 
