@@ -22,16 +22,14 @@ from .architectures import Architecture, ModelWeights, Norm, UnsupportedArchitec
 
 Tensor = torch.Tensor
 
-# The tanh GELU as one fused kernel: the same formula as transformers' "gelu_new".
-_ACTIVATIONS = {"gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-                "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-                "gelu": F.gelu, "silu": F.silu, "swish": F.silu, "relu": F.relu}
-# The same, overwriting their input: an MLP's hidden layer is its largest activation, and a
-# fresh buffer for it costs as much as the activation itself in long no-grad sweeps on a CPU.
-_IN_PLACE = {"gelu_new": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
-             "gelu_pytorch_tanh": lambda x: torch.ops.aten.gelu_(x, approximate="tanh"),
-             "gelu": torch.ops.aten.gelu_, "silu": lambda x: F.silu(x, inplace=True),
-             "swish": lambda x: F.silu(x, inplace=True), "relu": torch.relu_}
+# Each activation as (function, the same overwriting its input). The tanh GELU is one fused
+# kernel: the same formula as transformers' "gelu_new". The in-place form serves an MLP's hidden
+# layer, its largest activation: a fresh buffer for it costs as much as the activation itself in
+# long no-grad sweeps on a CPU.
+_TANH_GELU = (lambda x: F.gelu(x, approximate="tanh"), lambda x: torch.ops.aten.gelu_(x, approximate="tanh"))
+_SILU = (F.silu, lambda x: F.silu(x, inplace=True))
+_ACTIVATIONS = {"gelu_new": _TANH_GELU, "gelu_pytorch_tanh": _TANH_GELU, "gelu": (F.gelu, torch.ops.aten.gelu_),
+                "silu": _SILU, "swish": _SILU, "relu": (F.relu, torch.relu_)}
 
 
 class Functional:
@@ -43,7 +41,7 @@ class Functional:
         if weights.w_u is None:
             raise UnsupportedArchitecture("the plain-tensor forward needs a language-model head (unembedding)")
         self.arch, self.weights = arch, weights
-        self.act = _ACTIVATIONS.get(arch.act) or ACT2FN[arch.act]
+        self.act, self._act_in_place = _ACTIVATIONS.get(arch.act) or (ACT2FN[arch.act], None)
         self.dtype, self.device = weights.w_e.dtype, weights.w_e.device
 
     # ------------------------------------------------------------------ pieces
@@ -168,10 +166,9 @@ class Functional:
     def _activate(self, pre: Tensor) -> Tensor:
         """The activation function of a fresh pre-activation, in place where autograd does not
         need it kept."""
-        in_place = _IN_PLACE.get(self.arch.act)
-        if in_place is None or (torch.is_grad_enabled() and pre.requires_grad):
+        if self._act_in_place is None or (torch.is_grad_enabled() and pre.requires_grad):
             return self.act(pre)
-        return in_place(pre)
+        return self._act_in_place(pre)
 
     @property
     def parallel(self) -> bool:

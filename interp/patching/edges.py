@@ -203,11 +203,10 @@ def _patched_receiver(engine: Engine, layout: EdgeLayout, base: RunCache, delta:
     every_row = base.resid_pre[layer][:, p0:]  # [B, pos - p0, d]: what keys and values read
     pre, d_all = rows(base.resid_pre[layer]), delta[senders][:, :, p0:]  # [B, P, d], [N, B, pos - p0, d]
     d = d_all if answer_pos is None else d_all[:, batch, answer_pos - p0].unsqueeze(2)  # [N, B, P, d]
+    base_mlp = rows(base.mlp_in[layer]), rows(base.mlp_out[layer])
     name = layout.receivers[receiver]
     if name.startswith("m"):
-        mlp_out = engine.mlp_where_changed(layer, rows(base.mlp_in[layer]) + d, rows(base.mlp_in[layer]),
-                                           rows(base.mlp_out[layer]))
-        return pre + rows(base.attn_out[layer]) + mlp_out
+        return pre + rows(base.attn_out[layer]) + engine.mlp_where_changed(layer, base_mlp[0] + d, *base_mlp)
     head, kind = int(name.split(".h")[1].split("<")[0]), name[-2]
     heads = torch.tensor([head], device=delta.device)
     # each input [..., 1 head, B, rows, d]: the query's at the P rows, the key's and value's at every row
@@ -215,8 +214,7 @@ def _patched_receiver(engine: Engine, layout: EdgeLayout, base: RunCache, delta:
     inputs[kind] = (pre + d if kind == "q" else every_row + d_all).unsqueeze(1)
     z = attend_heads(engine, base, layer, heads, inputs["q"], inputs["k"], inputs["v"], p0, answer_pos)
     change = head_outputs(engine, layer, z - rows(base.z[layer])[:, :, head:head + 1], heads)[:, 0]  # [N, B, P, d]
-    return engine.block_output(layer, pre, rows(base.attn_out[layer]) + change,
-                               (rows(base.mlp_in[layer]), rows(base.mlp_out[layer])))
+    return engine.block_output(layer, pre, rows(base.attn_out[layer]) + change, base_mlp)
 
 
 # ------------------------------------------------------------------ gradients (EAP, EAP-IG)
