@@ -130,12 +130,18 @@ def hf_zeroed_logit_diff(hf: GPT2LMHeadModel, task: Task, heads) -> float:
             z[..., columns] = 0
             return (z,)
         handles.append(hf.transformer.h[layer].attn.c_proj.register_forward_pre_hook(zero))
+    return hf_hooked_logit_diff(hf, task, handles)
+
+
+def hf_hooked_logit_diff(hf, task: Task, handles: list) -> float:
+    """A plain Hugging Face model's mean logit(answer) - logit(wrong) at each prompt's answer
+    position on `task.clean`, run with the hooks of `handles` in place; the hooks are removed."""
     try:
         with torch.no_grad():
             logits = hf(task.clean).logits
     finally:
-        for h in handles:
-            h.remove()
+        for handle in handles:
+            handle.remove()
     rows = torch.arange(task.clean.shape[0])
     last = logits[rows, task.answer_pos if task.answer_pos is not None else -1]
     return (last[rows, task.answer] - last[rows, task.wrong]).double().mean().item()

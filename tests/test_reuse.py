@@ -13,7 +13,7 @@ from transformers import GPT2LMHeadModel
 from circuits.graph import Graph
 from circuits.reuse import compare_circuits, compare_graphs, head_importance, random_control_heads
 from interp.patching import Task
-from tests.helpers import hf_zeroed_logit_diff as hf_metric, random_gpt2_folder, random_task
+from tests.helpers import hf_hooked_logit_diff, hf_zeroed_logit_diff as hf_metric, random_gpt2_folder, random_task
 from interp import load_model
 
 
@@ -197,15 +197,7 @@ def hf_transplanted_logit_diff(hf: GPT2LMHeadModel, task: Task, heads, source_ro
     for layer in {l for l, _ in heads}:
         handles.append(hf.transformer.h[layer].attn.c_attn.register_forward_hook(keep_qkv(layer)))
         handles.append(hf.transformer.h[layer].attn.c_proj.register_forward_pre_hook(rewrite_z(layer)))
-    try:
-        with torch.no_grad():
-            logits = hf(task.clean).logits
-    finally:
-        for handle in handles:
-            handle.remove()
-    rows = torch.arange(task.batch)
-    final = logits[rows, task.answer_pos]
-    return (final[rows, task.answer] - final[rows, task.wrong]).mean().item()
+    return hf_hooked_logit_diff(hf, task, handles)
 
 
 @pytest.fixture(scope="module")
