@@ -50,6 +50,32 @@ def test_hooked_and_plain_forward_equal_hugging_face(family):
     assert torch.allclose(plain, expected, atol=1e-4 * expected.abs().max())
 
 
+def test_reusing_buffers_gives_the_same_mlp_outputs_and_releases_its_buffer(family):
+    _, _, _, model = family
+    f = model.functional()
+    gen = torch.Generator().manual_seed(1)
+    big, small = (torch.randn(shape, generator=gen) * 3 for shape in ((2, 3, 7, model.cfg.d_model), (5, model.cfg.d_model)))
+    with torch.no_grad():
+        expected = [f.mlp(0, big), f.mlp(1, small), f.logits(_tokens(model))]
+        with f.reusing_buffers():
+            # a smaller call after a larger one reads the front of the same buffer
+            got = [f.mlp(0, big), f.mlp(1, small), f.logits(_tokens(model))]
+            assert f._scratch.buffer.numel() >= 2 * 3 * 7 * model.cfg.d_mlp
+            f.mlp(0, small)
+            assert torch.equal(got[0], expected[0]), "an output is not overwritten by later calls"
+        assert f._scratch.buffer is None
+    for e, g in zip(expected, got):
+        assert torch.equal(e, g)  # the same kernels: bitwise equal
+    # with gradients the buffer is not used: the graph keeps the hidden layer
+    x = big.clone().requires_grad_(True)
+    with f.reusing_buffers():
+        f.mlp(0, x).sum().backward()
+        assert f._scratch.buffer.numel() == 0
+    reference = big.clone().requires_grad_(True)
+    f.mlp(0, reference).sum().backward()
+    assert torch.equal(x.grad, reference.grad)
+
+
 def test_config_reads_the_family(family):
     name, _, hf, model = family
     c, shape = model.cfg, SHAPES[name]

@@ -73,7 +73,7 @@ def acdc(model: HookedModel, task: Task, threshold: float, loss: str = "kl", abl
             columns = state.mask[:, r].unsqueeze(0).repeat(len(chunk), 1)
             for j in range(len(chunk)):
                 columns[j:, chunk[j]] = False  # variant j removes chunk[0..j]
-            with torch.no_grad():
+            with runner.engine.sweeping():
                 if batched:
                     variants = state.try_receiver(r, columns)
                     tried = losses(variants.final)

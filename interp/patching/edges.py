@@ -159,7 +159,7 @@ def edge_patch(model: HookedModel, task: Task, memory_budget: int | None = None,
     engine, task, clean, _, delta, m_clean, m_corrupt = _clean_and_corrupt(model, task)
     layout = EdgeLayout.for_model(model)
     cfg, f = model.cfg, engine.f
-    with torch.no_grad():
+    with engine.sweeping():
         p0 = min(first_change(delta), int(task.answer_pos.min()))
         scores = torch.full(layout.exists.shape, float("nan"))
         rows = torch.arange(task.batch, device=delta.device)
@@ -535,7 +535,7 @@ class CircuitRunner:
                              f"(variants, senders, receivers), got {tuple(masks.shape)}")
         start = min(start_layer, self.engine.cfg.n_layers - 1)
         masks = masks.to(self.ablated.device)
-        with torch.no_grad():
+        with self.engine.sweeping():
             return torch.cat([masked_final(self.engine, self.layout, self.clean, self.ablated, masks[i:i + self.chunk],
                                            self.task.answer_pos, start, self.p0)
                               for i in range(0, len(masks), self.chunk)])

@@ -18,6 +18,7 @@ architecture description, so one engine serves every described family. Before a 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +77,13 @@ class Engine:
         # the key/value head each query head reads, [n_heads]
         self.kv_of = torch.tensor([model.cfg.kv_head(h) for h in range(model.cfg.n_heads)], device=model.device)
         self._rotary: dict[int, tuple[torch.Tensor, torch.Tensor] | None] = {}
+
+    @contextmanager
+    def sweeping(self):
+        """The context of a sweep's patched runs: no gradients, and every MLP's hidden layer in
+        one buffer reused from run to run (`Functional.reusing_buffers`)."""
+        with torch.no_grad(), self.f.reusing_buffers():
+            yield
 
     # ------------------------------------------------------------ positions
 

@@ -66,7 +66,7 @@ def path_patch(
     for l, h in receiver_heads:
         by_layer.setdefault(l, []).append(h)
 
-    with torch.no_grad():
+    with engine.sweeping():
         clean_run, corrupt_run = engine.run(task.clean), engine.run(task.corrupt)
         engine.check(task.clean, clean_run, task.answer_pos)
         m_clean = _metric(engine, _final(engine, clean_run, task), task).mean()

@@ -82,7 +82,7 @@ def patch(
                          f"them: patch resid_pre, attn_out, mlp_in or mlp_out")
     task = task.to(model.device)
 
-    with torch.no_grad():
+    with engine.sweeping():
         clean_run, corrupt_run = engine.run(task.clean), engine.run(task.corrupt)
         engine.check(task.clean, clean_run, task.answer_pos)
         m_clean = _metric(engine, _final(engine, clean_run, task), task).mean()
