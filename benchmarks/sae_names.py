@@ -13,8 +13,11 @@ the feature with the best F1 (`CorpusActivations.token_f1`): over the used token
 texts, a true positive is a token of that name where the feature is non-zero; F1 = 2 TP /
 (tokens where the feature fires + tokens of the name). A name "has a feature" when F1 >= 0.9.
 Printed: that count, the counts at 0.5 and 0.7, median F1 / precision / recall, the spliced CE
-loss score, the share of the variance at name tokens that the name's identity explains (the
-most an SAE's reconstruction gains there from latents of single names), and the run time.
+loss score, the run time (of the SAE's part), the share of the variance at name tokens that
+the name's identity explains (the most an SAE's reconstruction gains there from latents of
+single names) and, unless `--no-probe`, the linear-probe bound: how many names a supervised
+linear classifier of the site's activations singles out with F1 >= 0.9 (`probe_f1`), the
+ceiling for any SAE's count at that site.
 """
 
 from __future__ import annotations
@@ -38,29 +41,59 @@ def name_f1(model, sae, texts, progress=False):
     return acts.token_f1(dict(zip(NAMES, ids)))
 
 
-def name_variance_share(model, site: str, texts) -> float:
-    """How much of the variance of the site's activations at name tokens the name's identity
-    explains (between-name sum of squares / total sum of squares, over `texts`). An SAE gains
-    that share of those tokens' variance, no more, from spending latents on single names."""
+def used_activations(model, site: str, texts):
+    """The site's activations `[n, d_model]` (float64, CPU) and token ids `[n]` at the used
+    tokens of `texts`: the tokens an SAE trains on and is scored over (special tokens and
+    padding excluded, as `analyses.sae.store` does)."""
     import torch
 
-    from analyses.sae.features import corpus_tokens
-    from circuits.tasks.ioi_data import NAMES
+    from analyses.sae.store import corpus_tokens, excluded_ids, kept_positions
 
-    ids = torch.tensor(model.tokenizer.convert_tokens_to_ids(NAMES))
     tokens, real = corpus_tokens(model, texts, None)
-    acts, names = [], []
+    keep = kept_positions(tokens, real, excluded_ids(model, True))
+    acts, ids = [], []
     for i in range(0, len(tokens), 256):
         t, r = tokens[i:i + 256], real[i:i + 256]
         with torch.no_grad():
             _, cache = model.run(t.to(model.device), capture=[site], attention_mask=r.long().to(model.device))
-        at_name = torch.isin(t, ids) & r.bool()
-        acts.append(cache[site][at_name.to(model.device)].double().cpu())
-        names.append(t[at_name])
-    x, y = torch.cat(acts), torch.cat(names)
+        acts.append(cache[site][keep[i:i + 256].to(model.device)].double().cpu())
+        ids.append(t[keep[i:i + 256]])
+    return torch.cat(acts), torch.cat(ids)
+
+
+def name_variance_share(x, ids, name_ids: list[int]) -> float:
+    """How much of the variance of the activations `x [n, d]` at name tokens (`name_ids`) the
+    name's identity explains (between-name sum of squares / total sum of squares; `ids [n]` the
+    tokens). An SAE gains that share of those tokens' variance, no more, from spending latents
+    on single names."""
+    import torch
+
+    names = torch.isin(ids, torch.tensor(name_ids))
+    x, y = x[names], ids[names]
     mean = x.mean(0)
     between = sum((y == n).sum() * (x[y == n].mean(0) - mean).pow(2).sum() for n in y.unique())
     return float(between / (x - mean).pow(2).sum())
+
+
+def probe_f1(train, held_out, name_ids: list[int]) -> list[float]:
+    """The most any single linear feature of the site can do: for each name of `name_ids`, a logistic
+    regression of "this token is that name" on the activations of `train` (x, ids), balanced
+    classes, then the best F1 over thresholds of its score on `held_out` (x, ids). The threshold
+    is chosen on the scored texts themselves, so this is an upper bound on an SAE feature's F1
+    (a feature is a linear score cut at a threshold, up to TopK's competition), not a rival."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    mean, scale = train[0].mean(0), train[0].std(0) + 1e-6
+    x_train, x_test = (((x - mean) / scale).numpy() for x in (train[0], held_out[0]))
+    out = []
+    for name in name_ids:
+        is_name = (held_out[1] == name).numpy()
+        clf = LogisticRegression(C=10.0, max_iter=1000, class_weight="balanced")
+        score = clf.fit(x_train, (train[1] == name).numpy()).decision_function(x_test)
+        hits = np.cumsum(is_name[np.argsort(-score)])  # true positives among the top 1, 2, ... scores
+        out.append(float((2 * hits / (np.arange(1, len(score) + 1) + is_name.sum())).max()))
+    return out
 
 
 def ioi_texts(n: int, seed: int) -> list[str]:
@@ -85,6 +118,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="where the model runs and the SAE trains (cpu, cuda)")
+    parser.add_argument("--no-probe", action="store_true", help="skip the linear-probe bound (100 logistic regressions)")
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT))
@@ -124,10 +158,16 @@ def main() -> None:
           f"(>= 0.7: {int((table['f1'] >= 0.7).sum())}, >= 0.5: {int((table['f1'] >= 0.5).sum())}); "
           f"median F1 {table['f1'].median():.3f}, precision {table['precision'].median():.3f}, "
           f"recall {table['recall'].median():.3f}; distinct best features {table['feature'].nunique()}")
-    print(f"share of the variance at name tokens that the name explains: "
-          f"{name_variance_share(model, args.site, held_out):.3f}")
     print(table.sort_values("f1", ascending=False).head(10).to_string(index=False))
     print(f"time {elapsed:.0f} s")
+    name_ids = model.tokenizer.convert_tokens_to_ids(list(table["group"]))
+    scored = used_activations(model, args.site, held_out)
+    print(f"share of the variance at name tokens that the name explains: {name_variance_share(*scored, name_ids):.3f}")
+    if not args.no_probe:
+        bound = probe_f1(used_activations(model, args.site, ioi_texts(args.texts, 0)), scored, name_ids)
+        print(f"linear-probe bound: names that any linear feature of this site could single out with F1 >= 0.9: "
+              f"{sum(f >= 0.9 for f in bound)} of {len(bound)} (>= 0.7: {sum(f >= 0.7 for f in bound)}); median "
+              f"{sorted(bound)[len(bound) // 2]:.3f}")
 
 
 if __name__ == "__main__":
