@@ -41,24 +41,10 @@ def name_f1(model, sae, texts, progress=False):
     return acts.token_f1(dict(zip(NAMES, ids)))
 
 
-def used_activations(model, site: str, texts):
-    """The site's activations `[n, d_model]` (float64, CPU) and token ids `[n]` at the used
-    tokens of `texts`: the tokens an SAE trains on and is scored over (special tokens and
-    padding excluded, as `analyses.sae.store` does)."""
-    import torch
-
-    from analyses.sae.store import corpus_tokens, excluded_ids, kept_positions
-
-    tokens, real = corpus_tokens(model, texts, None)
-    keep = kept_positions(tokens, real, excluded_ids(model, True))
-    acts, ids = [], []
-    for i in range(0, len(tokens), 256):
-        t, r = tokens[i:i + 256], real[i:i + 256]
-        with torch.no_grad():
-            _, cache = model.run(t.to(model.device), capture=[site], attention_mask=r.long().to(model.device))
-        acts.append(cache[site][keep[i:i + 256].to(model.device)].double().cpu())
-        ids.append(t[keep[i:i + 256]])
-    return torch.cat(acts), torch.cat(ids)
+def used_activations(store) -> tuple:
+    """`(activations [n, d_in] float64, token ids [n])` of every used token of an
+    `ActivationStore`'s corpus (special tokens and padding excluded), in corpus order."""
+    return store.activations().double(), store.tokens[store.keep]
 
 
 def name_variance_share(x, ids, name_ids: list[int]) -> float:
@@ -84,6 +70,9 @@ def probe_f1(train, held_out, name_ids: list[int]) -> list[float]:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
+    absent = [name for name in name_ids if not (train[1] == name).any()]
+    if absent:
+        raise ValueError(f"token ids {absent} never occur in the training texts: too few --texts for the probe")
     mean, scale = train[0].mean(0), train[0].std(0) + 1e-6
     x_train, x_test = (((x - mean) / scale).numpy() for x in (train[0], held_out[0]))
     out = []
@@ -161,10 +150,10 @@ def main() -> None:
     print(table.sort_values("f1", ascending=False).head(10).to_string(index=False))
     print(f"time {elapsed:.0f} s")
     name_ids = model.tokenizer.convert_tokens_to_ids(list(table["group"]))
-    scored = used_activations(model, args.site, held_out)
+    scored = used_activations(ActivationStore(model, held_out, args.site, progress=False))
     print(f"share of the variance at name tokens that the name explains: {name_variance_share(*scored, name_ids):.3f}")
     if not args.no_probe:
-        bound = probe_f1(used_activations(model, args.site, ioi_texts(args.texts, 0)), scored, name_ids)
+        bound = probe_f1(used_activations(store), scored, name_ids)
         print(f"linear-probe bound: names that any linear feature of this site could single out with F1 >= 0.9: "
               f"{sum(f >= 0.9 for f in bound)} of {len(bound)} (>= 0.7: {sum(f >= 0.7 for f in bound)}); median "
               f"{sorted(bound)[len(bound) // 2]:.3f}")
