@@ -60,17 +60,17 @@ def test_reusing_buffers_gives_the_same_mlp_outputs_and_releases_its_buffer(fami
         with f.reusing_buffers():
             # a smaller call after a larger one reads the front of the same buffer
             got = [f.mlp(0, big), f.mlp(1, small), f.logits(_tokens(model))]
-            assert f._scratch.buffer.numel() >= 2 * 3 * 7 * model.cfg.d_mlp
+            assert f._scratch.buffers["hidden"].numel() >= 2 * 3 * 7 * model.cfg.d_mlp
             f.mlp(0, small)
             assert torch.equal(got[0], expected[0]), "an output is not overwritten by later calls"
-        assert f._scratch.buffer is None
+        assert f._scratch.buffers is None
     for e, g in zip(expected, got):
         assert torch.equal(e, g)  # the same kernels: bitwise equal
     # with gradients the buffer is not used: the graph keeps the hidden layer
     x = big.clone().requires_grad_(True)
     with f.reusing_buffers():
         f.mlp(0, x).sum().backward()
-        assert f._scratch.buffer.numel() == 0
+        assert f._scratch.buffers == {}
     reference = big.clone().requires_grad_(True)
     f.mlp(0, reference).sum().backward()
     assert torch.equal(x.grad, reference.grad)

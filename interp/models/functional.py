@@ -51,23 +51,38 @@ class Functional:
         self.arch, self.weights = arch, weights
         self.act, self._act_in_place = _ACTIVATIONS.get(arch.act) or (ACT2FN[arch.act], None)
         self.dtype, self.device = weights.w_e.dtype, weights.w_e.device
-        self._scratch = threading.local()  # .buffer: the hidden layers' buffer inside reusing_buffers()
+        self._scratch = threading.local()  # .buffers: {name: flat buffer} inside reusing_buffers()
 
     @contextmanager
     def reusing_buffers(self):
-        """Within this block (on this thread, without gradients), every MLP writes its hidden
-        layer `[rows, d_mlp]`, its largest activation, into one buffer kept for the block instead
-        of a fresh one per call. Same kernels, same numbers; what it saves is the memory
-        allocator's work: on a CPU, a fresh buffer of that size is handed back to the operating
-        system when freed and costs a page fault per 4 KiB the next time (on a 2-core CPU, a z
-        patching sweep of a Llama-shaped model ran 3-4% faster with it). The buffer, as large
-        as the block's largest hidden layer, is released at the end."""
-        outer = getattr(self._scratch, "buffer", None)
-        self._scratch.buffer = torch.empty(0, dtype=self.dtype, device=self.device)
+        """Within this block (on this thread, without gradients), the largest short-lived
+        activations are written into buffers kept for the block instead of fresh ones per call:
+        each MLP's hidden layer `[rows, d_mlp]`, and whatever else asks `scratch` for one (the
+        patching engine's keys and values). Same kernels, same numbers; what it saves is the
+        memory allocator's work: on a CPU, a fresh buffer of that size is handed back to the
+        operating system when freed and costs a page fault per 4 KiB the next time (on a 2-core
+        CPU, a z patching sweep of a Llama-shaped model ran 3-4% faster with the hidden layer's
+        alone). The buffers, each as large as its largest use, are released at the end."""
+        outer = getattr(self._scratch, "buffers", None)
+        self._scratch.buffers = {}
         try:
             yield
         finally:
-            self._scratch.buffer = outer
+            self._scratch.buffers = outer
+
+    def scratch(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """An uninitialised tensor of `shape` in the model's dtype: inside `reusing_buffers`
+        (and without gradients) a view of the buffer `name`, which the next request for `name`
+        overwrites, so the caller must be done with it by then; otherwise a fresh one."""
+        buffers = getattr(self._scratch, "buffers", None)
+        if buffers is None or torch.is_grad_enabled():
+            return torch.empty(shape, dtype=self.dtype, device=self.device)
+        size = 1
+        for n in shape:
+            size *= n
+        if name not in buffers or buffers[name].numel() < size:
+            buffers[name] = torch.empty(size, dtype=self.dtype, device=self.device)
+        return buffers[name][:size].view(shape)
 
     # ------------------------------------------------------------------ pieces
 
@@ -147,6 +162,9 @@ class Functional:
         head h reads key/value head h // (H / H_kv)); leading axes broadcast against each other;
         q_pos `[Q]` or broadcastable `[..., Q]`.
         Returns z `[..., Q, H, d_head]` and pattern `[..., H, Q, K]`.
+        The products read keys and values head-major, `[..., H_kv, K, d_head]`: k and v that
+        are transposed views of contiguous head-major tensors (`Engine.with_prefix`) are read in
+        place, others are copied into that layout first.
         """
         a = self.arch
         n_q, n_heads, d_head = q.shape[-3:]
@@ -191,22 +209,20 @@ class Functional:
         return out if w.mlp_post_norm is None else self.norm(out, w.mlp_post_norm)
 
     def _hidden_linear(self, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """`F.linear(h, weight, bias)`, written into the block's buffer inside `reusing_buffers`
+        """`F.linear(h, weight, bias)`, written into the "hidden" buffer inside `reusing_buffers`
         (no gradients, contiguous `h`: where `F.linear` itself is one `addmm`/`mm` of the
         flattened rows, so the numbers are the same)."""
-        buffer = getattr(self._scratch, "buffer", None)
-        if buffer is None or torch.is_grad_enabled() or not h.is_contiguous() or h.dtype != buffer.dtype:
+        if getattr(self._scratch, "buffers", None) is None or torch.is_grad_enabled() \
+                or not h.is_contiguous() or h.dtype != self.dtype:
             return F.linear(h, weight, bias)
-        rows, width = h.numel() // h.shape[-1], weight.shape[0]
-        if buffer.numel() < rows * width:
-            buffer = self._scratch.buffer = torch.empty(rows * width, dtype=buffer.dtype, device=buffer.device)
-        out = buffer[:rows * width].view(rows, width)
+        rows = h.numel() // h.shape[-1]
+        out = self.scratch("hidden", (rows, weight.shape[0]))
         flat = h.reshape(rows, h.shape[-1])
         if bias is None:
             torch.mm(flat, weight.t(), out=out)
         else:
             torch.addmm(bias, flat, weight.t(), out=out)
-        return out.view(*h.shape[:-1], width)
+        return out.view(*h.shape[:-1], weight.shape[0])
 
     def _activate(self, pre: Tensor) -> Tensor:
         """The activation function of a fresh pre-activation, in place where autograd does not

@@ -438,8 +438,7 @@ def attend_heads(engine: Engine, clean: RunCache, layer: int, heads: torch.Tenso
     if rot is not None:
         k, q = f._rotate(k, *rot), f._rotate(q, *engine.rotary(n_pos, q_pos))
     kv = engine.kv_of[heads]
-    k = torch.cat([clean.k[layer][:, :p0, kv].expand(*k.shape[:-4], -1, -1, -1, -1), k], dim=-3)
-    v = torch.cat([clean.v[layer][:, :p0, kv].expand(*v.shape[:-4], -1, -1, -1, -1), v], dim=-3)
+    k, v = engine.with_prefix("keys", clean.k[layer][:, :p0, kv], k), engine.with_prefix("values", clean.v[layer][:, :p0, kv], v)
     z, _ = f.attend(layer, q, k, v, q_pos)
     return z
 

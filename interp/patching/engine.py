@@ -26,6 +26,7 @@ import torch
 from ..models import HookedModel, UnsupportedArchitecture
 from ..models.functional import Functional
 from ..models.loading import PARITY_TOLERANCE
+from .memory import keep_freed_memory
 
 
 class EngineMismatch(RuntimeError):
@@ -80,9 +81,10 @@ class Engine:
 
     @contextmanager
     def sweeping(self):
-        """The context of a sweep's patched runs: no gradients, and every MLP's hidden layer in
-        one buffer reused from run to run (`Functional.reusing_buffers`)."""
-        with torch.no_grad(), self.f.reusing_buffers():
+        """The context of a sweep's patched runs: no gradients, the largest short-lived
+        activations in buffers reused from run to run (`Functional.reusing_buffers`), and the
+        C allocator keeping freed memory for reuse (`memory.keep_freed_memory`)."""
+        with torch.no_grad(), self.f.reusing_buffers(), keep_freed_memory():
             yield
 
     # ------------------------------------------------------------ positions
@@ -138,6 +140,20 @@ class Engine:
             for out, new in zip(outs, self._projection(parts)(layer, rows, rot)):
                 out[changed] = new[:, 0]
         return outs
+
+    def with_prefix(self, which: str, cached: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """The keys or values (`which`) of a suffix run at every position, `[..., B, p0 + P,
+        H_kv, d_head]`: the base run's `cached [B, p0, H_kv, d_head]` before the run's own `new
+        [..., B, P, H_kv, d_head]`. Underneath it is head-major, a transposed view of `[..., B,
+        H_kv, pos, d_head]`, the layout `Functional.attend`'s products read, so they copy
+        nothing; inside a sweep it lives in the buffer `which` (`Functional.scratch`), valid
+        until the next call for the same `which`."""
+        p0 = cached.shape[1]
+        *lead, n_new, n_kv, d_head = new.shape
+        out = self.f.scratch(which, (*lead, n_kv, p0 + n_new, d_head))
+        out[..., :p0, :] = cached.transpose(1, 2)
+        out[..., p0:, :] = new.transpose(-3, -2)
+        return out.transpose(-3, -2)
 
     def _projection(self, parts: str):
         """`Functional.qkv` for parts "qkv", `Functional.keys_values` for "kv"."""
@@ -204,8 +220,7 @@ class Engine:
             else:
                 projected = self._projection(parts)(j, x, rot)
             k, v = projected[-2:]
-            keys = torch.cat([base.k[j][:, :p0].expand(*k.shape[:2], p0, *k.shape[3:]), k], dim=2)
-            values = torch.cat([base.v[j][:, :p0].expand(*v.shape[:2], p0, *v.shape[3:]), v], dim=2)
+            keys, values = self.with_prefix("keys", base.k[j][:, :p0], k), self.with_prefix("values", base.v[j][:, :p0], v)
             if last:
                 x = x[:, rows, answer_pos - p0].unsqueeze(2)
                 q = self.f.queries(j, x, self.rotary(n_pos, answer_pos.view(-1, 1)))
