@@ -1,12 +1,9 @@
-"""The engine's memory handling in sweeps: head-major keys and values in reused buffers, and the
-C allocator keeping freed memory while a sweep runs. Neither may change a number."""
-
-import resource
+"""The engine's memory handling in sweeps: head-major keys and values in reused buffers, which
+must not change a number."""
 
 import pytest
 import torch
 
-from interp.patching import memory
 from interp.patching.engine import Engine
 from tests.helpers import random_gpt2
 
@@ -43,24 +40,3 @@ def test_scratch_buffers_are_fresh_under_gradients_and_released_after_the_sweep(
         with torch.enable_grad():
             assert f.scratch("values", (4, 5)).data_ptr() != a.data_ptr()
     assert f._scratch.buffers is None
-
-
-def _faults_touching(n_bytes: int) -> int:
-    """Minor page faults of allocating and writing a fresh tensor of `n_bytes` (then freed)."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.empty(n_bytes // 4).fill_(1.0)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-
-@pytest.mark.skipif(memory._LIBC is None, reason="glibc's malloc only")
-def test_keep_freed_memory_reuses_freed_blocks_and_gives_them_back_after():
-    size = 96 << 20  # above glibc's largest mmap threshold: handed back to the system when freed
-    _faults_touching(size)
-    pages = size // resource.getpagesize()
-    assert _faults_touching(size) > pages // 2, "outside a sweep a freed block this large goes back"
-    with memory.keep_freed_memory():
-        _faults_touching(size)
-        with memory.keep_freed_memory():  # nested (a sweep inside a sweep)
-            _faults_touching(size)
-        assert _faults_touching(size) < pages // 20, "the inner block's end keeps the outer one's setting"
-    assert _faults_touching(size) > pages // 2, "and after the last one, memory goes back again"

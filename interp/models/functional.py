@@ -14,6 +14,7 @@ patching a rotated key at a position equals patching the unrotated one).
 
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import contextmanager
 
@@ -77,9 +78,7 @@ class Functional:
         buffers = getattr(self._scratch, "buffers", None)
         if buffers is None or torch.is_grad_enabled():
             return torch.empty(shape, dtype=self.dtype, device=self.device)
-        size = 1
-        for n in shape:
-            size *= n
+        size = math.prod(shape)
         if name not in buffers or buffers[name].numel() < size:
             buffers[name] = torch.empty(size, dtype=self.dtype, device=self.device)
         return buffers[name][:size].view(shape)

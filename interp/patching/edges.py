@@ -438,7 +438,8 @@ def attend_heads(engine: Engine, clean: RunCache, layer: int, heads: torch.Tenso
     if rot is not None:
         k, q = f._rotate(k, *rot), f._rotate(q, *engine.rotary(n_pos, q_pos))
     kv = engine.kv_of[heads]
-    k, v = engine.with_prefix("keys", clean.k[layer][:, :p0, kv], k), engine.with_prefix("values", clean.v[layer][:, :p0, kv], v)
+    k = engine.with_prefix("keys", clean.k[layer][:, :p0, kv], k)
+    v = engine.with_prefix("values", clean.v[layer][:, :p0, kv], v)
     z, _ = f.attend(layer, q, k, v, q_pos)
     return z
 

@@ -26,7 +26,6 @@ import torch
 from ..models import HookedModel, UnsupportedArchitecture
 from ..models.functional import Functional
 from ..models.loading import PARITY_TOLERANCE
-from .memory import keep_freed_memory
 
 
 class EngineMismatch(RuntimeError):
@@ -81,10 +80,9 @@ class Engine:
 
     @contextmanager
     def sweeping(self):
-        """The context of a sweep's patched runs: no gradients, the largest short-lived
-        activations in buffers reused from run to run (`Functional.reusing_buffers`), and the
-        C allocator keeping freed memory for reuse (`memory.keep_freed_memory`)."""
-        with torch.no_grad(), self.f.reusing_buffers(), keep_freed_memory():
+        """The context of a sweep's patched runs: no gradients, and the largest short-lived
+        activations in buffers reused from run to run (`Functional.reusing_buffers`)."""
+        with torch.no_grad(), self.f.reusing_buffers():
             yield
 
     # ------------------------------------------------------------ positions
@@ -220,7 +218,8 @@ class Engine:
             else:
                 projected = self._projection(parts)(j, x, rot)
             k, v = projected[-2:]
-            keys, values = self.with_prefix("keys", base.k[j][:, :p0], k), self.with_prefix("values", base.v[j][:, :p0], v)
+            keys = self.with_prefix("keys", base.k[j][:, :p0], k)
+            values = self.with_prefix("values", base.v[j][:, :p0], v)
             if last:
                 x = x[:, rows, answer_pos - p0].unsqueeze(2)
                 q = self.f.queries(j, x, self.rotary(n_pos, answer_pos.view(-1, 1)))
