@@ -71,12 +71,16 @@ class Functional:
         finally:
             self._scratch.buffers = outer
 
+    def _buffers(self) -> dict[str, Tensor] | None:
+        """The named buffers when inside `reusing_buffers` without gradients, else None."""
+        return None if torch.is_grad_enabled() else getattr(self._scratch, "buffers", None)
+
     def scratch(self, name: str, shape: tuple[int, ...]) -> Tensor:
         """An uninitialised tensor of `shape` in the model's dtype: inside `reusing_buffers`
         (and without gradients) a view of the buffer `name`, which the next request for `name`
         overwrites, so the caller must be done with it by then; otherwise a fresh one."""
-        buffers = getattr(self._scratch, "buffers", None)
-        if buffers is None or torch.is_grad_enabled():
+        buffers = self._buffers()
+        if buffers is None:
             return torch.empty(shape, dtype=self.dtype, device=self.device)
         size = math.prod(shape)
         if name not in buffers or buffers[name].numel() < size:
@@ -211,8 +215,7 @@ class Functional:
         """`F.linear(h, weight, bias)`, written into the "hidden" buffer inside `reusing_buffers`
         (no gradients, contiguous `h`: where `F.linear` itself is one `addmm`/`mm` of the
         flattened rows, so the numbers are the same)."""
-        if getattr(self._scratch, "buffers", None) is None or torch.is_grad_enabled() \
-                or not h.is_contiguous() or h.dtype != self.dtype:
+        if self._buffers() is None or not h.is_contiguous() or h.dtype != self.dtype:
             return F.linear(h, weight, bias)
         rows = h.numel() // h.shape[-1]
         out = self.scratch("hidden", (rows, weight.shape[0]))
