@@ -1,11 +1,11 @@
-"""The engine's memory handling in sweeps: head-major keys and values in reused buffers, which
-must not change a number."""
+"""The engine's memory handling in sweeps: head-major keys and values, projections, sublayer
+outputs and the residual stream in reused buffers, which must not change a number."""
 
 import pytest
 import torch
 
 from interp.patching.engine import Engine
-from tests.helpers import random_gpt2
+from tests.helpers import FAMILIES, random_gpt2, random_model
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +40,66 @@ def test_scratch_buffers_are_fresh_under_gradients_and_released_after_the_sweep(
         with torch.enable_grad():
             assert f.scratch("values", (4, 5)).data_ptr() != a.data_ptr()
     assert f._scratch.buffers is None
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family_engine(request, tmp_path_factory):
+    return Engine(random_model(tmp_path_factory.mktemp(request.param), request.param, n_layers=4))
+
+
+def _suffix_inputs(engine, n=3, batch=2, n_pos=6, p0=2, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    cfg = engine.cfg
+    tokens = torch.randint(0, cfg.d_vocab, (batch, n_pos), generator=gen)
+    with torch.no_grad():
+        base = engine.run(tokens)
+    x = base.resid_post[0][:, p0:] + 3 * torch.randn(n, batch, n_pos - p0, cfg.d_model, generator=gen)
+    return base, x, torch.full((batch,), n_pos - 1)
+
+
+def test_block_output_into_a_buffer_equals_fresh_outputs_and_updates_in_place(family_engine):
+    engine, f = family_engine, family_engine.f
+    base, x, _ = _suffix_inputs(family_engine)
+    attn = 2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    pre = x[0]  # [B, P, d]: broadcast against the variants' attention outputs, as edge patching does
+    with torch.no_grad():
+        expected = [engine.block_output(1, x, attn), engine.block_output(1, pre, attn)]
+        with engine.sweeping():
+            first = engine.block_output(1, x, attn, into="resid")
+            assert torch.equal(first, expected[0]), "the same additions in the same order: bitwise equal"
+            buffer = first.data_ptr()
+            again = engine.block_output(1, first, attn, into="resid")  # the buffer as its own input
+            assert again.data_ptr() == buffer
+            assert torch.equal(again, engine.block_output(1, expected[0], attn))
+            assert torch.equal(engine.block_output(1, pre, attn, into="resid"), expected[1])
+            assert f._scratch.buffers["mlp_out"].numel() >= x.numel()
+
+
+def test_suffix_runs_equal_inside_and_outside_a_sweep(family_engine):
+    engine = family_engine
+    base, x, answer = _suffix_inputs(family_engine, seed=2)
+    with torch.no_grad():
+        # (one variant alone is compared with itself alone: a matrix product may round differently
+        # for a different number of rows)
+        expected, one = engine.suffix(base, 0, "post", x, 2, answer), engine.suffix(base, 0, "post", x[:1], 2, answer)
+        with engine.sweeping():
+            got = engine.suffix(base, 0, "post", x.clone(), 2, answer)
+            assert {"resid", "attn_out", "mlp_out", "q", "k", "v"} <= set(engine.f._scratch.buffers)
+            again = engine.suffix(base, 0, "post", x[:1].clone(), 2, answer)  # a smaller run reuses them
+    assert torch.equal(got, expected)
+    assert torch.equal(again, one)
+
+
+def test_linear_into_a_buffer_equals_f_linear_and_needs_a_sweep(engine):
+    f = engine.f
+    w = f.weights.layers[0]
+    x = torch.randn(2, 5, engine.cfg.d_model, generator=torch.Generator().manual_seed(4))
+    expected = torch.nn.functional.linear(x, w.w_q, w.b_q)
+    assert torch.equal(f.linear(x, w.w_q, w.b_q, "q"), expected)  # outside a sweep: a fresh tensor
+    with engine.sweeping():
+        got = f.linear(x, w.w_q, w.b_q, "q")
+        assert torch.equal(got, expected)
+        assert got.data_ptr() == f._scratch.buffers["q"].data_ptr()
+        strided = x.transpose(0, 1)  # not contiguous: F.linear itself, no buffer
+        assert torch.equal(f.linear(strided, w.w_q, w.b_q, "k"), torch.nn.functional.linear(strided, w.w_q, w.b_q))
+        assert "k" not in f._scratch.buffers

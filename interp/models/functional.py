@@ -130,32 +130,34 @@ class Functional:
         out = rot * cos + rotated * sin
         return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
 
-    def qkv(self, layer: int, resid: Tensor, rotary: tuple[Tensor, Tensor] | None
+    def qkv(self, layer: int, resid: Tensor, rotary: tuple[Tensor, Tensor] | None, buffered: bool = False
             ) -> tuple[Tensor, Tensor, Tensor]:
         """Queries `[..., pos, head, d_head]`, keys and values `[..., pos, kv_head, d_head]` of
         the residual `[..., pos, d_model]` entering `layer` (rotary applied with `rotary`,
-        the cos/sin of these positions)."""
+        the cos/sin of these positions). `buffered`: the projections are written into the
+        buffers "q", "k", "v" inside `reusing_buffers` (see `linear`)."""
         x = self.norm(resid, self.weights.layers[layer].attn_norm)
-        return (self._queries(layer, x, rotary), *self._keys_values(layer, x, rotary))
+        return (self._queries(layer, x, rotary, buffered), *self._keys_values(layer, x, rotary, buffered))
 
     def queries(self, layer: int, resid: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
         """The queries of `qkv` alone."""
         return self._queries(layer, self.norm(resid, self.weights.layers[layer].attn_norm), rotary)
 
-    def keys_values(self, layer: int, resid: Tensor, rotary: tuple[Tensor, Tensor] | None
+    def keys_values(self, layer: int, resid: Tensor, rotary: tuple[Tensor, Tensor] | None, buffered: bool = False
                     ) -> tuple[Tensor, Tensor]:
         """The keys and values of `qkv` alone."""
-        return self._keys_values(layer, self.norm(resid, self.weights.layers[layer].attn_norm), rotary)
+        return self._keys_values(layer, self.norm(resid, self.weights.layers[layer].attn_norm), rotary, buffered)
 
-    def _queries(self, layer: int, x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
+    def _queries(self, layer: int, x: Tensor, rotary: tuple[Tensor, Tensor] | None, buffered: bool = False) -> Tensor:
         a, w = self.arch, self.weights.layers[layer]
-        q = F.linear(x, w.w_q, w.b_q).unflatten(-1, (a.n_heads, a.d_head))
+        q = self.linear(x, w.w_q, w.b_q, "q" if buffered else None).unflatten(-1, (a.n_heads, a.d_head))
         return q if rotary is None else self._rotate(q, *rotary)
 
-    def _keys_values(self, layer: int, x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    def _keys_values(self, layer: int, x: Tensor, rotary: tuple[Tensor, Tensor] | None, buffered: bool = False
+                     ) -> tuple[Tensor, Tensor]:
         a, w = self.arch, self.weights.layers[layer]
-        k = F.linear(x, w.w_k, w.b_k).unflatten(-1, (a.n_kv_heads, a.d_head))
-        v = F.linear(x, w.w_v, w.b_v).unflatten(-1, (a.n_kv_heads, a.d_head))
+        k = self.linear(x, w.w_k, w.b_k, "k" if buffered else None).unflatten(-1, (a.n_kv_heads, a.d_head))
+        v = self.linear(x, w.w_v, w.b_v, "v" if buffered else None).unflatten(-1, (a.n_kv_heads, a.d_head))
         return (k if rotary is None else self._rotate(k, *rotary)), v
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, q_pos: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,40 +193,47 @@ class Functional:
         z = torch.matmul(pattern.view(*pattern.shape[:-3], n_kv, group * n_q, n_k), vh)
         return z.view(*z.shape[:-3], n_heads, n_q, d_head).transpose(-3, -2), pattern
 
-    def attn_out(self, layer: int, z: Tensor) -> Tensor:
+    def attn_out(self, layer: int, z: Tensor, into: str | None = None) -> Tensor:
         """`z [..., pos, head, d_head]` -> the attention sublayer's output `[..., pos, d_model]`
-        (W_O, b_O, and the post-attention norm where the block has one)."""
+        (W_O, b_O, and the post-attention norm where the block has one). With `into`, inside
+        `reusing_buffers`, the heads' concatenated z and the projection are written into the
+        buffers "z" and `into` (see `linear`)."""
         w = self.weights.layers[layer]
-        out = F.linear(z.flatten(-2), w.w_o, w.b_o)
+        if into is not None and not z.is_contiguous() and self._buffers() is not None:
+            z = self.scratch("z", z.shape).copy_(z)  # what flatten would copy into a fresh tensor
+        out = self.linear(z.flatten(-2), w.w_o, w.b_o, into)
         return out if w.attn_post_norm is None else self.norm(out, w.attn_post_norm)
 
-    def mlp(self, layer: int, x: Tensor) -> Tensor:
-        """The MLP sublayer's output for the residual `x [..., pos, d_model]` it reads."""
+    def mlp(self, layer: int, x: Tensor, into: str | None = None) -> Tensor:
+        """The MLP sublayer's output for the residual `x [..., pos, d_model]` it reads. Its hidden
+        layer is written into the buffer "hidden" inside `reusing_buffers`, and with `into` its
+        output into the buffer `into` (see `linear`)."""
         w = self.weights.layers[layer]
         h = self.norm(x, w.mlp_norm)
         if w.w_gate is None:
-            hidden = self._activate(self._hidden_linear(h, w.w_in, w.b_in))
+            hidden = self._activate(self.linear(h, w.w_in, w.b_in, "hidden"))
         else:
-            hidden = self._activate(self._hidden_linear(h, w.w_gate, w.b_gate))
+            hidden = self._activate(self.linear(h, w.w_gate, w.b_gate, "hidden"))
             up = F.linear(h, w.w_in, w.b_in)
             hidden = hidden * up if _in_graph(hidden) else hidden.mul_(up)
-        out = F.linear(hidden, w.w_out, w.b_out)
+        out = self.linear(hidden, w.w_out, w.b_out, into)
         return out if w.mlp_post_norm is None else self.norm(out, w.mlp_post_norm)
 
-    def _hidden_linear(self, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """`F.linear(h, weight, bias)`, written into the "hidden" buffer inside `reusing_buffers`
-        (no gradients, contiguous `h`: where `F.linear` itself is one `addmm`/`mm` of the
-        flattened rows, so the numbers are the same)."""
-        if self._buffers() is None or not h.is_contiguous() or h.dtype != self.dtype:
-            return F.linear(h, weight, bias)
-        rows = h.numel() // h.shape[-1]
-        out = self.scratch("hidden", (rows, weight.shape[0]))
-        flat = h.reshape(rows, h.shape[-1])
+    def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None, into: str | None = None) -> Tensor:
+        """`F.linear(x, weight, bias)` `[..., d_out]`; with `into`, inside `reusing_buffers` (no
+        gradients, contiguous `x` in the model's dtype: where `F.linear` itself is one
+        `addmm`/`mm` of the flattened rows, so the numbers are the same), written into the
+        buffer `into`, which the next request for that name overwrites."""
+        if into is None or self._buffers() is None or not x.is_contiguous() or x.dtype != self.dtype:
+            return F.linear(x, weight, bias)
+        rows = x.numel() // x.shape[-1]
+        out = self.scratch(into, (rows, weight.shape[0]))
+        flat = x.reshape(rows, x.shape[-1])
         if bias is None:
             torch.mm(flat, weight.t(), out=out)
         else:
             torch.addmm(bias, flat, weight.t(), out=out)
-        return out.view(*h.shape[:-1], weight.shape[0])
+        return out.view(*x.shape[:-1], weight.shape[0])
 
     def _activate(self, pre: Tensor) -> Tensor:
         """The activation function of a fresh pre-activation, in place where autograd does not

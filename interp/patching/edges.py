@@ -214,7 +214,7 @@ def _patched_receiver(engine: Engine, layout: EdgeLayout, base: RunCache, delta:
     inputs[kind] = (pre + d if kind == "q" else every_row + d_all).unsqueeze(1)
     z = attend_heads(engine, base, layer, heads, inputs["q"], inputs["k"], inputs["v"], p0, answer_pos)
     change = head_outputs(engine, layer, z - rows(base.z[layer])[:, :, head:head + 1], heads)[:, 0]  # [N, B, P, d]
-    return engine.block_output(layer, pre, rows(base.attn_out[layer]) + change, base_mlp)
+    return engine.block_output(layer, pre, rows(base.attn_out[layer]) + change, base_mlp, into="resid")
 
 
 # ------------------------------------------------------------------ gradients (EAP, EAP-IG)

@@ -97,23 +97,43 @@ class Engine:
     # ------------------------------------------------------------ blocks
 
     def block_output(self, layer: int, resid_pre: torch.Tensor, attn_out: torch.Tensor,
-                     base_mlp: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     base_mlp: tuple[torch.Tensor, torch.Tensor] | None = None, into: str | None = None
+                     ) -> torch.Tensor:
         """The residual leaving block `layer` given its input and attention output `[..., pos,
         d_model]`. With `base_mlp`, the unpatched run's MLP input and output at the same rows
         `[B, pos, d_model]`, the MLP runs only where its input differs from the unpatched one (it
-        acts on each position alone, so the others keep the unpatched output)."""
-        mlp_in = resid_pre if self.f.parallel else resid_pre + attn_out
-        if base_mlp is None:
-            mlp_out = self.f.mlp(layer, mlp_in)
-        else:
-            mlp_out = self.mlp_where_changed(layer, mlp_in, *base_mlp)
-        return resid_pre + attn_out + mlp_out if self.f.parallel else mlp_in + mlp_out
+        acts on each position alone, so the others keep the unpatched output).
 
-    def mlp_where_changed(self, layer: int, x: torch.Tensor, base_in: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        With `into`, inside a sweep, the residual is written into that buffer (`resid_pre` may
+        be it: it is then updated in place) and the MLP's output into the buffer "mlp_out": the
+        same additions in the same order, without fresh memory for them. The result is valid
+        until the next use of `into`."""
+        f = self.f
+        if into is None or f._buffers() is None:
+            mlp_in = resid_pre if f.parallel else resid_pre + attn_out
+            mlp_out = self._mlp(layer, mlp_in, base_mlp)
+            return resid_pre + attn_out + mlp_out if f.parallel else mlp_in + mlp_out
+        resid = f.scratch(into, torch.broadcast_shapes(resid_pre.shape, attn_out.shape))
+        if f.parallel:
+            mlp_out = self._mlp(layer, resid_pre, base_mlp, "mlp_out")
+            return torch.add(resid_pre, attn_out, out=resid).add_(mlp_out)
+        torch.add(resid_pre, attn_out, out=resid)
+        return resid.add_(self._mlp(layer, resid, base_mlp, "mlp_out"))
+
+    def _mlp(self, layer: int, x: torch.Tensor, base_mlp: tuple[torch.Tensor, torch.Tensor] | None,
+             into: str | None = None) -> torch.Tensor:
+        """The MLP of `block_output`: everywhere, or where its input changed (`base_mlp`)."""
+        if base_mlp is None:
+            return self.f.mlp(layer, x, into)
+        return self.mlp_where_changed(layer, x, *base_mlp, into=into)
+
+    def mlp_where_changed(self, layer: int, x: torch.Tensor, base_in: torch.Tensor, base_out: torch.Tensor,
+                          into: str | None = None) -> torch.Tensor:
         """`mlp(layer, x)` for `x [N, B, P, d_model]`, computed only at the rows that differ from
         the unpatched run's MLP input `base_in [B, P, d_model]`; every other row keeps `base_out`.
-        A patch at one position changes one row of its own layer: most of that MLP's work saved."""
-        return where_changed(lambda rows: self.f.mlp(layer, rows), x, base_in, base_out)
+        A patch at one position changes one row of its own layer: most of that MLP's work saved.
+        `into`: as in `Functional.mlp`, where every row changed."""
+        return where_changed(lambda rows: self.f.mlp(layer, rows, into), x, base_in, base_out)
 
     def attn_out_where_changed(self, layer: int, z: torch.Tensor, base: RunCache, p0: int) -> torch.Tensor:
         """`attn_out(layer, z)` for patched `z [N, B, P, head, d_head]` (positions `p0..`),
@@ -215,8 +235,8 @@ class Engine:
             parts = "kv" if last else "qkv"
             if j == layer:
                 projected = self.projections_where_changed(j, x, base, p0, parts)
-            else:
-                projected = self._projection(parts)(j, x, rot)
+            else:  # used up by the attention below, before the next layer reuses the buffers
+                projected = self._projection(parts)(j, x, rot, buffered=True)
             k, v = projected[-2:]
             keys = self.with_prefix("keys", base.k[j][:, :p0], k)
             values = self.with_prefix("values", base.v[j][:, :p0], v)
@@ -227,7 +247,7 @@ class Engine:
                 z, _ = self.f.attend(j, q, keys, values, answer_pos.view(1, -1, 1))
                 return self.f.final(self.block_output(j, x, self.f.attn_out(j, z)).squeeze(2))
             z, _ = self.f.attend(j, projected[0], keys, values, new_pos)
-            x = self.block_output(j, x, self.f.attn_out(j, z))
+            x = self.block_output(j, x, self.f.attn_out(j, z, into="attn_out"), into="resid")
         raise AssertionError("unreachable")
 
     # ------------------------------------------------------------ the self-check

@@ -258,9 +258,9 @@ def _patched_residual(engine: Engine, component: str, base: RunCache, src: RunCa
         return "post", pre + base.attn_out[layer][:, p0:] + mlp_out
     if component == "attn_out":
         attn = replace(stacked(base.attn_out[layer]), src.attn_out[layer])
-        return "post", engine.block_output(layer, pre, attn, mlp_rows(base, layer, p0))
+        return "post", engine.block_output(layer, pre, attn, mlp_rows(base, layer, p0), into="resid")
     return "post", engine.block_output(layer, pre, _patched_attention(engine, component, base, src, layer, variants, p0),
-                                       mlp_rows(base, layer, p0))
+                                       mlp_rows(base, layer, p0), into="resid")
 
 
 def _patched_attention(engine: Engine, component: str, base: RunCache, src: RunCache, layer: int,
