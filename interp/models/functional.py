@@ -75,6 +75,12 @@ class Functional:
         """The named buffers when inside `reusing_buffers` without gradients, else None."""
         return None if torch.is_grad_enabled() else getattr(self._scratch, "buffers", None)
 
+    @property
+    def reusing(self) -> bool:
+        """Whether `scratch` hands out reused buffers here (inside `reusing_buffers`, on this
+        thread, without gradients)."""
+        return self._buffers() is not None
+
     def scratch(self, name: str, shape: tuple[int, ...]) -> Tensor:
         """An uninitialised tensor of `shape` in the model's dtype: inside `reusing_buffers`
         (and without gradients) a view of the buffer `name`, which the next request for `name`
@@ -199,7 +205,7 @@ class Functional:
         `reusing_buffers`, the heads' concatenated z and the projection are written into the
         buffers "z" and `into` (see `linear`)."""
         w = self.weights.layers[layer]
-        if into is not None and not z.is_contiguous() and self._buffers() is not None:
+        if into is not None and not z.is_contiguous() and self.reusing:
             z = self.scratch("z", z.shape).copy_(z)  # what flatten would copy into a fresh tensor
         out = self.linear(z.flatten(-2), w.w_o, w.b_o, into)
         return out if w.attn_post_norm is None else self.norm(out, w.attn_post_norm)
@@ -224,7 +230,7 @@ class Functional:
         gradients, contiguous `x` in the model's dtype: where `F.linear` itself is one
         `addmm`/`mm` of the flattened rows, so the numbers are the same), written into the
         buffer `into`, which the next request for that name overwrites."""
-        if into is None or self._buffers() is None or not x.is_contiguous() or x.dtype != self.dtype:
+        if into is None or not self.reusing or not x.is_contiguous() or x.dtype != self.dtype:
             return F.linear(x, weight, bias)
         rows = x.numel() // x.shape[-1]
         out = self.scratch(into, (rows, weight.shape[0]))

@@ -109,7 +109,7 @@ class Engine:
         same additions in the same order, without fresh memory for them. The result is valid
         until the next use of `into`."""
         f = self.f
-        if into is None or f._buffers() is None:
+        if into is None or not f.reusing:
             mlp_in = resid_pre if f.parallel else resid_pre + attn_out
             mlp_out = self._mlp(layer, mlp_in, base_mlp)
             return resid_pre + attn_out + mlp_out if f.parallel else mlp_in + mlp_out
