@@ -58,8 +58,9 @@ class Functional:
     def reusing_buffers(self):
         """Within this block (on this thread, without gradients), the largest short-lived
         activations are written into buffers kept for the block instead of fresh ones per call:
-        each MLP's hidden layer `[rows, d_mlp]`, and whatever else asks `scratch` for one (the
-        patching engine's keys and values). Same kernels, same numbers; what it saves is the
+        each MLP's hidden layer `[rows, d_mlp]`, and whatever else asks `scratch` (or `linear`
+        with `into`) for one: the patching engine's keys and values, a rerun's projections,
+        sublayer outputs and residual stream. Same kernels, same numbers; what it saves is the
         memory allocator's work: on a CPU, a fresh buffer of that size is handed back to the
         operating system when freed and costs a page fault per 4 KiB the next time (on a 2-core
         CPU, a z patching sweep of a Llama-shaped model ran 3-4% faster with the hidden layer's
