@@ -1,9 +1,12 @@
 """The engine's memory handling in sweeps: head-major keys and values, projections, sublayer
-outputs and the residual stream in reused buffers, which must not change a number."""
+outputs and the residual stream in reused buffers, which must not change a number; and the
+two kernels behind `Functional.linear` (oneDNN on a CPU in fp32 without gradients, else
+`F.linear`, whose outputs can go into buffers)."""
 
 import pytest
 import torch
 
+from interp.models import functional
 from interp.patching.engine import Engine
 from tests.helpers import FAMILIES, random_gpt2, random_model
 
@@ -47,6 +50,15 @@ def family_engine(request, tmp_path_factory):
     return Engine(random_model(tmp_path_factory.mktemp(request.param), request.param, n_layers=4))
 
 
+@pytest.fixture(params=["onednn", "F.linear"])
+def kernel(request, monkeypatch):
+    """Each test that takes it runs with both kernels of `Functional.linear`."""
+    if request.param == "onednn" and not functional._ONEDNN:
+        pytest.skip("this torch has no oneDNN linear")
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", request.param == "onednn")
+    return request.param
+
+
 def _suffix_inputs(engine, n=3, batch=2, n_pos=6, p0=2, seed=0):
     gen = torch.Generator().manual_seed(seed)
     cfg = engine.cfg
@@ -57,7 +69,7 @@ def _suffix_inputs(engine, n=3, batch=2, n_pos=6, p0=2, seed=0):
     return base, x, torch.full((batch,), n_pos - 1)
 
 
-def test_block_output_into_a_buffer_equals_fresh_outputs_and_updates_in_place(family_engine):
+def test_block_output_into_a_buffer_equals_fresh_outputs_and_updates_in_place(family_engine, kernel):
     engine, f = family_engine, family_engine.f
     base, x, _ = _suffix_inputs(family_engine)
     attn = 2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
@@ -72,10 +84,11 @@ def test_block_output_into_a_buffer_equals_fresh_outputs_and_updates_in_place(fa
             assert again.data_ptr() == buffer
             assert torch.equal(again, engine.block_output(1, expected[0], attn))
             assert torch.equal(engine.block_output(1, pre, attn, into="resid"), expected[1])
-            assert f._scratch.buffers["mlp_out"].numel() >= x.numel()
+            if kernel == "F.linear":  # oneDNN writes its products into fresh tensors
+                assert f._scratch.buffers["mlp_out"].numel() >= x.numel()
 
 
-def test_suffix_runs_equal_inside_and_outside_a_sweep(family_engine):
+def test_suffix_runs_equal_inside_and_outside_a_sweep(family_engine, kernel):
     engine = family_engine
     base, x, answer = _suffix_inputs(family_engine, seed=2)
     with torch.no_grad():
@@ -84,13 +97,15 @@ def test_suffix_runs_equal_inside_and_outside_a_sweep(family_engine):
         expected, one = engine.suffix(base, 0, "post", x, 2, answer), engine.suffix(base, 0, "post", x[:1], 2, answer)
         with engine.sweeping():
             got = engine.suffix(base, 0, "post", x.clone(), 2, answer)
-            assert {"resid", "attn_out", "mlp_out", "q", "k", "v"} <= set(engine.f._scratch.buffers)
+            buffered = {"resid"} | ({"attn_out", "mlp_out", "q", "k", "v"} if kernel == "F.linear" else set())
+            assert buffered <= set(engine.f._scratch.buffers)
             again = engine.suffix(base, 0, "post", x[:1].clone(), 2, answer)  # a smaller run reuses them
     assert torch.equal(got, expected)
     assert torch.equal(again, one)
 
 
-def test_linear_into_a_buffer_equals_f_linear_and_needs_a_sweep(engine):
+def test_linear_into_a_buffer_equals_f_linear_and_needs_a_sweep(engine, monkeypatch):
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # F.linear's path
     f = engine.f
     w = f.weights.layers[0]
     x = torch.randn(2, 5, engine.cfg.d_model, generator=torch.Generator().manual_seed(4))
@@ -103,3 +118,31 @@ def test_linear_into_a_buffer_equals_f_linear_and_needs_a_sweep(engine):
         strided = x.transpose(0, 1)  # not contiguous: F.linear itself, no buffer
         assert torch.equal(f.linear(strided, w.w_q, w.b_q, "k"), torch.nn.functional.linear(strided, w.w_q, w.b_q))
         assert "k" not in f._scratch.buffers
+
+
+@pytest.mark.skipif(not functional._ONEDNN, reason="this torch has no oneDNN linear")
+def test_onednn_linear_is_f_linear_up_to_rounding_and_independent_of_rows_and_layout(engine):
+    f = engine.f
+    gen = torch.Generator().manual_seed(5)
+    d = engine.cfg.d_model
+    x = 3 * torch.randn(4, 2, 7, d, generator=gen)
+    fused = torch.randn(d, 3 * d, generator=gen)  # GPT-2's Conv1D [in, out]: slices are strided
+    weights = {"contiguous": fused.T[:d].contiguous(), "transposed": fused[:, :d].contiguous().T,
+               "strided": fused.T[:d]}
+    bias = torch.randn(d, generator=gen)
+    exact = torch.nn.functional.linear(x.double(), weights["contiguous"].double(), bias.double())
+    with torch.no_grad():
+        outs = {name: f.linear(x, w, bias) for name, w in weights.items()}
+        assert torch.allclose(outs["contiguous"].double(), exact, rtol=1e-5, atol=1e-4)
+        assert torch.equal(outs["transposed"], outs["contiguous"]) and torch.equal(outs["strided"], outs["contiguous"])
+        assert torch.equal(f.linear(x[1:2, :, 3:], weights["contiguous"], bias), outs["contiguous"][1:2, :, 3:]), \
+            "a row's result must not depend on the rows computed with it"
+        with f.reusing_buffers():
+            copy = f._dense(weights["strided"])
+            assert copy.is_contiguous() and f._dense(weights["strided"]) is copy, "copied once per sweep"
+            assert f._dense(weights["transposed"]) is weights["transposed"], "read in place"
+        assert f._scratch.dense is None
+    x.requires_grad_(True)
+    y = f.linear(x, weights["contiguous"], bias)  # under gradients: F.linear, differentiable
+    y.sum().backward()
+    assert torch.allclose(x.grad, weights["contiguous"].sum(0).expand_as(x))

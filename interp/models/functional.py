@@ -36,6 +36,17 @@ _ACTIVATIONS = {"gelu_new": _TANH_GELU, "gelu_pytorch_tanh": _TANH_GELU, "gelu":
                 "silu": _SILU, "swish": _SILU, "relu": (F.relu, torch.relu_)}
 
 
+# oneDNN's fused linear, where this build of torch has it (see `Functional.linear`).
+_ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _onednn_serves(x: Tensor) -> bool:
+    """Whether `Functional.linear` of `x` runs on oneDNN: fp32 on a CPU, no gradients, and
+    oneDNN built in and not switched off (`torch.backends.mkldnn.flags(enabled=False)`)."""
+    return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
+
+
 def _in_graph(t: Tensor) -> bool:
     """Whether autograd may need `t` kept as it is (so it must not be overwritten)."""
     return torch.is_grad_enabled() and t.requires_grad
@@ -64,13 +75,14 @@ class Functional:
         memory allocator's work: on a CPU, a fresh buffer of that size is handed back to the
         operating system when freed and costs a page fault per 4 KiB the next time (on a 2-core
         CPU, a z patching sweep of a Llama-shaped model ran 3-4% faster with the hidden layer's
-        alone). The buffers, each as large as its largest use, are released at the end."""
-        outer = getattr(self._scratch, "buffers", None)
-        self._scratch.buffers = {}
+        alone). The buffers, each as large as its largest use, are released at the end, with
+        the contiguous copies of weights oneDNN would read slowly in place (see `_dense`)."""
+        outer = getattr(self._scratch, "buffers", None), getattr(self._scratch, "dense", None)
+        self._scratch.buffers, self._scratch.dense = {}, {}
         try:
             yield
         finally:
-            self._scratch.buffers = outer
+            self._scratch.buffers, self._scratch.dense = outer
 
     def _buffers(self) -> dict[str, Tensor] | None:
         """The named buffers when inside `reusing_buffers` without gradients, else None."""
@@ -221,16 +233,28 @@ class Functional:
             hidden = self._activate(self.linear(h, w.w_in, w.b_in, "hidden"))
         else:
             hidden = self._activate(self.linear(h, w.w_gate, w.b_gate, "hidden"))
-            up = F.linear(h, w.w_in, w.b_in)
+            up = self.linear(h, w.w_in, w.b_in)
             hidden = hidden * up if _in_graph(hidden) else hidden.mul_(up)
         out = self.linear(hidden, w.w_out, w.b_out, into)
         return out if w.mlp_post_norm is None else self.norm(out, w.mlp_post_norm)
 
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None, into: str | None = None) -> Tensor:
-        """`F.linear(x, weight, bias)` `[..., d_out]`; with `into`, inside `reusing_buffers` (no
-        gradients, contiguous `x` in the model's dtype: where `F.linear` itself is one
-        `addmm`/`mm` of the flattened rows, so the numbers are the same), written into the
-        buffer `into`, which the next request for that name overwrites."""
+        """`F.linear(x, weight, bias)` `[..., d_out]`, by one of two kernels.
+
+        Without gradients, on a CPU, in fp32: oneDNN's matmul (the kernel `torch.compile`'s CPU
+        backend gives linears), into a fresh tensor. On the 2-core AMD EPYC of
+        benchmarks/RESULTS.md it ran the engine's products 8-18% faster than the MKL sgemm
+        behind `F.linear`. Its rows do not depend on how many rows come with them nor on the
+        weight's layout (tested), so a rerun's rows equal the clean run's wherever their
+        inputs do.
+
+        Otherwise `F.linear`; with `into`, inside `reusing_buffers` (contiguous `x` in the
+        model's dtype: where `F.linear` itself is one `addmm`/`mm` of the flattened rows, so
+        the numbers are the same), written into the buffer `into`, which the next request for
+        that name overwrites.
+        """
+        if _onednn_serves(x):
+            return torch.ops.mkldnn._linear_pointwise(x, self._dense(weight), bias, "none", [], "")
         if into is None or not self.reusing or not x.is_contiguous() or x.dtype != self.dtype:
             return F.linear(x, weight, bias)
         rows = x.numel() // x.shape[-1]
@@ -241,6 +265,21 @@ class Functional:
         else:
             torch.addmm(bias, flat, weight.t(), out=out)
         return out.view(*x.shape[:-1], weight.shape[0])
+
+    def _dense(self, weight: Tensor) -> Tensor:
+        """`weight` as oneDNN reads it fast: contiguous, or the transpose of a contiguous
+        tensor (GPT-2's Conv1D layout). Anything else (GPT-2's query/key/value slices of one
+        fused matrix, which oneDNN reads hundreds of times slower) is copied: once per
+        `reusing_buffers` block inside one, else per call."""
+        if weight.is_contiguous() or weight.t().is_contiguous():
+            return weight
+        copies = getattr(self._scratch, "dense", None)
+        if copies is None:
+            return weight.contiguous()
+        kept = copies.get(id(weight))
+        if kept is None or kept[0] is not weight:
+            kept = copies[id(weight)] = (weight, weight.contiguous())
+        return kept[1]
 
     def _activate(self, pre: Tensor) -> Tensor:
         """The activation function of a fresh pre-activation, in place where autograd does not
@@ -266,7 +305,7 @@ class Functional:
         w_u = w.w_u if columns is None else w.w_u[columns]
         b_u = w.b_u if w.b_u is None or columns is None else w.b_u[columns]
         w_u, b_u = w_u.to(final.dtype), None if b_u is None else b_u.to(final.dtype)
-        out = F.linear(final, w_u, b_u) if columns is None else (final * w_u).sum(-1) + (0 if b_u is None else b_u)
+        out = self.linear(final, w_u, b_u) if columns is None else (final * w_u).sum(-1) + (0 if b_u is None else b_u)
         if cap is not None:
             out = torch.tanh(out / cap) * cap
         return out
