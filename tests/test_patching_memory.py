@@ -56,6 +56,9 @@ def kernel(request, monkeypatch):
     if request.param == "onednn" and not functional._ONEDNN:
         pytest.skip("this torch has no oneDNN linear")
     monkeypatch.setattr(torch.backends.mkldnn, "enabled", request.param == "onednn")
+    # the small test models' products are below the sizes oneDNN serves: serve them all
+    monkeypatch.setattr(functional, "_ONEDNN_MIN_MACS", 0)
+    monkeypatch.setattr(functional, "_ONEDNN_MIN_WIDTH", 0)
     return request.param
 
 
@@ -124,25 +127,28 @@ def test_linear_into_a_buffer_equals_f_linear_and_needs_a_sweep(engine, monkeypa
 def test_onednn_linear_is_f_linear_up_to_rounding_and_independent_of_rows_and_layout(engine):
     f = engine.f
     gen = torch.Generator().manual_seed(5)
-    d = engine.cfg.d_model
-    x = 3 * torch.randn(4, 2, 7, d, generator=gen)
-    fused = torch.randn(d, 3 * d, generator=gen)  # GPT-2's Conv1D [in, out]: slices are strided
+    d = 768
+    x = 3 * torch.randn(8, 2, 16, d, generator=gen)
+    fused = torch.randn(d, 3 * d, generator=gen) / d ** 0.5  # GPT-2's Conv1D [in, out]: slices are strided
     weights = {"contiguous": fused.T[:d].contiguous(), "transposed": fused[:, :d].contiguous().T,
                "strided": fused.T[:d]}
     bias = torch.randn(d, generator=gen)
     exact = torch.nn.functional.linear(x.double(), weights["contiguous"].double(), bias.double())
+    rows = x[2:6, :, 3:]  # 104 rows: still a product oneDNN serves
     with torch.no_grad():
+        assert functional._onednn_serves(x, weights["strided"]) and functional._onednn_serves(rows, weights["contiguous"])
+        assert not functional._onednn_serves(x[:1, :1, :4], weights["contiguous"]), "small products stay on F.linear"
         outs = {name: f.linear(x, w, bias) for name, w in weights.items()}
         assert torch.allclose(outs["contiguous"].double(), exact, rtol=1e-5, atol=1e-4)
         assert torch.equal(outs["transposed"], outs["contiguous"]) and torch.equal(outs["strided"], outs["contiguous"])
-        assert torch.equal(f.linear(x[1:2, :, 3:], weights["contiguous"], bias), outs["contiguous"][1:2, :, 3:]), \
+        assert torch.equal(f.linear(rows, weights["contiguous"], bias), outs["contiguous"][2:6, :, 3:]), \
             "a row's result must not depend on the rows computed with it"
         with f.reusing_buffers():
             copy = f._dense(weights["strided"])
             assert copy.is_contiguous() and f._dense(weights["strided"]) is copy, "copied once per sweep"
             assert f._dense(weights["transposed"]) is weights["transposed"], "read in place"
         assert f._scratch.dense is None
+    assert not functional._onednn_serves(x, weights["contiguous"]), "under gradients: F.linear"
     x.requires_grad_(True)
-    y = f.linear(x, weights["contiguous"], bias)  # under gradients: F.linear, differentiable
-    y.sum().backward()
-    assert torch.allclose(x.grad, weights["contiguous"].sum(0).expand_as(x))
+    f.linear(x, weights["contiguous"], bias).sum().backward()
+    assert torch.allclose(x.grad, weights["contiguous"].sum(0).expand_as(x), atol=1e-5)

@@ -36,14 +36,19 @@ _ACTIVATIONS = {"gelu_new": _TANH_GELU, "gelu_pytorch_tanh": _TANH_GELU, "gelu":
                 "silu": _SILU, "swish": _SILU, "relu": (F.relu, torch.relu_)}
 
 
-# oneDNN's fused linear, where this build of torch has it (see `Functional.linear`).
+# oneDNN's fused linear, where this build of torch has it (see `Functional.linear`), and the
+# products it serves: on the benchmark machine MKL was as fast or faster below about 2^25
+# multiply-adds or with a side narrower than 256 (and a new shape costs oneDNN ~1 ms to set up).
 _ONEDNN = hasattr(torch.ops.mkldnn, "_linear_pointwise")
+_ONEDNN_MIN_MACS, _ONEDNN_MIN_WIDTH = 1 << 25, 256
 
 
-def _onednn_serves(x: Tensor) -> bool:
-    """Whether `Functional.linear` of `x` runs on oneDNN: fp32 on a CPU, no gradients, and
-    oneDNN built in and not switched off (`torch.backends.mkldnn.flags(enabled=False)`)."""
+def _onednn_serves(x: Tensor, weight: Tensor) -> bool:
+    """Whether `Functional.linear(x, weight)` runs on oneDNN: fp32 on a CPU, no gradients, a
+    product of at least the sizes above, and oneDNN built in and not switched off
+    (`torch.backends.mkldnn.flags(enabled=False)`)."""
     return (_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and min(weight.shape) >= _ONEDNN_MIN_WIDTH and x.numel() * weight.shape[0] >= _ONEDNN_MIN_MACS
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)
 
 
@@ -241,19 +246,19 @@ class Functional:
     def linear(self, x: Tensor, weight: Tensor, bias: Tensor | None, into: str | None = None) -> Tensor:
         """`F.linear(x, weight, bias)` `[..., d_out]`, by one of two kernels.
 
-        Without gradients, on a CPU, in fp32: oneDNN's matmul (the kernel `torch.compile`'s CPU
-        backend gives linears), into a fresh tensor. On the 2-core AMD EPYC of
-        benchmarks/RESULTS.md it ran the engine's products 8-18% faster than the MKL sgemm
-        behind `F.linear`. Its rows do not depend on how many rows come with them nor on the
-        weight's layout (tested), so a rerun's rows equal the clean run's wherever their
-        inputs do.
+        Without gradients, on a CPU, in fp32, for products of at least 2^25 multiply-adds with
+        both sides at least 256 wide: oneDNN's matmul (the kernel `torch.compile`'s CPU backend
+        gives linears), into a fresh tensor. On the 2-core AMD EPYC of benchmarks/RESULTS.md it
+        ran the engine's products 8-18% faster than the MKL sgemm behind `F.linear` (and
+        smaller ones slower). Its rows do not depend on how many rows come with them nor on
+        the weight's layout (tested).
 
         Otherwise `F.linear`; with `into`, inside `reusing_buffers` (contiguous `x` in the
         model's dtype: where `F.linear` itself is one `addmm`/`mm` of the flattened rows, so
         the numbers are the same), written into the buffer `into`, which the next request for
         that name overwrites.
         """
-        if _onednn_serves(x):
+        if _onednn_serves(x, weight):
             return torch.ops.mkldnn._linear_pointwise(x, self._dense(weight), bias, "none", [], "")
         if into is None or not self.reusing or not x.is_contiguous() or x.dtype != self.dtype:
             return F.linear(x, weight, bias)
