@@ -3,6 +3,7 @@
     python benchmarks/sae_names.py                                  # TopK, resid_pre(2), full size
     python benchmarks/sae_names.py --site "resid_pre(1)" --arch standard --l1 5
     python benchmarks/sae_names.py --device cuda
+    python benchmarks/sae_names.py --model /tmp/ioi-256      # another build of the recipe (recipes.ioi)
 
 The corpus is the model's own training distribution: `circuits.tasks.ioi_data.training_text`
 (answered IOI and colored-objects prompts and filler sentences, one per sequence; BOS first, as
@@ -15,7 +16,7 @@ texts, a true positive is a token of that name where the feature is non-zero; F1
 Printed: that count, the counts at 0.5 and 0.7, median F1 / precision / recall, the spliced CE
 loss score, the run time (of the SAE's part), the share of the variance at name tokens that
 the name's identity explains (the most an SAE's reconstruction gains there from latents of
-single names) and, unless `--no-probe`, the linear-probe bound: how many names a supervised
+single names), how many directions the names' mean activations span (`name_dimensions`) and, unless `--no-probe`, the linear-probe bound: how many names a supervised
 linear classifier of the site's activations singles out with F1 >= 0.9 (`probe_f1`), the
 ceiling for any SAE's count at that site.
 """
@@ -61,6 +62,19 @@ def name_variance_share(x, ids, name_ids: list[int]) -> float:
     return float(between / (x - mean).pow(2).sum())
 
 
+def name_dimensions(x, ids, name_ids: list[int]) -> tuple[int, float]:
+    """How many directions the names use at a site: the 100 names' mean activations (`x [n, d]`
+    at the tokens `ids [n]` of each of `name_ids`), centred, then `(the number of principal
+    directions holding 90% of their variance, its participation ratio (sum l)^2 / sum l^2)`.
+    Few directions for many names means a shared code: no direction of one name alone."""
+    import torch
+
+    means = torch.stack([x[ids == name].mean(0) for name in name_ids])
+    spectrum = torch.linalg.svdvals(means - means.mean(0)) ** 2
+    share = spectrum.cumsum(0) / spectrum.sum()
+    return int((share < 0.9).sum()) + 1, float(spectrum.sum() ** 2 / (spectrum ** 2).sum())
+
+
 def probe_f1(train, held_out, name_ids: list[int]) -> list[float]:
     """The most any single linear feature of the site can do: for each name of `name_ids`, a logistic
     regression of "this token is that name" on the activations of `train` (x, ids), balanced
@@ -94,6 +108,8 @@ def ioi_texts(n: int, seed: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="zoo/ioi-small",
+                        help="zoo/ioi-small or a folder built by its recipe (same tokenizer and names)")
     parser.add_argument("--site", default="resid_pre(2)")
     parser.add_argument("--arch", default="topk", choices=["topk", "batchtopk", "standard", "jumprelu"])
     parser.add_argument("--d-sae", type=int, default=2048)
@@ -123,7 +139,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
     start = time.perf_counter()
-    model = load_model("zoo/ioi-small", device=args.device)
+    model = load_model(args.model, device=args.device)
     store = ActivationStore(model, ioi_texts(args.texts, 0), args.site, batch_size=args.batch,
                             cache_dir=args.cache_dir, progress=False)
     extra = {"topk": dict(k=args.k), "batchtopk": dict(k=args.k), "standard": dict(l1_coefficient=args.l1),
@@ -137,7 +153,7 @@ def main() -> None:
     spliced = evaluate_spliced(model, sae, held_out[:300], progress=False)
     elapsed = time.perf_counter() - start
     last = result.history[-1]
-    print(f"site {args.site}, {args.arch} d_sae {args.d_sae} "
+    print(f"model {args.model}, site {args.site}, {args.arch} d_sae {args.d_sae} "
           f"{'k ' + str(args.k) if 'topk' in args.arch else 'coefficient ' + str(args.l1)}, {args.steps} steps of "
           f"{args.batch} tokens ({store.n_tokens} tokens per epoch), lr {args.lr}")
     print(f"training: explained variance {last['explained_variance']:.3f}, L0 {last['l0']:.1f}; held out: "
@@ -152,6 +168,8 @@ def main() -> None:
     name_ids = model.tokenizer.convert_tokens_to_ids(list(table["group"]))
     scored = used_activations(ActivationStore(model, held_out, args.site, progress=False))
     print(f"share of the variance at name tokens that the name explains: {name_variance_share(*scored, name_ids):.3f}")
+    dims, ratio = name_dimensions(*scored, name_ids)
+    print(f"directions holding 90% of the between-name variance: {dims} (participation ratio {ratio:.1f})")
     if not args.no_probe:
         bound = probe_f1(used_activations(store), scored, name_ids)
         print(f"linear-probe bound: names that any linear feature of this site could single out with F1 >= 0.9: "
