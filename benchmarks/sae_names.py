@@ -16,9 +16,10 @@ texts, a true positive is a token of that name where the feature is non-zero; F1
 Printed: that count, the counts at 0.5 and 0.7, median F1 / precision / recall, the spliced CE
 loss score, the run time (of the SAE's part), the share of the variance at name tokens that
 the name's identity explains (the most an SAE's reconstruction gains there from latents of
-single names), how many directions the names' mean activations span (`name_dimensions`) and, unless `--no-probe`, the linear-probe bound: how many names a supervised
-linear classifier of the site's activations singles out with F1 >= 0.9 (`probe_f1`), the
-ceiling for any SAE's count at that site.
+single names), how many directions the names' mean activations span (`name_dimensions`) and,
+unless `--no-probe`, the linear-probe bound: how many names a supervised linear classifier of
+the site's activations singles out with F1 >= 0.9 (`probe_f1`), the ceiling for any SAE's count
+at that site.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ def used_activations(store) -> tuple:
     return store.activations().double(), store.tokens[store.keep]
 
 
+def name_means(x, ids, name_ids: list[int]) -> tuple:
+    """`(mean activation of each name [len(name_ids), d], its token count [len(name_ids)])` over
+    the activations `x [n, d]` of the tokens `ids [n]`; refuses a name with no token there (its
+    mean would be NaN)."""
+    import torch
+
+    counts = torch.stack([(ids == name).sum() for name in name_ids])
+    if (counts == 0).any():
+        absent = [name for name, count in zip(name_ids, counts) if count == 0]
+        raise ValueError(f"token ids {absent[:10]} never occur in the scored texts: too few --eval-texts")
+    return torch.stack([x[ids == name].mean(0) for name in name_ids]), counts
+
+
 def name_variance_share(x, ids, name_ids: list[int]) -> float:
     """How much of the variance of the activations `x [n, d]` at name tokens (`name_ids`) the
     name's identity explains (between-name sum of squares / total sum of squares; `ids [n]` the
@@ -56,20 +70,20 @@ def name_variance_share(x, ids, name_ids: list[int]) -> float:
     import torch
 
     names = torch.isin(ids, torch.tensor(name_ids))
-    x, y = x[names], ids[names]
-    mean = x.mean(0)
-    between = sum((y == n).sum() * (x[y == n].mean(0) - mean).pow(2).sum() for n in y.unique())
-    return float(between / (x - mean).pow(2).sum())
+    mean = x[names].mean(0)
+    means, counts = name_means(x, ids, name_ids)
+    between = (counts[:, None] * (means - mean).pow(2)).sum()
+    return float(between / (x[names] - mean).pow(2).sum())
 
 
 def name_dimensions(x, ids, name_ids: list[int]) -> tuple[int, float]:
-    """How many directions the names use at a site: the 100 names' mean activations (`x [n, d]`
-    at the tokens `ids [n]` of each of `name_ids`), centred, then `(the number of principal
-    directions holding 90% of their variance, its participation ratio (sum l)^2 / sum l^2)`.
-    Few directions for many names means a shared code: no direction of one name alone."""
+    """How many directions the names use at a site: the names' mean activations (`name_means`),
+    centred, then `(the number of principal directions holding 90% of their variance, its
+    participation ratio (sum l)^2 / sum l^2)`. Few directions for many names means a shared
+    code: no direction of one name alone."""
     import torch
 
-    means = torch.stack([x[ids == name].mean(0) for name in name_ids])
+    means, _ = name_means(x, ids, name_ids)
     spectrum = torch.linalg.svdvals(means - means.mean(0)) ** 2
     share = spectrum.cumsum(0) / spectrum.sum()
     return int((share < 0.9).sum()) + 1, float(spectrum.sum() ** 2 / (spectrum ** 2).sum())
